@@ -1,0 +1,71 @@
+"""MergeEvaluator: the evaluators' implementation of the optimizer's Evaluator protocol.
+
+Set-up (once per study): validate the pool from headers, build the lm-eval task dict, load the
+pool resident, load one model. Per candidate: write the merge into the model, run lm-eval."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from evaluators.merge_spec import MergeSpec
+from evaluators.pool import PoolError, validate_pool
+from evaluators.resident import ResidentModel, ResidentPool, pick_device
+from evaluators.scoring import SuiteScorer, TaskRequest
+
+
+def load_tokenizer(path: Path, who: str):
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:
+        raise PoolError(f"{who}: no loadable tokenizer in {path}: {exc}") from exc
+
+
+class MergeEvaluator:
+    def __init__(
+        self,
+        checkpoints: list[tuple[str, str | Path]],
+        base: str | Path | None,
+        tasks: list[TaskRequest],
+        include_path: str | Path | None,
+        *,
+        limit: int | float | None = None,
+        batch_size: int = 32,
+        device: str = "auto",
+        progress: bool = False,
+    ) -> None:
+        self.pool_info = validate_pool(checkpoints, base)
+        self.scorer = SuiteScorer(tasks, include_path, limit=limit, batch_size=batch_size)
+        ref = self.pool_info.reference
+        self.tokenizer = load_tokenizer(ref.path, f"checkpoint '{ref.name}'")
+        self.resident = ResidentPool(self.pool_info, pick_device(device), progress=progress)
+        self.model = ResidentModel(self.resident)
+        self.last_timings: dict[str, float] = {}
+
+    @property
+    def checkpoint_names(self) -> list[str]:
+        return self.pool_info.names
+
+    @property
+    def has_base(self) -> bool:
+        return self.pool_info.base is not None
+
+    @property
+    def directions(self) -> dict[str, bool]:
+        """task -> higher is better (known after the first evaluation unless set in the spec)."""
+        return self.scorer.directions
+
+    def evaluate(self, candidate: Any) -> dict[str, float]:
+        spec = candidate if isinstance(candidate, MergeSpec) else MergeSpec.model_validate(
+            candidate.model_dump(by_alias=True) if hasattr(candidate, "model_dump") else candidate
+        )
+        t0 = time.perf_counter()
+        model = self.model.materialize(spec)
+        t1 = time.perf_counter()
+        scores = self.scorer.score(model, self.tokenizer)
+        t2 = time.perf_counter()
+        self.last_timings = {"materialize_s": t1 - t0, "score_s": t2 - t1}
+        return scores

@@ -1,0 +1,237 @@
+"""Merge methods: one small pure function each, formulas identical to mergekit's.
+
+Every function takes the pool stacked along dim 0 (``tensors`` or task vectors ``deltas``
+of shape [N, *shape]) and a weight vector of length N, and returns one merged tensor. They
+never mutate their inputs, so the resident pool can be reused by every candidate.
+
+References (mergekit 0.1.x, ``merge_methods/linear.py``, ``generalized_task_arithmetic.py``,
+``sparsify.py``):
+- linear: sum_i w_i t_i, divided by sum_i w_i when ``normalize`` (default on).
+- task_arithmetic: base + lambda * sum_i w_i d_i, d_i = t_i - base (normalize off by default).
+- ties: d_i -> top-k by magnitude at ``density``; elect the sign of sum_i w_i d_i; keep the
+  entries agreeing with it; divide by the sum of the kept weights (normalize on by default).
+- dare_ties / dare_linear: d_i -> Bernoulli(density) mask, rescaled to keep the L1 norm of d_i
+  (mergekit's ``rescale``); then the TIES consensus (dare_ties) or a plain sum (dare_linear).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+Density = float | Sequence[float]
+
+
+def _work_dtype(t: torch.Tensor) -> torch.dtype:
+    # mergekit computes in fp32 unless the inputs are fp64; we keep the same rule so that
+    # bf16/fp16 pools merge in fp32 and are cast back once at the end.
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _as_weights(weights: Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    w = torch.as_tensor(weights, dtype=like.dtype, device=like.device).reshape(-1)
+    if w.numel() != like.shape[0]:
+        raise ValueError(f"got {w.numel()} weights for a pool of {like.shape[0]} tensors")
+    return w.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def _per_model(density: Density, n: int) -> list[float]:
+    values = [float(density)] * n if isinstance(density, int | float) else list(density)
+    if len(values) != n:
+        raise ValueError(f"got {len(values)} densities for a pool of {n} tensors")
+    return values
+
+
+def linear(
+    tensors: torch.Tensor, weights: Sequence[float] | torch.Tensor, *, normalize: bool = True
+) -> torch.Tensor:
+    """Weighted sum of the pool (mergekit ``linear``)."""
+    x = tensors.to(_work_dtype(tensors))
+    w = _as_weights(weights, x)
+    out = (w * x).sum(dim=0)
+    if normalize:
+        out = out / w.sum(dim=0)
+    return out.to(tensors.dtype)
+
+
+def task_vectors(base: torch.Tensor, tensors: torch.Tensor) -> torch.Tensor:
+    """d_i = t_i - base, in the work dtype (computed once per study by the resident pool)."""
+    dtype = _work_dtype(base)
+    return tensors.to(dtype) - base.to(dtype).unsqueeze(0)
+
+
+def magnitude_prune(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the top ``density`` fraction of entries by |value| (mergekit ``magnitude``)."""
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    k = max(1, int(density * delta.numel()))
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
+    magnitudes = delta.abs().reshape(-1)
+    if magnitudes.device.type == "cpu":
+        magnitudes = magnitudes.float()
+    mask[torch.argsort(magnitudes, descending=True)[:k]] = 1
+    return delta * mask.reshape_as(delta)
+
+
+def bernoulli_drop(
+    delta: torch.Tensor,
+    density: float,
+    *,
+    rescale: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DARE: keep each entry with probability ``density``; rescale to the original L1 norm."""
+    if density >= 1:
+        return delta
+    keep = torch.bernoulli(torch.full_like(delta, density), generator=generator)
+    masked = delta * keep
+    if not rescale:
+        return masked
+    before, after = delta.abs().sum(), masked.abs().sum()
+    if before < 1e-7 or after < 1e-7:  # mergekit's eps: nothing sensible to rescale
+        return masked
+    return masked * (before / after)
+
+
+def sign_consensus(weighted: torch.Tensor) -> torch.Tensor:
+    """TIES sign election by total mass (mergekit ``get_mask(method='sum')``)."""
+    majority = (weighted.sum(dim=0) >= 0).to(weighted.dtype) * 2 - 1
+    return weighted.sign() == majority
+
+
+def _combine(
+    base: torch.Tensor,
+    deltas: torch.Tensor,
+    weights: Sequence[float] | torch.Tensor,
+    *,
+    consensus: bool,
+    normalize: bool,
+    lambda_: float,
+) -> torch.Tensor:
+    """The shared tail of mergekit's generalized task arithmetic."""
+    w = _as_weights(weights, deltas)
+    weighted = deltas * w
+    if consensus:
+        mask = sign_consensus(weighted)
+        mixed = (weighted * mask).sum(dim=0)
+        divisor = (w * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(dim=0)
+        divisor = w.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed = mixed / divisor
+    if lambda_ != 1:
+        mixed = mixed * lambda_
+    return (base.to(mixed.dtype) + mixed).to(base.dtype)
+
+
+def task_arithmetic(
+    base: torch.Tensor,
+    deltas: torch.Tensor,
+    weights: Sequence[float] | torch.Tensor,
+    *,
+    lambda_: float = 1.0,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """Task arithmetic (Ilharco et al. 2023): base + lambda * sum_i w_i d_i."""
+    return _combine(base, deltas, weights, consensus=False, normalize=normalize, lambda_=lambda_)
+
+
+def ties(
+    base: torch.Tensor,
+    deltas: torch.Tensor,
+    weights: Sequence[float] | torch.Tensor,
+    *,
+    density: Density,
+    lambda_: float = 1.0,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """TIES-Merging (Yadav et al. 2023): trim, elect sign, disjoint merge."""
+    densities = _per_model(density, deltas.shape[0])
+    trimmed = torch.stack([magnitude_prune(d, p) for d, p in zip(deltas, densities, strict=True)])
+    return _combine(base, trimmed, weights, consensus=True, normalize=normalize, lambda_=lambda_)
+
+
+def _dare(
+    base: torch.Tensor,
+    deltas: torch.Tensor,
+    weights: Sequence[float] | torch.Tensor,
+    *,
+    density: Density,
+    consensus: bool,
+    lambda_: float,
+    normalize: bool,
+    rescale: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    densities = _per_model(density, deltas.shape[0])
+    dropped = torch.stack(
+        [
+            bernoulli_drop(d, p, rescale=rescale, generator=generator)
+            for d, p in zip(deltas, densities, strict=True)
+        ]
+    )
+    return _combine(
+        base, dropped, weights, consensus=consensus, normalize=normalize, lambda_=lambda_
+    )
+
+
+def dare_ties(
+    base: torch.Tensor,
+    deltas: torch.Tensor,
+    weights: Sequence[float] | torch.Tensor,
+    *,
+    density: Density,
+    lambda_: float = 1.0,
+    normalize: bool = False,
+    rescale: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DARE (Yu et al. 2024) drop-and-rescale, then TIES sign consensus."""
+    return _dare(
+        base, deltas, weights, density=density, consensus=True, lambda_=lambda_,
+        normalize=normalize, rescale=rescale, generator=generator,
+    )
+
+
+def dare_linear(
+    base: torch.Tensor,
+    deltas: torch.Tensor,
+    weights: Sequence[float] | torch.Tensor,
+    *,
+    density: Density,
+    lambda_: float = 1.0,
+    normalize: bool = False,
+    rescale: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DARE drop-and-rescale, then a plain weighted sum of task vectors."""
+    return _dare(
+        base, deltas, weights, density=density, consensus=False, lambda_=lambda_,
+        normalize=normalize, rescale=rescale, generator=generator,
+    )
+
+
+# mergekit's per-method default for ``normalize`` (registry.py), used when a config omits it.
+DEFAULT_NORMALIZE: dict[str, bool] = {
+    "linear": True,
+    "task_arithmetic": False,
+    "ties": True,
+    "dare_ties": False,
+    "dare_linear": False,
+}
+NEEDS_BASE = frozenset({"task_arithmetic", "ties", "dare_ties", "dare_linear"})
+USES_DENSITY = frozenset({"ties", "dare_ties", "dare_linear"})
+RANDOMIZED = frozenset({"dare_ties", "dare_linear"})
+METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "linear": linear,
+    "task_arithmetic": task_arithmetic,
+    "ties": ties,
+    "dare_ties": dare_ties,
+    "dare_linear": dare_linear,
+}

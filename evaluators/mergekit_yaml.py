@@ -1,0 +1,130 @@
+"""mergekit YAML <-> (MergeSpec, pool paths). `mergeopt merge` reads it; `mergeopt export` writes
+it next to the exported checkpoint so `mergekit-yaml` reproduces the same tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from evaluators.merge_methods import DEFAULT_NORMALIZE, NEEDS_BASE, RANDOMIZED, USES_DENSITY
+from evaluators.merge_spec import MergeSpec
+
+DTYPES = {"float32", "float16", "bfloat16", "float64"}
+
+
+class MergeConfigError(ValueError):
+    """A mergekit YAML this tool cannot run; the message says which key."""
+
+
+@dataclass(frozen=True)
+class MergeJob:
+    spec: MergeSpec
+    checkpoints: list[tuple[str, Path]]
+    base: Path | None
+    out_dtype: str | None
+
+
+def _scalar(value, key: str, model: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MergeConfigError(
+            f"models[{model}].parameters.{key}: only a single number is supported, got {value!r} "
+            "(per-layer gradients and filters are not)"
+        )
+    return float(value)
+
+
+def _names(paths: list[Path]) -> list[str]:
+    names: list[str] = []
+    for p in paths:
+        stem = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in p.name) or "model"
+        name, i = stem, 2
+        while name in names:
+            name, i = f"{stem}_{i}", i + 1
+        names.append(name)
+    return names
+
+
+def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
+    try:
+        cfg = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MergeConfigError(f"not valid YAML: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise MergeConfigError("the config must be a mapping")
+    method = cfg.get("merge_method")
+    if method not in DEFAULT_NORMALIZE:
+        raise MergeConfigError(f"merge_method {method!r} is not supported (use one of {sorted(DEFAULT_NORMALIZE)})")
+    models = cfg.get("models")
+    if not isinstance(models, list) or not models:
+        raise MergeConfigError("'models' must be a non-empty list of {model: PATH, parameters: {...}}")
+
+    def resolve(p) -> Path:
+        if not isinstance(p, str):
+            raise MergeConfigError(f"model path must be a string, got {p!r}")
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (base_dir / path).resolve()
+
+    base = resolve(cfg["base_model"]) if cfg.get("base_model") else None
+    entries = [(resolve(m.get("model") if isinstance(m, dict) else None), (m.get("parameters") or {})) for m in models]
+    # mergekit lists the base among the models sometimes; it contributes no task vector.
+    entries = [(p, params) for p, params in entries if p != base]
+    paths = [p for p, _ in entries]
+    names = _names(paths)
+    weights, densities = {}, {}
+    for name, (_, params) in zip(names, entries, strict=True):
+        if "weight" not in params:
+            raise MergeConfigError(f"models[{name}].parameters.weight is required")
+        weights[name] = _scalar(params["weight"], "weight", name)
+        if "density" in params:
+            densities[name] = _scalar(params["density"], "density", name)
+    glob = cfg.get("parameters") or {}
+    if glob.get("rescale") is False and method in RANDOMIZED:
+        raise MergeConfigError("parameters.rescale: false is not supported")
+    if method in NEEDS_BASE and base is None:
+        raise MergeConfigError(f"merge_method {method} needs base_model")
+    try:
+        spec = MergeSpec(
+            method=method,
+            weights=weights,
+            density=(densities if densities else None) if method in USES_DENSITY else None,
+            lambda_=float(glob.get("lambda", 1.0)),
+            normalize=glob.get("normalize"),
+            seed=int(cfg.get("random_seed", 0) or 0),
+        )
+    except ValidationError as exc:
+        raise MergeConfigError("; ".join(e["msg"] for e in exc.errors())) from None
+    out_dtype = cfg.get("out_dtype") or cfg.get("dtype")
+    if out_dtype is not None and out_dtype not in DTYPES:
+        raise MergeConfigError(f"dtype {out_dtype!r} is not one of {sorted(DTYPES)}")
+    return MergeJob(spec=spec, checkpoints=list(zip(names, paths, strict=True)), base=base, out_dtype=out_dtype)
+
+
+def to_mergekit_yaml(spec: MergeSpec, checkpoints: list[tuple[str, Path]], base: Path | None, out_dtype: str) -> str:
+    """A mergekit config reproducing ``spec``. mergeopt computes in fp32, so we ask mergekit to
+    do the same (``dtype: float32``) and cast once at the end (``out_dtype``)."""
+    densities = dict(zip([n for n, _ in checkpoints], spec.density_vector([n for n, _ in checkpoints]), strict=True))
+    models = []
+    for name, path in checkpoints:
+        params: dict = {"weight": float(spec.weights.get(name, 0.0))}
+        if spec.method in USES_DENSITY:
+            params["density"] = densities[name]
+        models.append({"model": str(path), "parameters": params})
+    cfg: dict = {"merge_method": spec.method, "models": models}
+    if spec.needs_base:
+        cfg["base_model"] = str(base)
+    cfg["parameters"] = {"normalize": spec.resolved_normalize}
+    if spec.needs_base:
+        cfg["parameters"]["lambda"] = spec.lambda_
+    cfg["dtype"] = "float32"
+    cfg["out_dtype"] = out_dtype
+    header = "# written by mergeopt; reproduce with: mergekit-yaml mergekit_config.yml OUT_DIR\n"
+    if spec.method in RANDOMIZED:
+        header += (
+            "# NOTE: DARE drop masks are random. mergeopt seeds them per tensor (seed "
+            f"{spec.seed}); mergekit draws its own, so its tensors differ in which entries drop.\n"
+        )
+        cfg["random_seed"] = spec.seed
+    return header + yaml.safe_dump(cfg, sort_keys=False)

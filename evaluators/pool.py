@@ -1,0 +1,219 @@
+"""Pool inspection and validation: everything is checked from safetensors headers before any
+tensor is loaded, so a bad pool fails in milliseconds with a message naming the checkpoint and
+the tensor. Values (NaN/Inf) are checked while the tensors are loaded, once per study."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+class PoolError(ValueError):
+    """A problem with the pool that the user can fix (bad path, mismatch, corrupt file)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    name: str
+    path: Path
+    config: dict
+    tensors: dict[str, TensorInfo] = field(repr=False)
+
+    @property
+    def architecture(self) -> tuple[str, tuple[str, ...]]:
+        return self.config.get("model_type", "?"), tuple(self.config.get("architectures") or ())
+
+    @property
+    def n_params(self) -> int:
+        total = 0
+        for info in self.tensors.values():
+            count = 1
+            for dim in info.shape:
+                count *= dim
+            total += count
+        return total
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """A validated pool: optional base plus N checkpoints with identical tensor layouts."""
+
+    checkpoints: list[CheckpointInfo]
+    base: CheckpointInfo | None = None
+
+    @property
+    def reference(self) -> CheckpointInfo:
+        """The checkpoint whose config/tokenizer/layout the merged model uses."""
+        return self.base or self.checkpoints[0]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.checkpoints]
+
+    def fingerprint(self) -> dict:
+        ref = self.reference
+        layout = json.dumps(
+            sorted((k, v.dtype, list(v.shape)) for k, v in ref.tensors.items())
+        ).encode()
+        return {
+            "model_type": ref.architecture[0],
+            "architectures": list(ref.architecture[1]),
+            "n_tensors": len(ref.tensors),
+            "n_params": ref.n_params,
+            "dtypes": sorted({v.dtype for v in ref.tensors.values()}),
+            "layout_sha256": hashlib.sha256(layout).hexdigest(),
+            "checkpoints": self.names,
+            "has_base": self.base is not None,
+        }
+
+
+def _read_header(file: Path, who: str) -> dict[str, dict]:
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as fh:
+            raw_len = fh.read(8)
+            if len(raw_len) < 8:
+                raise PoolError(f"{who}: {file.name} is not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", raw_len)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise PoolError(f"{who}: {file.name} has a corrupt safetensors header (length {n})")
+            header = json.loads(fh.read(n))
+    except PoolError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PoolError(f"{who}: cannot read {file.name}: {exc}") from exc
+    if not isinstance(header, dict):
+        raise PoolError(f"{who}: {file.name} has a corrupt safetensors header")
+    header.pop("__metadata__", None)
+    data_len = size - 8 - n
+    for name, entry in header.items():
+        try:
+            start, end = entry["data_offsets"]
+            shape = [int(d) for d in entry["shape"]]
+            str(entry["dtype"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PoolError(f"{who}: {file.name}: corrupt header entry for tensor '{name}'") from exc
+        if not 0 <= start <= end <= data_len or any(d < 0 for d in shape):
+            raise PoolError(f"{who}: {file.name}: tensor '{name}' points outside the file (truncated?)")
+    return header
+
+
+def _weight_files(path: Path, who: str) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, KeyError, json.JSONDecodeError) as exc:
+            raise PoolError(f"{who}: unreadable {index.name}: {exc}") from exc
+        files = sorted({path / f for f in weight_map.values()})
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise PoolError(f"{who}: shard {missing[0]} listed in {index.name} does not exist")
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise PoolError(f"{who}: no .safetensors files in {path}")
+    return files
+
+
+def inspect_checkpoint(name: str, path: str | Path) -> CheckpointInfo:
+    """Read config.json and every safetensors header of one HF checkpoint directory."""
+    p = Path(path).expanduser()
+    who = f"checkpoint '{name}' ({p})"
+    if not p.exists():
+        raise PoolError(f"{who}: path does not exist")
+    if not p.is_dir():
+        raise PoolError(f"{who}: not a directory (expected a Hugging Face checkpoint folder)")
+    try:
+        config = json.loads((p / "config.json").read_text())
+    except FileNotFoundError as exc:
+        raise PoolError(f"{who}: no config.json") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PoolError(f"{who}: unreadable config.json: {exc}") from exc
+    tensors: dict[str, TensorInfo] = {}
+    for file in _weight_files(p, who):
+        for tname, entry in _read_header(file, who).items():
+            tensors[tname] = TensorInfo(entry["dtype"], tuple(entry["shape"]), file)
+    if not tensors:
+        raise PoolError(f"{who}: holds no tensors")
+    return CheckpointInfo(name=name, path=p, config=config, tensors=tensors)
+
+
+def _check_same_layout(ref: CheckpointInfo, other: CheckpointInfo) -> None:
+    if other.architecture != ref.architecture:
+        raise PoolError(
+            f"checkpoint '{other.name}': architecture {other.architecture} differs from "
+            f"'{ref.name}' {ref.architecture}"
+        )
+    for tname, info in ref.tensors.items():
+        mine = other.tensors.get(tname)
+        if mine is None:
+            raise PoolError(f"checkpoint '{other.name}': missing tensor '{tname}' (present in '{ref.name}')")
+        if mine.shape != info.shape:
+            raise PoolError(
+                f"checkpoint '{other.name}': tensor '{tname}' has shape {list(mine.shape)}, "
+                f"'{ref.name}' has {list(info.shape)}"
+            )
+        if mine.dtype != info.dtype:
+            raise PoolError(
+                f"checkpoint '{other.name}': tensor '{tname}' has dtype {mine.dtype}, "
+                f"'{ref.name}' has {info.dtype}"
+            )
+    extra = sorted(set(other.tensors) - set(ref.tensors))
+    if extra:
+        raise PoolError(f"checkpoint '{other.name}': unexpected tensor '{extra[0]}' (not in '{ref.name}')")
+
+
+def validate_pool(
+    checkpoints: list[tuple[str, str | Path]], base: str | Path | None = None
+) -> PoolInfo:
+    """Inspect and cross-check a pool; raises PoolError naming the first offender."""
+    if not checkpoints:
+        raise PoolError("the pool is empty: list at least one checkpoint")
+    names = [n for n, _ in checkpoints]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise PoolError(f"checkpoint name '{dupes[0]}' is used twice")
+    infos = [inspect_checkpoint(n, p) for n, p in checkpoints]
+    base_info = inspect_checkpoint("base", base) if base is not None else None
+    pool = PoolInfo(checkpoints=infos, base=base_info)
+    for other in ([*infos] if base_info else infos[1:]):
+        _check_same_layout(pool.reference, other)
+    return pool
+
+
+def load_checkpoint_tensors(
+    info: CheckpointInfo, names: list[str], device: str | torch.device = "cpu"
+) -> list[torch.Tensor]:
+    """Load tensors in ``names`` order; NaN/Inf values are a PoolError naming the tensor."""
+    by_file: dict[Path, list[str]] = {}
+    for n in names:
+        by_file.setdefault(info.tensors[n].file, []).append(n)
+    out: dict[str, torch.Tensor] = {}
+    for file, wanted in by_file.items():
+        try:
+            with safe_open(str(file), framework="pt", device=str(device)) as fh:
+                for n in wanted:
+                    out[n] = fh.get_tensor(n)
+        except Exception as exc:  # safetensors raises its own error types
+            raise PoolError(f"checkpoint '{info.name}': cannot load {file.name}: {exc}") from exc
+    for n in names:
+        t = out[n]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise PoolError(f"checkpoint '{info.name}': tensor '{n}' contains NaN or Inf values")
+    return [out[n] for n in names]

@@ -1,0 +1,52 @@
+"""Candidate: what the optimizer asks an Evaluator to score, and the Evaluator protocol.
+
+The optimizer never imports torch or evaluators/: an Evaluator is anything with this shape."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Candidate(BaseModel):
+    """One merge, as data. Field names match mergekit's parameters."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    method: Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
+    weights: dict[str, float]
+    density: float | None = None
+    lambda_: float = Field(default=1.0, alias="lambda")
+    normalize: bool | None = None
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return self.model_dump(by_alias=True)
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Weights in, raw per-task scores out. ``directions[task]`` is True when higher is better
+    (it may be filled by the first evaluation)."""
+
+    @property
+    def checkpoint_names(self) -> list[str]: ...
+
+    @property
+    def has_base(self) -> bool: ...
+
+    @property
+    def directions(self) -> dict[str, bool]: ...
+
+    def evaluate(self, candidate: Candidate) -> dict[str, float]: ...
+
+
+def one_hot(names: list[str], name: str) -> Candidate:
+    """Exactly checkpoint ``name`` (a normalized linear merge with one non-zero weight)."""
+    return Candidate(method="linear", weights={n: float(n == name) for n in names}, normalize=True)
+
+
+def base_only(names: list[str]) -> Candidate:
+    """Exactly the base model: task arithmetic with every task vector weighted 0."""
+    return Candidate(method="task_arithmetic", weights=dict.fromkeys(names, 0.0))

@@ -1,0 +1,79 @@
+"""Reading a study back: trial rows and the stored front (what `mergeopt front` and the API show).
+
+Everything a study knows lives in Optuna's storage: study user attrs hold the spec, the
+reference scores and the latest front snapshot; trial user attrs hold the candidate, raw and
+normalized scores, timings and errors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from optimizer.front import hypervolume, non_dominated
+
+A_SPEC, A_IDENTITY, A_REFS, A_FRONT, A_DIRECTIONS = "spec", "identity", "references", "front", "directions"
+T_CANDIDATE, T_KIND, T_LABEL, T_RAW, T_NORM, T_OBJ, T_TIMES, T_ERROR = (
+    "candidate", "kind", "label", "raw", "normalized", "objective", "timings", "error",
+)
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str
+    kind: str  # "baseline" | "search"
+    label: str  # "checkpoint:NAME", "uniform", "ties", ... or "trial N"
+    candidate: dict
+    raw: dict[str, float] = field(default_factory=dict)
+    normalized: dict[str, float] = field(default_factory=dict)
+    objective: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def trial_rows(study: optuna.Study) -> list[TrialRow]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        ua = t.user_attrs
+        rows.append(
+            TrialRow(
+                number=t.number,
+                state=t.state.name,
+                kind=ua.get(T_KIND, "search"),
+                label=ua.get(T_LABEL, f"trial {t.number}"),
+                candidate=ua.get(T_CANDIDATE, {}),
+                raw=ua.get(T_RAW, {}),
+                normalized=ua.get(T_NORM, {}),
+                objective=ua.get(T_OBJ),
+                timings=ua.get(T_TIMES, {}),
+                error=ua.get(T_ERROR),
+            )
+        )
+    return rows
+
+
+def compute_front(rows: list[TrialRow], tasks: list[str]) -> dict:
+    """Non-dominated completed trials (baselines included) over normalized per-task scores."""
+    done = [r for r in rows if r.state == TrialState.COMPLETE.name and r.normalized]
+    if not done:
+        return {"tasks": tasks, "trials": [], "hypervolume": 0.0, "reference_point": [0.0] * len(tasks)}
+    points = np.array([[r.normalized[t] for t in tasks] for r in done])
+    mask = non_dominated(points)
+    front = sorted((r for r, keep in zip(done, mask, strict=True) if keep),
+                   key=lambda r: -(r.objective or 0.0))
+    return {
+        "tasks": tasks,
+        "trials": [r.number for r in front],
+        "hypervolume": hypervolume(points[mask]),
+        "reference_point": [0.0] * len(tasks),
+    }
+
+
+def stored_front(study: optuna.Study) -> dict:
+    return study.user_attrs.get(A_FRONT) or compute_front(trial_rows(study), study.user_attrs.get(A_SPEC, {}).get("tasks", []))

@@ -1,0 +1,63 @@
+"""Search spaces: Optuna distributions per merge method, and the maps between a point in the
+space and a Candidate (both ways, so baselines can be placed in the space to warm-start CMA-ES)."""
+
+from __future__ import annotations
+
+from optuna.distributions import FloatDistribution
+
+from optimizer.candidate import Candidate
+from optimizer.spec import SearchSpec
+
+WITH_DENSITY = {"ties", "dare_ties", "dare_linear"}
+
+
+def weight_param(name: str) -> str:
+    return f"w:{name}"
+
+
+class SearchSpace:
+    def __init__(self, search: SearchSpec, names: list[str]) -> None:
+        self.search = search
+        self.names = names
+
+    def distributions(self) -> dict[str, FloatDistribution]:
+        lo, hi = self.search.weight_range
+        dists = {weight_param(n): FloatDistribution(lo, hi) for n in self.names}
+        if self.search.method in WITH_DENSITY:
+            dists["density"] = FloatDistribution(*self.search.density_range)
+        if self.search.method == "task_arithmetic":
+            dists["lambda"] = FloatDistribution(*self.search.lambda_range)
+        return dists
+
+    def candidate(self, params: dict[str, float], seed: int = 0) -> Candidate:
+        weights = {n: float(params[weight_param(n)]) for n in self.names}
+        method = self.search.method
+        normalize = self.search.normalize
+        if method == "linear" and normalize is not False and sum(weights.values()) <= 1e-9:
+            # All weights at the lower bound: the normalized merge is undefined; take the
+            # uniform average, its limit along the diagonal.
+            weights = dict.fromkeys(self.names, 1.0)
+        return Candidate(
+            method=method,
+            weights=weights,
+            density=params.get("density") if method in WITH_DENSITY else None,
+            lambda_=float(params.get("lambda", 1.0)),
+            normalize=normalize,
+            seed=seed,
+        )
+
+    def embed(self, cand: Candidate) -> dict[str, float]:
+        """The point of this space closest to ``cand`` (exact when methods agree)."""
+        lo, hi = self.search.weight_range
+        weights = [cand.weights.get(n, 0.0) for n in self.names]
+        if self.search.method == "linear" and cand.method == "linear" and max(weights) > 0:
+            # Normalized linear merges are scale-free: scale so the largest weight is `hi`.
+            weights = [w * hi / max(weights) for w in weights]
+        params = {weight_param(n): min(max(w, lo), hi) for n, w in zip(self.names, weights, strict=True)}
+        if self.search.method in WITH_DENSITY:
+            dlo, dhi = self.search.density_range
+            params["density"] = min(max(cand.density if cand.density is not None else 1.0, dlo), dhi)
+        if self.search.method == "task_arithmetic":
+            llo, lhi = self.search.lambda_range
+            params["lambda"] = min(max(cand.lambda_, llo), lhi)
+        return params

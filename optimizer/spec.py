@@ -1,0 +1,201 @@
+"""The study spec (YAML for `mergeopt run`, the same JSON body for `POST /v1/studies`).
+
+Everything a user can get wrong is checked here, before any model is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
+SamplerName = Literal["cmaes", "nsga2", "tpe", "gp", "random"]
+METHODS_NEEDING_BASE = {"task_arithmetic", "ties", "dare_ties", "dare_linear"}
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+class SpecError(ValueError):
+    """An invalid study spec; the message says which field and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class CheckpointSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    path: str
+
+
+class PoolSpec(_Strict):
+    base: str | None = None
+    checkpoints: list[CheckpointSpec] = Field(min_length=1)
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _unique(cls, v: list[CheckpointSpec]) -> list[CheckpointSpec]:
+        names = [c.name for c in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"checkpoint name '{dupes[0]}' is used twice")
+        return v
+
+
+class TaskSpec(_Strict):
+    task: str = Field(min_length=1)
+    metric: str = "acc,none"
+    split: Literal["held_in", "held_out"] = "held_in"
+    normalize: Literal["expert", "base", "none"] | None = Field(
+        default=None, description="None: expert for held_in, base for held_out"
+    )
+    weight: float = Field(default=1.0, ge=0, description="weight in the 'weighted' objective")
+    num_fewshot: int | None = Field(default=None, ge=0)
+    higher_is_better: bool | None = None
+
+    @property
+    def normalization(self) -> str:
+        if self.normalize is not None:
+            return self.normalize
+        return "expert" if self.split == "held_in" else "base"
+
+
+class SuiteSpec(_Strict):
+    include_path: str | None = None
+    tasks: list[TaskSpec] = Field(min_length=1)
+    limit: int | float | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique(cls, v: list[TaskSpec]) -> list[TaskSpec]:
+        names = [t.task for t in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"task '{dupes[0]}' is listed twice")
+        return v
+
+
+class SearchSpec(_Strict):
+    method: MethodName = "linear"
+    sampler: SamplerName = "cmaes"
+    objective: Literal["mean", "weighted"] = "mean"
+    n_trials: int = Field(default=60, ge=1, description="all trials, baselines included")
+    baselines: bool = True
+    seed: int = 0
+    normalize: bool | None = Field(default=None, description="None: mergekit's method default")
+    weight_range: tuple[float, float] = (0.0, 1.0)
+    density_range: tuple[float, float] = (0.1, 1.0)
+    lambda_range: tuple[float, float] = (0.2, 1.5)
+    sigma0: float = Field(default=0.3, gt=0, le=1, description="CMA-ES step, as a fraction of each range")
+    warm_start: bool = Field(default=True, description="start CMA-ES at the best baseline")
+    population_size: int | None = Field(default=None, ge=2)
+    max_failures: int = Field(default=10, ge=1, description="stop after this many failed trials")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SearchSpec:
+        for field in ("weight_range", "density_range", "lambda_range"):
+            lo, hi = getattr(self, field)
+            if not lo < hi:
+                raise ValueError(f"{field} must be [low, high] with low < high, got {[lo, hi]}")
+        lo, hi = self.density_range
+        if lo <= 0 or hi > 1:
+            raise ValueError("density_range must lie in (0, 1]")
+        if self.weight_range[0] < 0 and self.method == "linear":
+            raise ValueError("linear weights must be >= 0")
+        return self
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    pool: PoolSpec
+    suite: SuiteSpec
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    storage: str = "sqlite:///mergeopt.db"
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StudySpec:
+        if self.search.method in METHODS_NEEDING_BASE and not self.pool.base:
+            raise ValueError(f"search.method '{self.search.method}' needs pool.base (task vectors are taken against it)")
+        for t in self.suite.tasks:
+            if t.normalization == "base" and not self.pool.base:
+                raise ValueError(f"task '{t.task}' is normalized by the base model but pool.base is not set")
+        if self.search.objective == "weighted" and sum(t.weight for t in self.suite.tasks) <= 0:
+            raise ValueError("objective 'weighted' needs at least one task weight > 0")
+        if len(self.pool.checkpoints) < 2 and self.search.method == "linear" and not self.pool.base:
+            raise ValueError("a linear merge needs at least two checkpoints")
+        return self
+
+    @property
+    def checkpoint_names(self) -> list[str]:
+        return [c.name for c in self.pool.checkpoints]
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.task for t in self.suite.tasks]
+
+    def identity(self) -> dict:
+        """What must not change when a stored study is resumed."""
+        return {
+            "pool": self.pool.model_dump(),
+            "tasks": [t.model_dump() for t in self.suite.tasks],
+            "limit": self.suite.limit,
+            "method": self.search.method,
+            "sampler": self.search.sampler,
+            "objective": self.search.objective,
+        }
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "spec"
+        lines.append(f"{loc}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def parse_spec(data: dict, base_dir: Path | None = None) -> StudySpec:
+    """Validate a spec dict; relative paths are resolved against ``base_dir`` (the YAML's folder)."""
+    if not isinstance(data, dict):
+        raise SpecError("the study spec must be a mapping (YAML object)")
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"invalid study spec: {format_validation_error(exc)}") from None
+    if base_dir is not None:
+        spec = _resolve_paths(spec, base_dir)
+    return spec
+
+
+def _resolve_paths(spec: StudySpec, base_dir: Path) -> StudySpec:
+    def fix(p: str | None) -> str | None:
+        if p is None:
+            return None
+        path = Path(p).expanduser()
+        return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+    pool = spec.pool.model_copy(
+        update={
+            "base": fix(spec.pool.base),
+            "checkpoints": [c.model_copy(update={"path": fix(c.path)}) for c in spec.pool.checkpoints],
+        }
+    )
+    suite = spec.suite.model_copy(update={"include_path": fix(spec.suite.include_path)})
+    storage = spec.storage
+    prefix = "sqlite:///"
+    if storage.startswith(prefix) and not storage.startswith(prefix + "/") and storage != prefix + ":memory:":
+        storage = prefix + str((base_dir / storage[len(prefix):]).resolve())
+    return spec.model_copy(update={"pool": pool, "suite": suite, "storage": storage})
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"study file {p} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{p} is not valid YAML: {exc}") from None
+    return parse_spec(data, base_dir=p.resolve().parent)

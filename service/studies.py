@@ -1,0 +1,70 @@
+"""Glue between the optimizer and the evaluators for one process: build the evaluator a spec
+asks for, run a study, and open stored studies by YAML file or by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from evaluators.engine import MergeEvaluator
+from evaluators.merge_spec import MergeSpec
+from evaluators.pool import validate_pool
+from evaluators.resident import ResidentPool, pick_device
+from evaluators.scoring import TaskRequest
+from optimizer import records as R
+from optimizer.loop import StudyRunner, open_storage
+from optimizer.spec import SpecError, StudySpec, load_spec, parse_spec
+
+DEFAULT_STORAGE = "sqlite:///mergeopt.db"
+
+
+def build_evaluator(spec: StudySpec, progress: bool = True) -> MergeEvaluator:
+    tasks = [TaskRequest(t.task, t.metric, t.num_fewshot, t.higher_is_better) for t in spec.suite.tasks]
+    return MergeEvaluator(
+        [(c.name, c.path) for c in spec.pool.checkpoints],
+        spec.pool.base,
+        tasks,
+        spec.suite.include_path,
+        limit=spec.suite.limit,
+        batch_size=spec.suite.batch_size,
+        device=spec.device,
+        progress=progress,
+    )
+
+
+def run_study(spec: StudySpec, progress: bool = True) -> optuna.Study:
+    runner = StudyRunner(spec, build_evaluator(spec, progress), progress=progress)
+    runner.run()
+    return runner.study
+
+
+def open_study(ref: str, storage: str | None = None) -> tuple[optuna.Study, StudySpec]:
+    """``ref`` is a study YAML (storage from the spec) or a study name (storage from --storage)."""
+    if ref.endswith((".yaml", ".yml")) or Path(ref).is_file():
+        spec = load_spec(ref)
+        name, url = spec.name, storage or spec.storage
+    else:
+        name, url = ref, storage or DEFAULT_STORAGE
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        raise SpecError(f"no study named '{name}' in {url}") from None
+    stored = study.user_attrs.get(R.A_SPEC)
+    if stored is None:
+        raise SpecError(f"study '{name}' in {url} was not created by mergeopt")
+    return study, parse_spec(stored)
+
+
+def export_trial(study: optuna.Study, spec: StudySpec, number: int, out_dir: str | Path, progress: bool = True) -> Path:
+    from evaluators.export import write_merge
+
+    rows = {r.number: r for r in R.trial_rows(study)}
+    if number not in rows:
+        raise SpecError(f"study '{spec.name}' has no trial {number} (trials: 0..{len(rows) - 1})")
+    row = rows[number]
+    if not row.candidate:
+        raise SpecError(f"trial {number} has no recorded merge")
+    pool = validate_pool([(c.name, c.path) for c in spec.pool.checkpoints], spec.pool.base)
+    resident = ResidentPool(pool, pick_device(spec.device), progress=progress)
+    return write_merge(resident, MergeSpec.model_validate(row.candidate), out_dir, progress=progress)

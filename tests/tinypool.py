@@ -1,0 +1,79 @@
+"""Tiny pools and tasks built by the tests themselves (no hub access)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 +=?>.:,-")
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def tiny_config() -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(SPECIALS) + len(CHARS), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=64, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+
+
+def save_model(model: LlamaForCausalLM, path: Path, dtype: torch.dtype = torch.float32) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    model.to(dtype).save_pretrained(path, safe_serialization=True)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
+def make_pool(root: Path, n: int = 3, *, dtype: torch.dtype = torch.float32, noise: float = 0.05, seed: int = 0) -> dict:
+    """A base and ``n`` checkpoints = base + random task vectors (same layout, real HF dirs)."""
+    torch.manual_seed(seed)
+    base = LlamaForCausalLM(tiny_config())
+    save_model(base, root / "base", dtype)
+    ckpts = []
+    for i in range(n):
+        m = LlamaForCausalLM(tiny_config())
+        m.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(noise * torch.randn_like(p))
+        ckpts.append((f"ckpt{i}", save_model(m, root / f"ckpt{i}", dtype)))
+    return {"base": root / "base", "checkpoints": ckpts}
+
+
+def make_tasks(root: Path, n_docs: int = 12) -> tuple[Path, list[str]]:
+    """Two multiple-choice tasks over local jsonl files."""
+    tasks = root / "tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    names = []
+    for name, fn in (("tiny_add", lambda a, b: a + b), ("tiny_sub", lambda a, b: a - b)):
+        rows = []
+        for i in range(n_docs):
+            a, b = (i * 7) % 10, (i * 3) % 10
+            ans = fn(a, b)
+            choices = [str(ans), str(ans + 1), str(ans - 2), str(ans + 3)]
+            rows.append({"q": f"{a}{'+' if name == 'tiny_add' else '-'}{b}=", "choices": choices, "label": i % 4})
+            rows[-1]["choices"][0], rows[-1]["choices"][i % 4] = rows[-1]["choices"][i % 4], rows[-1]["choices"][0]
+        data = tasks / f"{name}.jsonl"
+        data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        (tasks / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+            "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\n"
+            "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\n"
+            "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        )
+        names.append(name)
+    return tasks, names
