@@ -12,6 +12,7 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from evaluators.merge_spec import MergeSpec
+from evaluators.quiet import quiet_libraries
 from evaluators.pool import PoolError, validate_pool
 from evaluators.resident import ResidentModel, ResidentPool, pick_device
 from evaluators.scoring import SuiteScorer, TaskRequest
@@ -37,6 +38,7 @@ class MergeEvaluator:
         device: str = "auto",
         progress: bool = False,
     ) -> None:
+        quiet_libraries()
         self.pool_info = validate_pool(checkpoints, base)
         self.scorer = SuiteScorer(tasks, include_path, limit=limit, batch_size=batch_size)
         ref = self.pool_info.reference

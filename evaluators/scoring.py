@@ -3,13 +3,14 @@ is built once per study; each candidate only re-runs lm-eval's ``evaluate`` on i
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from evaluators.quiet import quiet_libraries
 
 
 class SuiteError(ValueError):
@@ -22,20 +23,6 @@ class TaskRequest:
     metric: str = "acc,none"  # lm-eval's "<metric>,<filter>" key
     num_fewshot: int | None = None
     higher_is_better: bool | None = None  # None: ask lm-eval
-
-
-def _quiet_lm_eval() -> None:
-    """lm-eval logs and draws progress bars per evaluate(); a study calls it once per trial and
-    shows its own per-trial bar instead."""
-    import functools
-
-    import lm_eval.api.task as task_module
-    from tqdm import tqdm
-
-    for name in ("lm-eval", "lm_eval", "lm_eval.evaluator", "lm_eval.api.task", "lm_eval.tasks"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # build_all_requests has no switch for its bar; the module-level name is the only handle.
-    task_module.tqdm = functools.partial(tqdm, disable=True)
 
 
 def _quiet_hflm():
@@ -58,7 +45,7 @@ def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None)
     """Build lm-eval's task dict once; unknown tasks are a SuiteError listing what exists."""
     if os.environ.get("HF_HUB_OFFLINE"):
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    _quiet_lm_eval()
+    quiet_libraries()
     from lm_eval.tasks import TaskManager, get_task_dict
 
     if include_path is not None and not Path(include_path).is_dir():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -29,6 +30,10 @@ from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, StudySpec
 
 log = logging.getLogger(__name__)
+# Heartbeats are "experimental" in Optuna and "meant for Study.optimize"; we drive them from our
+# own ask/tell loop on purpose (see _record_heartbeat).
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 HEARTBEAT_S, GRACE_S = 10, 60
 
 
