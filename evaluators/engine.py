@@ -12,8 +12,8 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from evaluators.merge_spec import MergeSpec
-from evaluators.quiet import quiet_libraries
 from evaluators.pool import PoolError, validate_pool
+from evaluators.quiet import quiet_libraries
 from evaluators.resident import ResidentModel, ResidentPool, pick_device
 from evaluators.scoring import SuiteScorer, TaskRequest
 

@@ -13,6 +13,7 @@ from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
 from service.cli import main
+
 from tinypool import make_pool, make_tasks
 
 

@@ -53,7 +53,7 @@ def ref_gta(base, deltas, w, *, consensus, normalize, lam):
 def test_linear(pool, normalize):
     _, tensors, w = pool
     t = tensors.numpy()
-    expected = sum(wi * ti for wi, ti in zip(w, t)) / (sum(w) if normalize else 1.0)
+    expected = sum(wi * ti for wi, ti in zip(w, t, strict=True)) / (sum(w) if normalize else 1.0)
     got = mm.linear(tensors, w, normalize=normalize)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
 
@@ -82,7 +82,7 @@ def test_ties(pool, density, normalize):
     deltas = mm.task_vectors(base, tensors)
     got = mm.ties(base, deltas, w, density=density, normalize=normalize, lambda_=0.9)
     dens = density if isinstance(density, list) else [density] * N
-    trimmed = np.stack([ref_topk(d, p) for d, p in zip(deltas.numpy(), dens)])
+    trimmed = np.stack([ref_topk(d, p) for d, p in zip(deltas.numpy(), dens, strict=True)])
     expected = ref_gta(base.numpy(), trimmed, w, consensus=True, normalize=normalize, lam=0.9)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
 

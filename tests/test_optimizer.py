@@ -4,12 +4,13 @@ import numpy as np
 import optuna
 import pytest
 
-from fakes import QuadraticPool
 from optimizer.front import hypervolume, non_dominated
 from optimizer.loop import StudyFailed, StudyRunner
 from optimizer.normalize import normalize
 from optimizer.records import trial_rows
 from optimizer.spec import SpecError, parse_spec
+
+from fakes import QuadraticPool
 
 NAMES = ["a", "b", "c", "d"]
 
