@@ -15,13 +15,13 @@ from fakes import QuadraticPool
 NAMES = ["a", "b", "c", "d"]
 
 
-def spec_for(tmp_path, **search):
+def spec_for(tmp_path, name="t", storage=None, **search):
     return parse_spec({
-        "name": "t",
+        "name": name,
         "pool": {"base": "/m/base", "checkpoints": [{"name": n, "path": f"/m/{n}"} for n in NAMES]},
         "suite": {"tasks": [{"task": "x"}, {"task": "y"}, {"task": "z", "split": "held_out"}]},
         "search": {"n_trials": 40, **search},
-        "storage": f"sqlite:///{tmp_path}/s.db",
+        "storage": storage or f"sqlite:///{tmp_path}/s.db",
     })
 
 
@@ -88,13 +88,13 @@ def test_front_is_exactly_the_non_dominated_set(tmp_path):
     assert len(runner.study.directions) == 3
 
 
-def test_resume_after_interrupt_does_not_redo_finished_trials(tmp_path):
-    spec = spec_for(tmp_path, n_trials=14)
+def test_resume_after_interrupt_does_not_redo_finished_trials(tmp_path, storage_url, study_name):
+    spec = spec_for(tmp_path, name=study_name, storage=storage_url, n_trials=14)
     ev = QuadraticPool(NAMES, HELPS)
     ev.interrupt_on = 11
     with pytest.raises(KeyboardInterrupt):
         StudyRunner(spec, ev, progress=False).run()
-    study = optuna.load_study(study_name="t", storage=spec.storage)
+    study = optuna.load_study(study_name=study_name, storage=spec.storage)
     done_before = {t.number: t.params for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])}
     # 11 evaluations before the interrupt: 5 references (4 singles + base), 4 merge baselines,
     # 1 search trial completed, the 11th interrupted.
@@ -109,6 +109,7 @@ def test_resume_after_interrupt_does_not_redo_finished_trials(tmp_path):
     assert len(ev2.calls) == 14 - len(done_before)
     failed = runner.study.get_trials(states=[optuna.trial.TrialState.FAIL])
     assert [t.user_attrs["error"] for t in failed] == ["interrupted"]
+    optuna.delete_study(study_name=study_name, storage=spec.storage)
 
 
 def test_failed_trials_store_the_error_and_the_study_goes_on(tmp_path):
