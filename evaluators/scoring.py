@@ -109,7 +109,7 @@ class SuiteScorer:
         for r in self.requests:
             result = out["results"].get(r.task, {})
             if r.metric not in result:
-                available = sorted(k for k in result if not k.endswith("_stderr") and k != "alias")
+                available = sorted(k for k in result if "," in k and "_stderr," not in k)
                 raise SuiteError(f"task '{r.task}' has no metric '{r.metric}' (available: {available})")
             value = float(result[r.metric])
             if math.isnan(value):

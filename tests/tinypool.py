@@ -77,3 +77,25 @@ def make_tasks(root: Path, n_docs: int = 12) -> tuple[Path, list[str]]:
         )
         names.append(name)
     return tasks, names
+
+
+def make_extra_tasks(root: Path, n_docs: int = 8) -> Path:
+    """A generate_until task (exact_match) and a loglikelihood_rolling task (perplexity)."""
+    tasks = root / "tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    gen = tasks / "tiny_gen.jsonl"
+    gen.write_text("\n".join(json.dumps({"q": f"{i}+{i}=", "a": str(2 * i)}) for i in range(n_docs)) + "\n")
+    (tasks / "tiny_gen.yaml").write_text(
+        f"task: tiny_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {gen}\n"
+        "test_split: test\nfewshot_split: test\noutput_type: generate_until\ndoc_to_text: '{{q}}'\n"
+        "doc_to_target: '{{a}}'\ngeneration_kwargs:\n  until: ['.']\n  max_gen_toks: 4\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    ppl = tasks / "tiny_ppl.jsonl"
+    ppl.write_text("\n".join(json.dumps({"text": f"abc {i} def {i + 1} ghi"}) for i in range(n_docs)) + "\n")
+    (tasks / "tiny_ppl.yaml").write_text(
+        f"task: tiny_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {ppl}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\n"
+        "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n"
+    )
+    return tasks
