@@ -7,14 +7,19 @@
 
 Reference and baseline trials are added with ``study.add_trial`` so that samplers do not mistake
 them for their own proposals, but they carry the same parameters as search trials (their
-projection into the space) so intersection search spaces stay intact."""
+projection into the space) so intersection search spaces stay intact.
+
+Several processes may run ``step()`` on one study (workers sharing a database): ``claim`` is a
+lock the caller provides so that "is there budget left? then ask" is atomic across them."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from enum import Enum
 
 import numpy as np
 import optuna
@@ -24,74 +29,68 @@ from tqdm.auto import tqdm
 from optimizer import records as R
 from optimizer.baselines import Baseline, merge_baselines, single_checkpoints
 from optimizer.candidate import Candidate, Evaluator, base_only
+from optimizer.events import NullListener, StudyListener, no_lock
 from optimizer.normalize import denominators, normalize, scalarize
 from optimizer.samplers import make_sampler, n_objectives
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, StudySpec
+from optimizer.storage import heartbeat, open_storage
 
 log = logging.getLogger(__name__)
-# Heartbeats are "experimental" in Optuna and "meant for Study.optimize"; we drive them from our
-# own ask/tell loop on purpose (see _record_heartbeat).
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-HEARTBEAT_S, GRACE_S = 10, 60
+CLAIMED = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 
 class StudyFailed(RuntimeError):
     """Too many trials failed; the last error says why."""
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    # Heartbeats let a resumed run (or another worker) fail trials of a process that died.
-    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-
-
-def _record_heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Callable[[], None]:
-    import threading
-
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            storage.record_heartbeat(trial_id)
-
-    storage.record_heartbeat(trial_id)
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    return stop.set
+class Step(Enum):
+    RAN = "ran"  # a trial completed
+    FAILED = "failed"  # a trial failed (error stored)
+    WAIT = "wait"  # budget claimed by running trials elsewhere
+    DONE = "done"  # n_trials completed
 
 
 class StudyRunner:
-    def __init__(self, spec: StudySpec, evaluator: Evaluator, *, progress: bool = True) -> None:
+    def __init__(
+        self,
+        spec: StudySpec,
+        evaluator: Evaluator,
+        *,
+        progress: bool = True,
+        listener: StudyListener | None = None,
+        claim: Callable[[], AbstractContextManager] = no_lock,
+        storage: optuna.storages.RDBStorage | None = None,
+    ) -> None:
         self.spec = spec
         self.evaluator = evaluator
         self.progress = progress
+        self.listener = listener or NullListener()
+        self.claim = claim
         self.tasks = spec.suite.tasks
         self.task_names = spec.task_names
         self.space = SearchSpace(spec.search, spec.checkpoint_names)
-        self.storage = open_storage(spec.storage)
+        self.storage = storage or open_storage(spec.storage)
         self.study = self._open_study()
         self.failures = 0
+        self.prepared = False
         self._bar: tqdm | None = None
 
     # ---------------------------------------------------------------- study set-up
     def _open_study(self) -> optuna.Study:
         k = n_objectives(self.spec.search, len(self.tasks))
         study = optuna.create_study(
-            study_name=self.spec.name,
-            storage=self.storage,
-            directions=["maximize"] * k,
-            load_if_exists=True,
+            study_name=self.spec.name, storage=self.storage, directions=["maximize"] * k, load_if_exists=True
         )
         if len(study.directions) != k:
             raise SpecError(f"study '{self.spec.name}' already exists with {len(study.directions)} objectives")
         stored = study.user_attrs.get(R.A_IDENTITY)
-        mine = self.spec.identity()
+        mine = _jsonable(self.spec.identity())
         if stored is None:
             study.set_user_attr(R.A_SPEC, self.spec.model_dump(mode="json", by_alias=True))
             study.set_user_attr(R.A_IDENTITY, mine)
-        elif stored != _jsonable(mine):
-            diff = [key for key in mine if _jsonable(mine[key]) != stored.get(key)]
+        elif stored != mine:
+            diff = [key for key in mine if mine[key] != stored.get(key)]
             raise SpecError(
                 f"study '{self.spec.name}' already exists in {self.spec.storage} with a different "
                 f"{', '.join(diff)}; choose another name to start a new study"
@@ -112,12 +111,14 @@ class StudyRunner:
             raise RuntimeError(f"evaluator returned no score for task '{missing[0]}'")
         return {t: float(raw[t]) for t in self.task_names}, timings
 
-    def _values(self, normalized: dict[str, float]) -> tuple[list[float], float]:
-        obj = scalarize(normalized, self.tasks, self.spec.search.objective)
-        values = [obj] if len(self.study.directions) == 1 else [normalized[t] for t in self.task_names]
-        return values, obj
+    def _scored(self, raw: dict[str, float]) -> tuple[dict[str, float], list[float], float]:
+        norm = normalize(raw, self.dens, self.directions)
+        obj = scalarize(norm, self.tasks, self.spec.search.objective)
+        values = [obj] if len(self.study.directions) == 1 else [norm[t] for t in self.task_names]
+        return norm, values, obj
 
-    def _user_attrs(self, cand: Candidate, kind: str, label: str, raw: dict, norm: dict, obj: float, timings: dict) -> dict:
+    @staticmethod
+    def _attrs(cand: Candidate, kind: str, label: str, raw: dict, norm: dict, obj: float, timings: dict) -> dict:
         return {
             R.T_CANDIDATE: cand.to_json(), R.T_KIND: kind, R.T_LABEL: label, R.T_RAW: raw,
             R.T_NORM: norm, R.T_OBJ: obj, R.T_TIMES: timings,
@@ -127,7 +128,8 @@ class StudyRunner:
     def _references(self) -> dict:
         refs = dict(self.study.user_attrs.get(R.A_REFS) or {"singles": {}, "base": None, "timings": {}})
         names = self.spec.checkpoint_names
-        todo: list[tuple[str, Candidate]] = [(n, c.candidate) for n, c in zip(names, single_checkpoints(names), strict=True) if n not in refs["singles"]]
+        todo = [(b.label.split(":", 1)[1], b.candidate) for b in single_checkpoints(names)]
+        todo = [(n, c) for n, c in todo if n not in refs["singles"]]
         if self.evaluator.has_base and refs["base"] is None:
             todo.append(("__base__", base_only(names)))
         for key, cand in todo:
@@ -139,37 +141,34 @@ class StudyRunner:
             refs["timings"][key] = timings
             self.study.set_user_attr(R.A_REFS, refs)  # saved per model: a crash loses at most one
             self._tick(f"reference {key}")
-        directions = {t.task: t.higher_is_better for t in self.tasks if t.higher_is_better is not None}
-        directions = {**self.evaluator.directions, **directions}
-        self.study.set_user_attr(R.A_DIRECTIONS, directions)
-        self.directions = directions
-        self.dens = denominators(self.tasks, refs["singles"], refs["base"], directions)
+        overrides = {t.task: t.higher_is_better for t in self.tasks if t.higher_is_better is not None}
+        stored = self.study.user_attrs.get(R.A_DIRECTIONS) or {}
+        self.directions = {**stored, **self.evaluator.directions, **overrides}
+        self.study.set_user_attr(R.A_DIRECTIONS, self.directions)
+        self.dens = denominators(self.tasks, refs["singles"], refs["base"], self.directions)
         return refs
 
-    def _add_done(self, cand: Candidate, kind: str, label: str, raw: dict, timings: dict) -> None:
-        norm = normalize(raw, self.dens, self.directions)
-        values, obj = self._values(norm)
+    def _add_done(self, cand: Candidate, label: str, raw: dict, timings: dict) -> None:
+        norm, values, obj = self._scored(raw)
+        attrs = self._attrs(cand, "baseline", label, raw, norm, obj, timings)
         self.study.add_trial(
-            create_trial(
-                params=self.space.embed(cand),
-                distributions=self.space.distributions(),
-                values=values,
-                user_attrs=self._user_attrs(cand, kind, label, raw, norm, obj, timings),
-            )
+            create_trial(params=self.space.embed(cand), distributions=self.space.distributions(),
+                         values=values, user_attrs=attrs)
         )
+        number = max(t.number for t in self._rows())
+        self.listener.trial_finished(number, {"number": number, **attrs})
         self._after_trial()
 
     # ---------------------------------------------------------------- phase 2: baselines
     def _baselines(self, refs: dict) -> None:
         have = {t.user_attrs.get(R.T_LABEL) for t in self._rows()}
-        names = self.spec.checkpoint_names
-        for b in single_checkpoints(names):
+        for b in single_checkpoints(self.spec.checkpoint_names):
             if b.label not in have:
                 n = b.label.split(":", 1)[1]
-                self._add_done(b.candidate, "baseline", b.label, refs["singles"][n], refs["timings"].get(n, {}))
+                self._add_done(b.candidate, b.label, refs["singles"][n], refs["timings"].get(n, {}))
         if not self.spec.search.baselines:
             return
-        for b in merge_baselines(names, self.evaluator.has_base):
+        for b in merge_baselines(self.spec.checkpoint_names, self.evaluator.has_base):
             if b.label not in have and self._budget_left() > 0:
                 self._run_baseline(b)
 
@@ -181,7 +180,16 @@ class StudyRunner:
         except Exception as exc:  # a failing baseline is reported, not fatal
             self._fail_note(f"baseline {b.label} failed: {exc}")
             return
-        self._add_done(b.candidate, "baseline", b.label, raw, timings)
+        self._add_done(b.candidate, b.label, raw, timings)
+
+    def prepare(self) -> None:
+        """References and baselines (idempotent: what is stored is not redone), then the sampler."""
+        optuna.storages.fail_stale_trials(self.study)
+        self._tick("references")
+        refs = self._references()
+        self._baselines(refs)
+        self.study.sampler = make_sampler(self.spec.search, self._x0())
+        self.prepared = True
 
     # ---------------------------------------------------------------- phase 3: search
     def _x0(self) -> dict[str, float] | None:
@@ -194,37 +202,48 @@ class StudyRunner:
         best = max(done, key=lambda t: t.user_attrs.get(R.T_OBJ, -np.inf))
         return self.space.embed(Candidate.model_validate(best.user_attrs[R.T_CANDIDATE]))
 
-    def _budget_left(self) -> int:
-        return self.spec.search.n_trials - len(self._rows())
+    def _budget_left(self, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> int:
+        return self.spec.search.n_trials - len(self._rows(states))
 
-    def _search(self) -> None:
-        self.study.sampler = make_sampler(self.spec.search, self._x0())
-        dists = self.space.distributions()
-        while self._budget_left() > 0:
-            optuna.storages.fail_stale_trials(self.study)
-            trial = self.study.ask(dists)
-            stop_beat = _record_heartbeat(self.storage, trial._trial_id)
-            cand = self.space.candidate(trial.params, seed=self.spec.search.seed * 100_003 + trial.number)
-            try:
-                raw, timings = self._evaluate(cand)
-                norm = normalize(raw, self.dens, self.directions)
-                values, obj = self._values(norm)
-                for key, value in self._user_attrs(cand, "search", f"trial {trial.number}", raw, norm, obj, timings).items():
-                    trial.set_user_attr(key, value)
-                self.study.tell(trial, values)
-            except (KeyboardInterrupt, SystemExit):
-                trial.set_user_attr(R.T_ERROR, "interrupted")
-                self.study.tell(trial, state=TrialState.FAIL)
-                raise
-            except Exception as exc:
-                trial.set_user_attr(R.T_CANDIDATE, cand.to_json())
-                trial.set_user_attr(R.T_ERROR, f"{type(exc).__name__}: {exc}")
-                self.study.tell(trial, state=TrialState.FAIL)
-                self._fail_note(f"trial {trial.number} failed: {exc}")
-                continue
-            finally:
-                stop_beat()
-            self._after_trial()
+    def step(self) -> Step:
+        """Claim budget, ask, evaluate, tell: one search trial."""
+        if not self.prepared:
+            self.prepare()
+        optuna.storages.fail_stale_trials(self.study)
+        if self._budget_left() <= 0:
+            return Step.DONE
+        with self.claim():
+            if self._budget_left(CLAIMED) <= 0:
+                return Step.WAIT
+            trial = self.study.ask(self.space.distributions())
+        stop_beat = heartbeat(self.storage, trial._trial_id)
+        cand = self.space.candidate(trial.params, seed=self.spec.search.seed * 100_003 + trial.number)
+        self.listener.trial_started(trial.number, f"trial {trial.number}", cand.to_json())
+        try:
+            raw, timings = self._evaluate(cand)
+            norm, values, obj = self._scored(raw)
+            attrs = self._attrs(cand, "search", f"trial {trial.number}", raw, norm, obj, timings)
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            self.study.tell(trial, values)
+        except (KeyboardInterrupt, SystemExit):
+            trial.set_user_attr(R.T_ERROR, "interrupted")
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.listener.trial_failed(trial.number, "interrupted")
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr(R.T_CANDIDATE, cand.to_json())
+            trial.set_user_attr(R.T_ERROR, error)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.listener.trial_failed(trial.number, error)
+            self._fail_note(f"trial {trial.number} failed: {exc}")
+            return Step.FAILED
+        finally:
+            stop_beat()
+        self.listener.trial_finished(trial.number, {"number": trial.number, **attrs})
+        self._after_trial()
+        return Step.RAN
 
     # ---------------------------------------------------------------- bookkeeping
     def _fail_note(self, message: str) -> None:
@@ -237,7 +256,9 @@ class StudyRunner:
 
     def _after_trial(self) -> None:
         front = R.compute_front(R.trial_rows(self.study), self.task_names)
-        self.study.set_user_attr(R.A_FRONT, front)
+        if front != self.study.user_attrs.get(R.A_FRONT):
+            self.study.set_user_attr(R.A_FRONT, front)
+            self.listener.front_changed(front)
         best = max((r.user_attrs.get(R.T_OBJ, -np.inf) for r in self._rows()), default=float("nan"))
         self._tick(f"best {best:.3f} hv {front['hypervolume']:.3f}")
 
@@ -247,22 +268,20 @@ class StudyRunner:
             self._bar.set_postfix_str(note)
             self._bar.refresh()
 
-    def run(self) -> dict:
-        """Run (or resume) the study to its budget; returns the stored front."""
-        optuna.storages.fail_stale_trials(self.study)
+    def run(self, poll_s: float = 2.0) -> dict:
+        """Run (or resume) the study to its budget in this process; returns the stored front."""
         self._bar = tqdm(total=self.spec.search.n_trials, desc=self.spec.name, unit="trial", disable=not self.progress)
         try:
-            self._tick("references")
-            refs = self._references()
-            self._baselines(refs)
-            self._search()
+            self.prepare()
+            while (result := self.step()) is not Step.DONE:
+                if result is Step.WAIT:  # trials running elsewhere (or stale, failed after the grace period)
+                    self._tick("waiting for running trials")
+                    time.sleep(poll_s)
         finally:
             self._bar.close()
             self._bar = None
-        return self.study.user_attrs[R.A_FRONT]
+        return self.study.user_attrs.get(R.A_FRONT) or R.compute_front(R.trial_rows(self.study), self.task_names)
 
 
 def _jsonable(value):
-    import json
-
     return json.loads(json.dumps(value))

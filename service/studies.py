@@ -13,8 +13,9 @@ from evaluators.pool import validate_pool
 from evaluators.resident import ResidentPool, pick_device
 from evaluators.scoring import TaskRequest
 from optimizer import records as R
-from optimizer.loop import StudyRunner, open_storage
+from optimizer.loop import StudyRunner
 from optimizer.spec import SpecError, StudySpec, load_spec, parse_spec
+from optimizer.storage import open_storage
 
 DEFAULT_STORAGE = "sqlite:///mergeopt.db"
 
