@@ -1,0 +1,45 @@
+"""Service settings from MERGEOPT_* environment variables or a .env file."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MERGEOPT_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(default="sqlite:///mergeopt.db", description="SQLAlchemy URL; also Optuna's storage")
+    allowed_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path.cwd()],
+        description="checkpoint, task and export paths must lie under one of these (comma-separated)",
+    )
+    tokens: Annotated[list[str], NoDecode] = Field(default_factory=list, description="bearer tokens (comma-separated)")
+    protect_reads: bool = Field(default=False, description="require a token on GET routes too")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    worker_poll_s: float = 2.0
+    sse_poll_s: float = 0.5
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _roots(cls, v):
+        if isinstance(v, str):
+            v = [p for p in v.split(",") if p.strip()]
+        return [Path(p).expanduser().resolve() for p in v]
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens(cls, v):
+        if isinstance(v, str):
+            v = [t.strip() for t in v.split(",") if t.strip()]
+        return v
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()
