@@ -21,8 +21,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from evaluators.scoring import SuiteError
     from optimizer.loop import StudyFailed
     from optimizer.spec import SpecError
+    from service.paths import PathNotAllowed
 
-    return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, FileNotFoundError)
+    return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, FileNotFoundError, PathNotAllowed)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -80,6 +81,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), n_trials=args.trials, fresh=args.fresh, progress=not args.quiet)
 
 
+def _settings(args: argparse.Namespace):
+    from service.settings import Settings
+
+    overrides = {k: v for k, v in {"database_url": getattr(args, "db", None), "host": getattr(args, "host", None),
+                                   "port": getattr(args, "port", None)}.items() if v is not None}
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import secrets
+
+    import uvicorn
+
+    from service.api.app import create_app
+
+    settings = _settings(args)
+    if not settings.tokens:
+        token = secrets.token_urlsafe(24)
+        settings.tokens = [token]
+        print(f"no MERGEOPT_TOKENS set: mutating routes accept this token for this run:\n  {token}", file=sys.stderr)
+    app = create_app(settings, worker=not args.no_worker)
+    where = f"http://{settings.host}:{settings.port}"
+    print(f"mergeopt API on {where} (docs: {where}/docs); database {settings.database_url}; "
+          f"{'no in-process worker' if args.no_worker else 'one in-process worker'}", file=sys.stderr)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.db.migrate import upgrade
+    from service.worker import Worker
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    worker = Worker(settings, worker_id=args.id, device=args.device)
+    print(f"worker {worker.id} on {settings.database_url}", file=sys.stderr)
+    worker.run_forever(max_idle_s=args.exit_when_idle)
+    print(f"worker {worker.id}: ran {worker.trials_run} trials", file=sys.stderr)
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from service.db import migrate
+
+    url = _settings(args).database_url
+    if args.action == "upgrade":
+        migrate.upgrade(url, args.revision or "head")
+    elif args.action == "downgrade":
+        migrate.downgrade(url, args.revision or "base")
+    print(f"{url}: revision {migrate.current(url) or '(none)'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mergeopt", description="Optimize merge weights over a pool of checkpoints.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -118,6 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("serve", help="the REST API (uvicorn), with one in-process worker by default")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--db", help="database URL (default MERGEOPT_DATABASE_URL or sqlite:///mergeopt.db)")
+    s.add_argument("--no-worker", action="store_true", help="API only: workers run elsewhere")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("worker", help="claim and evaluate trials of running studies (one per GPU)")
+    s.add_argument("--db", help="database URL (default MERGEOPT_DATABASE_URL)")
+    s.add_argument("--device", help="cuda:0, cpu... (default: the study's device)")
+    s.add_argument("--id", help="worker name shown in trials and events")
+    s.add_argument("--exit-when-idle", type=float, metavar="SECONDS", help="exit after this long without work")
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("db", help="database migrations (mergeopt's tables; Optuna migrates its own)")
+    s.add_argument("action", choices=["upgrade", "downgrade", "current"])
+    s.add_argument("revision", nargs="?")
+    s.add_argument("--db", help="database URL (default MERGEOPT_DATABASE_URL)")
+    s.set_defaults(func=cmd_db)
     return p
 
 

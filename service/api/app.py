@@ -1,0 +1,77 @@
+"""The FastAPI application: /v1 routes, OpenAPI at /docs, user errors as 4xx with a reason."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from evaluators.mergekit_yaml import MergeConfigError
+from evaluators.pool import PoolError
+from evaluators.scoring import SuiteError
+from optimizer.spec import SpecError
+from service.api.routes import router
+from service.db.migrate import upgrade
+from service.paths import PathNotAllowed
+from service.registry import Conflict, NotFound
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+ERRORS: dict[type[Exception], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    PathNotAllowed: 403,
+    SpecError: 422,
+    PoolError: 422,
+    SuiteError: 422,
+    MergeConfigError: 422,
+}
+
+
+def create_app(settings: Settings | None = None, *, worker: bool = False, migrate: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if migrate:
+            upgrade(settings.database_url)
+        stop = threading.Event()
+        thread = None
+        if worker:
+            from service.worker import Worker
+
+            w = Worker(settings, stop=stop)
+            thread = threading.Thread(target=w.run_forever, name="mergeopt-worker", daemon=True)
+            thread.start()
+        yield
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=30)
+
+    app = FastAPI(
+        title="mergeopt",
+        version="1",
+        description="Black-box merge-weight optimization: pools, suites, studies, trials, Pareto fronts.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(router)
+
+    for exc_type, status in ERRORS.items():
+        app.add_exception_handler(exc_type, _handler(status))
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict:
+        return {"ok": True}
+
+    return app
+
+
+def _handler(status: int):
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"detail": str(exc)})
+
+    return handle

@@ -1,0 +1,133 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from optimizer.spec import NAME_PATTERN, PoolSpec, SearchSpec, SuiteSpec
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PoolCreate(PoolSpec):
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class PoolOut(BaseModel):
+    id: str
+    name: str
+    base: str | None
+    checkpoints: list[dict]
+    fingerprint: dict
+    created_at: datetime
+
+
+class SuiteCreate(SuiteSpec):
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class SuiteOut(BaseModel):
+    id: str
+    name: str
+    include_path: str | None
+    tasks: list[dict]
+    limit: float | None
+    batch_size: int
+    created_at: datetime
+
+
+class StudyCreate(_In):
+    """The study spec of `mergeopt run` (pool and suite inline), or references to registered ones.
+    ``storage`` is accepted for compatibility with spec files and ignored: the server's database
+    holds every study."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    pool: PoolSpec | None = None
+    pool_id: str | None = None
+    suite: SuiteSpec | None = None
+    suite_id: str | None = None
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    priority: int = 0
+    device: str = "auto"
+    storage: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> StudyCreate:
+        if (self.pool is None) == (self.pool_id is None):
+            raise ValueError("give exactly one of pool or pool_id")
+        if (self.suite is None) == (self.suite_id is None):
+            raise ValueError("give exactly one of suite or suite_id")
+        return self
+
+
+class Progress(BaseModel):
+    completed: int
+    running: int
+    failed: int
+    budget: int
+
+
+class Best(BaseModel):
+    trial: int
+    label: str
+    objective: float
+    normalized: dict[str, float]
+
+
+class StudyOut(BaseModel):
+    id: str
+    name: str
+    state: str
+    priority: int
+    pool_id: str
+    suite_id: str
+    search: dict
+    progress: Progress
+    best: Best | None
+    hypervolume: float
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TrialOut(BaseModel):
+    number: int
+    state: str
+    kind: str
+    label: str
+    candidate: dict
+    raw: dict[str, float]
+    normalized: dict[str, float]
+    objective: float | None
+    timings: dict[str, float]
+    error: str | None
+
+
+class FrontEntry(BaseModel):
+    trial: int
+    label: str
+    kind: str
+    objective: float | None
+    merge: dict
+    raw: dict[str, float]
+    normalized: dict[str, float]
+
+
+class FrontOut(BaseModel):
+    tasks: list[str]
+    hypervolume: float
+    reference_point: list[float]
+    front: list[FrontEntry]
+
+
+class ExportRequest(_In):
+    out_dir: str = Field(description="server-side folder under an allowed root")
+
+
+class ExportOut(BaseModel):
+    path: str
+    files: list[str]

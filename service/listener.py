@@ -1,0 +1,51 @@
+"""StudyListener writing the service's tables: trial mirror rows, front snapshots and the
+events the SSE endpoint streams."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from service.db.models import Event, FrontSnapshot, Trial
+from service.db.session import session_factory
+
+
+class DbListener:
+    def __init__(self, url: str, study_id: str, worker: str) -> None:
+        self.sessions = session_factory(url)
+        self.study_id = study_id
+        self.worker = worker
+
+    def _upsert(self, number: int, **fields) -> None:
+        with self.sessions() as s, s.begin():
+            row = s.scalar(select(Trial).where(Trial.study_id == self.study_id, Trial.number == number))
+            if row is None:
+                row = Trial(study_id=self.study_id, number=number, state="RUNNING")
+                s.add(row)
+            for k, v in fields.items():
+                setattr(row, k, v)
+            event = {"RUNNING": "trial_started", "COMPLETE": "trial_finished", "FAIL": "trial_failed"}[row.state]
+            payload = {"trial": number, "label": row.label, "worker": self.worker}
+            if row.state == "COMPLETE":
+                payload.update(objective=row.objective, normalized=row.normalized)
+            if row.state == "FAIL":
+                payload["error"] = row.error
+            s.add(Event(study_id=self.study_id, type=event, payload=payload))
+
+    def trial_started(self, number: int, label: str, candidate: dict) -> None:
+        self._upsert(number, state="RUNNING", label=label, candidate=candidate, worker=self.worker)
+
+    def trial_finished(self, number: int, row: dict) -> None:
+        self._upsert(
+            number, state="COMPLETE", kind=row.get("kind", "search"), label=row.get("label", ""),
+            candidate=row.get("candidate", {}), raw=row.get("raw", {}), normalized=row.get("normalized", {}),
+            objective=row.get("objective"), timings=row.get("timings", {}), worker=self.worker,
+        )
+
+    def trial_failed(self, number: int, error: str) -> None:
+        self._upsert(number, state="FAIL", error=error, worker=self.worker)
+
+    def front_changed(self, front: dict) -> None:
+        with self.sessions() as s, s.begin():
+            s.add(FrontSnapshot(study_id=self.study_id, trials=front["trials"], hypervolume=front["hypervolume"]))
+            s.add(Event(study_id=self.study_id, type="front_changed",
+                        payload={"trials": front["trials"], "hypervolume": front["hypervolume"]}))

@@ -1,0 +1,31 @@
+"""Server-side paths must lie under the configured allowed roots, after resolving symlinks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PathNotAllowed(ValueError):
+    """A path outside the allowed roots (or relative, or with '..')."""
+
+
+def guard_path(path: str | Path, roots: list[Path], *, what: str = "path") -> Path:
+    raw = Path(path)
+    if not raw.is_absolute():
+        raise PathNotAllowed(f"{what} {path!s} must be absolute")
+    if ".." in raw.parts:
+        raise PathNotAllowed(f"{what} {path!s} must not contain '..'")
+    real = raw.resolve(strict=False)  # follows every symlink on the way
+    if not any(real == root or real.is_relative_to(root) for root in roots):
+        shown = ", ".join(str(r) for r in roots)
+        via = "" if real == raw else f" (resolves to {real})"
+        raise PathNotAllowed(f"{what} {path!s}{via} is outside the allowed roots ({shown})")
+    return real
+
+
+def guard_tree(directory: Path, roots: list[Path], *, what: str = "path") -> None:
+    """Every file a checkpoint/task folder holds must also resolve inside the roots."""
+    if directory.is_dir():
+        for child in directory.iterdir():
+            if child.is_symlink():
+                guard_path(child, roots, what=f"{what} entry")

@@ -1,0 +1,161 @@
+"""`mergeopt worker`: claim trials of running studies and evaluate them, forever.
+
+Workers coordinate only through the database: Optuna's RDB storage for the search state, the
+study rows for state/priority/setup, a short lock around "budget left? then ask" (locks.py).
+A worker keeps the pool of its current study resident between trials; switching studies
+reloads. Pause and cancel are honoured between trials; a worker that dies mid-trial leaves a
+RUNNING trial whose heartbeat stops, and fail_stale_trials (run by every step) fails it after
+the grace period so its budget is claimed again."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import or_, select, update
+
+from evaluators.pool import PoolError
+from evaluators.scoring import SuiteError
+from optimizer.loop import Step, StudyFailed, StudyRunner
+from optimizer.spec import SpecError, parse_spec
+from optimizer.storage import open_storage
+from service.db.models import Event, Study
+from service.db.session import session_factory
+from service.listener import DbListener
+from service.locks import study_lock
+from service.settings import Settings
+from service.studies import build_evaluator
+
+log = logging.getLogger(__name__)
+SETUP_LEASE = timedelta(minutes=30)  # references + baselines of a big pool take a while
+FATAL = (StudyFailed, PoolError, SuiteError, SpecError)
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, worker_id: str | None = None, device: str | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.url = settings.database_url
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.device = device
+        self.stop = stop or threading.Event()
+        self.sessions = session_factory(self.url)
+        self.storage = open_storage(self.url)
+        self.runner: StudyRunner | None = None
+        self.study_id: str | None = None
+        self.trials_run = 0
+
+    # ------------------------------------------------------------ study selection
+    def _claim_setup(self, study_id: str) -> bool:
+        now = datetime.now(UTC)
+        with self.sessions() as s, s.begin():
+            result = s.execute(
+                update(Study)
+                .where(Study.id == study_id, Study.prepared.is_(False),
+                       or_(Study.setup_owner.is_(None), Study.setup_owner == self.id, Study.setup_at < now - SETUP_LEASE))
+                .values(setup_owner=self.id, setup_at=now)
+            )
+            return result.rowcount == 1
+
+    def pick(self) -> Study | None:
+        """Highest priority, then oldest, running or queued study this worker may work on."""
+        with self.sessions() as s:
+            rows = s.scalars(
+                select(Study).where(Study.state.in_(("queued", "running")))
+                .order_by(Study.priority.desc(), Study.created_at)
+            ).all()
+        for row in rows:
+            if row.prepared or self._claim_setup(row.id):
+                return row
+        return None
+
+    def _set_state(self, study_id: str, state: str, *, only_from: tuple[str, ...], error: str | None = None, **extra) -> None:
+        with self.sessions() as s, s.begin():
+            row = s.get(Study, study_id, with_for_update=True)
+            if row is None or row.state not in only_from:
+                return
+            row.state = state
+            row.error = error
+            for k, v in extra.items():
+                setattr(row, k, v)
+            s.add(Event(study_id=study_id, type="state", payload={"state": state, "error": error, "worker": self.id}))
+
+    # ------------------------------------------------------------ the resident study
+    def _drop_runner(self) -> None:
+        self.runner, self.study_id = None, None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    def _runner_for(self, row: Study) -> StudyRunner:
+        if self.study_id != row.id or self.runner is None:
+            self._drop_runner()
+            spec = parse_spec(row.spec)
+            if self.device:
+                spec = spec.model_copy(update={"device": self.device})
+            log.info("worker %s: loading study %s", self.id, row.name)
+            self.runner = StudyRunner(
+                spec, build_evaluator(spec, progress=False), progress=False,
+                listener=DbListener(self.url, row.id, self.id), claim=study_lock(self.url, row.id), storage=self.storage,
+            )
+            self.study_id = row.id
+        return self.runner
+
+    # ------------------------------------------------------------ the loop
+    def run_once(self) -> bool:
+        """Do one unit of work (a setup or a trial); False when there was nothing to do."""
+        row = self.pick()
+        if row is None:
+            return False
+        self._set_state(row.id, "running", only_from=("queued",))
+        try:
+            runner = self._runner_for(row)
+            if not row.prepared:
+                runner.prepare()
+                with self.sessions() as s, s.begin():
+                    s.execute(update(Study).where(Study.id == row.id).values(prepared=True, setup_owner=None))
+            result = runner.step()
+        except FATAL as exc:
+            log.error("study %s failed: %s", row.name, exc)
+            self._set_state(row.id, "failed", only_from=("queued", "running"), error=str(exc))
+            self._drop_runner()
+            return True
+        if result is Step.RAN or result is Step.FAILED:
+            self.trials_run += 1
+        elif result is Step.DONE:
+            self._set_state(row.id, "completed", only_from=("running",))
+            self._drop_runner()
+        elif result is Step.WAIT:
+            self.stop.wait(self.settings.worker_poll_s)
+        return True
+
+    def run_forever(self, max_idle_s: float | None = None) -> None:
+        """Until stopped (or idle for ``max_idle_s``). Database errors back off and retry."""
+        idle_since, backoff = time.monotonic(), 1.0
+        while not self.stop.is_set():
+            try:
+                did = self.run_once()
+                backoff = 1.0
+            except Exception:  # the database went away, a bug in one study...: keep the worker alive
+                log.exception("worker %s: error, retrying in %.0f s", self.id, backoff)
+                self._drop_runner()
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            if did:
+                idle_since = time.monotonic()
+            elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                return
+            else:
+                self.stop.wait(self.settings.worker_poll_s)

@@ -1,0 +1,60 @@
+"""Shared pieces of the service tests: a tiny registered pool and suite, a settings object, SSE parsing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from service.settings import Settings
+
+from tinypool import make_pool, make_tasks
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def make_assets(root: Path) -> dict:
+    pool = make_pool(root / "pool", n=3, noise=0.3)
+    include, tasks = make_tasks(root)
+    return {
+        "pool": {"base": str(pool["base"]), "checkpoints": [{"name": n, "path": str(p)} for n, p in pool["checkpoints"]]},
+        "suite": {"include_path": str(include), "tasks": [{"task": tasks[0]}, {"task": tasks[1], "split": "held_out"}]},
+    }
+
+
+def settings_for(root: Path, url: str) -> Settings:
+    return Settings(database_url=url, allowed_roots=[str(root)], tokens=[TOKEN], worker_poll_s=0.2, sse_poll_s=0.1)
+
+
+def parse_sse(text: str) -> list[dict]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "event" in fields:
+            events.append({"id": int(fields["id"]), "type": fields["event"], "data": json.loads(fields["data"])})
+    return events
+
+
+def wait_for(predicate, timeout: float = 120, every: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s")
+
+
+def check_front_consistent(front: dict, trials: list[dict]) -> None:
+    """The front is exactly the non-dominated set of the completed trials."""
+    tasks = front["tasks"]
+    done = {t["number"]: [t["normalized"][k] for k in tasks] for t in trials if t["state"] == "COMPLETE"}
+    on = {e["trial"] for e in front["front"]}
+
+    def dominated(n):
+        p = done[n]
+        return any(all(a >= b for a, b in zip(q, p, strict=True)) and any(a > b for a, b in zip(q, p, strict=True))
+                   for m, q in done.items() if m != n)
+
+    assert on == {n for n in done if not dominated(n)}

@@ -1,0 +1,147 @@
+"""The REST flow with FastAPI's test client and an in-thread worker, plus every 4xx path."""
+
+import io
+import tarfile
+
+import pytest
+from fastapi.testclient import TestClient
+from servicekit import AUTH, check_front_consistent, make_assets, parse_sse, settings_for
+
+from service.api.app import create_app
+from service.worker import Worker
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    return root, make_assets(root)
+
+
+@pytest.fixture(scope="module")
+def client(assets):
+    root, _ = assets
+    settings = settings_for(root, f"sqlite:///{root}/api.db")
+    with TestClient(create_app(settings)) as c:
+        c.settings = settings
+        yield c
+
+
+def test_full_flow(client, assets):
+    root, a = assets
+    r = client.post("/v1/pools", json={"name": "tiny", **a["pool"]}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    pool = r.json()
+    assert pool["fingerprint"]["checkpoints"] == ["ckpt0", "ckpt1", "ckpt2"] and pool["fingerprint"]["n_params"] > 0
+    r = client.post("/v1/suites", json={"name": "tiny-suite", **a["suite"]}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    body = {"name": "flow", "pool_id": pool["id"], "suite_id": r.json()["id"], "search": {"n_trials": 12, "method": "ties"}}
+    r = client.post("/v1/studies", json=body, headers=AUTH)
+    assert r.status_code == 201, r.text
+    study = r.json()
+    assert study["state"] == "queued" and study["progress"]["budget"] == 12
+
+    worker = Worker(client.settings, worker_id="w1")
+    worker.run_forever(max_idle_s=1.0)
+    got = client.get(f"/v1/studies/{study['id']}").json()
+    assert got["state"] == "completed" and got["progress"]["completed"] == 12
+    assert got["best"]["objective"] > 0 and got["hypervolume"] > 0
+
+    trials = client.get(f"/v1/studies/{study['id']}/trials").json()
+    assert len(trials) == 12 and all(t["state"] == "COMPLETE" for t in trials)
+    assert {t["label"] for t in trials} >= {"checkpoint:ckpt0", "uniform", "ties", "dare_ties"}
+    assert client.get("/v1/studies/flow/trials", params={"state": "fail"}).json() == []
+    front = client.get("/v1/studies/flow/front").json()
+    check_front_consistent(front, trials)
+
+    events = parse_sse(client.get("/v1/studies/flow/events").text)  # ends: the study is finished
+    types = [e["type"] for e in events]
+    assert types.count("trial_finished") == 12 and "front_changed" in types and types[-1] == "state"
+    assert events[-1]["data"]["state"] == "completed"
+    later = parse_sse(client.get("/v1/studies/flow/events", params={"after": events[5]["id"]}).text)
+    assert [e["id"] for e in later] == [e["id"] for e in events[6:]]
+
+    best = front["front"][0]["trial"]
+    r = client.post(f"/v1/studies/flow/trials/{best}/export", json={"out_dir": str(root / "exported")}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    assert {"model.safetensors", "config.json", "mergekit_config.yml", "tokenizer.json"} <= set(r.json()["files"])
+    r = client.get(f"/v1/studies/flow/trials/{best}/export")
+    assert r.status_code == 200
+    names = tarfile.open(fileobj=io.BytesIO(r.content)).getnames()
+    assert f"flow-trial{best}/model.safetensors" in names
+
+
+def test_pause_resume_cancel(client, assets):
+    _, a = assets
+    r = client.post("/v1/studies", json={"name": "ctl", **a, "search": {"n_trials": 12}}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    assert client.post("/v1/studies/ctl/pause", headers=AUTH).json()["state"] == "paused"
+    w = Worker(client.settings, worker_id="w2")
+    assert w.run_once() is False  # a paused study is not picked
+    assert client.post("/v1/studies/ctl/pause", headers=AUTH).status_code == 409
+    assert client.post("/v1/studies/ctl/resume", headers=AUTH).json()["state"] == "queued"
+    assert w.run_once() is True  # setup (references, baselines) and a first trial
+    assert client.get("/v1/studies/ctl").json()["state"] == "running"
+    assert client.post("/v1/studies/ctl/cancel", headers=AUTH).json()["state"] == "cancelled"
+    done = client.get("/v1/studies/ctl").json()["progress"]["completed"]
+    assert w.run_once() is False
+    assert client.get("/v1/studies/ctl").json()["progress"]["completed"] == done
+    assert client.post("/v1/studies/ctl/resume", headers=AUTH).status_code == 409
+    assert client.post("/v1/studies/ctl/explode", headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize("method,path", [
+    ("get", "/v1/studies/nope"), ("get", "/v1/studies/nope/front"), ("get", "/v1/studies/nope/trials"),
+    ("get", "/v1/pools/nope"), ("get", "/v1/suites/nope"), ("get", "/v1/studies/nope/events"),
+])
+def test_unknown_ids_are_404(client, method, path):
+    r = getattr(client, method)(path)
+    assert r.status_code == 404 and "nope" in r.json()["detail"]
+
+
+def test_auth(client, assets):
+    _, a = assets
+    assert client.post("/v1/pools", json={"name": "x", **a["pool"]}).status_code == 401
+    r = client.post("/v1/pools", json={"name": "x", **a["pool"]}, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 403
+    assert client.post("/v1/studies/flow/pause").status_code == 401
+    assert client.get("/v1/studies").status_code == 200  # reads open unless protect_reads
+
+
+def test_reads_can_be_protected(assets):
+    root, _ = assets
+    settings = settings_for(root, f"sqlite:///{root}/protected.db")
+    settings.protect_reads = True
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/studies").status_code == 401
+        assert c.get("/v1/studies", headers=AUTH).status_code == 200
+
+
+def test_bad_input_is_4xx_with_a_reason(client, assets, tmp_path_factory):
+    root, a = assets
+    outside = tmp_path_factory.mktemp("outside")
+    cases = [
+        ({"name": "b1", **a, "search": {"n_trials": 0}}, 422, "n_trials"),
+        ({"name": "b2", **a, "search": {"method": "slerp"}}, 422, "method"),
+        ({"name": "b3", "pool": a["pool"], "suite": {**a["suite"], "tasks": [{"task": "nope"}]}}, 422, "unknown lm-eval task 'nope'"),
+        ({"name": "b4", "pool": {**a["pool"], "base": str(outside)}, "suite": a["suite"]}, 403, "outside the allowed roots"),
+        ({"name": "b5", "pool": {**a["pool"], "base": str(root / ".." / "x")}, "suite": a["suite"]}, 403, "'..'"),
+        ({"name": "b6", "pool": {**a["pool"], "base": str(root / "missing")}, "suite": a["suite"]}, 422, "does not exist"),
+        ({"name": "b7", **a, "pool_id": "abc"}, 422, "exactly one of pool or pool_id"),
+        ({"name": "flow", **a}, 409, "exists"),
+    ]
+    for body, status, reason in cases:
+        r = client.post("/v1/studies", json=body, headers=AUTH)
+        assert r.status_code == status, (body["name"], r.text)
+        assert reason in str(r.json()["detail"]), (body["name"], r.text)
+    link = root / "escape"
+    link.symlink_to(outside, target_is_directory=True)
+    r = client.post("/v1/pools", json={"name": "sym", "base": str(link), "checkpoints": a["pool"]["checkpoints"]}, headers=AUTH)
+    assert r.status_code == 403 and "resolves to" in r.json()["detail"]
+    r = client.post("/v1/studies", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/v1/studies/flow/trials/0/export", json={"out_dir": str(outside)}, headers=AUTH)
+    assert r.status_code == 403
+    # Nothing half-made was stored by the failures above.
+    for kind in ("studies", "pools", "suites"):
+        names = [s["name"] for s in client.get(f"/v1/{kind}").json()]
+        assert not any(n.startswith(("b", "sym")) for n in names), (kind, names)
