@@ -41,12 +41,12 @@ def _quiet_hflm():
     return QuietHFLM
 
 
-def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None) -> dict:
-    """Build lm-eval's task dict once; unknown tasks are a SuiteError listing what exists."""
+def check_task_names(names: list[str], include_path: str | Path | None):
+    """lm-eval's TaskManager for this suite; unknown tasks are a SuiteError listing what exists."""
     if os.environ.get("HF_HUB_OFFLINE"):
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     quiet_libraries()
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import TaskManager
 
     if include_path is not None and not Path(include_path).is_dir():
         raise SuiteError(f"include_path {include_path} is not a directory")
@@ -54,12 +54,20 @@ def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None)
         include_path=str(include_path) if include_path else None,
         include_defaults=include_path is None,
     )
-    names = [r.task for r in requests]
     known = set(manager.all_tasks)
     unknown = [n for n in names if n not in known]
     if unknown:
         local = sorted(n for n in known if not n.startswith("_"))[:20]
         raise SuiteError(f"unknown lm-eval task '{unknown[0]}' (tasks found: {', '.join(local)})")
+    return manager
+
+
+def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None) -> dict:
+    """Build lm-eval's task dict once (documents, prompts, few-shot samples)."""
+    from lm_eval.tasks import get_task_dict
+
+    names = [r.task for r in requests]
+    manager = check_task_names(names, include_path)
     try:
         task_dict = get_task_dict(names, manager)
     except Exception as exc:  # dataset files missing, bad YAML...

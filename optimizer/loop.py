@@ -51,6 +51,26 @@ class Step(Enum):
     DONE = "done"  # n_trials completed
 
 
+def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Create the Optuna study (objectives, spec) or re-open it; refuse a different study."""
+    k = n_objectives(spec.search, len(spec.suite.tasks))
+    study = optuna.create_study(study_name=spec.name, storage=storage, directions=["maximize"] * k, load_if_exists=True)
+    if len(study.directions) != k:
+        raise SpecError(f"study '{spec.name}' already exists with {len(study.directions)} objectives")
+    stored = study.user_attrs.get(R.A_IDENTITY)
+    mine = _jsonable(spec.identity())
+    if stored is None:
+        study.set_user_attr(R.A_SPEC, spec.model_dump(mode="json", by_alias=True))
+        study.set_user_attr(R.A_IDENTITY, mine)
+    elif stored != mine:
+        diff = [key for key in mine if mine[key] != stored.get(key)]
+        raise SpecError(
+            f"study '{spec.name}' already exists in its storage with a different "
+            f"{', '.join(diff)}; choose another name to start a new study"
+        )
+    return study
+
+
 class StudyRunner:
     def __init__(
         self,
@@ -78,24 +98,7 @@ class StudyRunner:
 
     # ---------------------------------------------------------------- study set-up
     def _open_study(self) -> optuna.Study:
-        k = n_objectives(self.spec.search, len(self.tasks))
-        study = optuna.create_study(
-            study_name=self.spec.name, storage=self.storage, directions=["maximize"] * k, load_if_exists=True
-        )
-        if len(study.directions) != k:
-            raise SpecError(f"study '{self.spec.name}' already exists with {len(study.directions)} objectives")
-        stored = study.user_attrs.get(R.A_IDENTITY)
-        mine = _jsonable(self.spec.identity())
-        if stored is None:
-            study.set_user_attr(R.A_SPEC, self.spec.model_dump(mode="json", by_alias=True))
-            study.set_user_attr(R.A_IDENTITY, mine)
-        elif stored != mine:
-            diff = [key for key in mine if mine[key] != stored.get(key)]
-            raise SpecError(
-                f"study '{self.spec.name}' already exists in {self.spec.storage} with a different "
-                f"{', '.join(diff)}; choose another name to start a new study"
-            )
-        return study
+        return open_study(self.spec, self.storage)
 
     def _rows(self, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states)
