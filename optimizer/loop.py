@@ -187,7 +187,7 @@ class StudyRunner:
 
     def prepare(self) -> None:
         """References and baselines (idempotent: what is stored is not redone), then the sampler."""
-        optuna.storages.fail_stale_trials(self.study)
+        self._fail_stale()
         self._tick("references")
         refs = self._references()
         self._baselines(refs)
@@ -212,7 +212,7 @@ class StudyRunner:
         """Claim budget, ask, evaluate, tell: one search trial."""
         if not self.prepared:
             self.prepare()
-        optuna.storages.fail_stale_trials(self.study)
+        self._fail_stale()
         if self._budget_left() <= 0:
             return Step.DONE
         with self.claim():
@@ -249,6 +249,17 @@ class StudyRunner:
         return Step.RAN
 
     # ---------------------------------------------------------------- bookkeeping
+    def _fail_stale(self) -> None:
+        """Fail RUNNING trials whose process stopped heart-beating; their budget is free again."""
+        running = {t.number for t in self._rows((TrialState.RUNNING,))}
+        if not running:
+            return
+        optuna.storages.fail_stale_trials(self.study)
+        for t in self._rows((TrialState.FAIL,)):
+            if t.number in running:
+                self.listener.trial_failed(t.number, "no heartbeat: the worker evaluating it stopped")
+
+
     def _fail_note(self, message: str) -> None:
         self.failures += 1
         log.warning(message)

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     worker_poll_s: float = 2.0
+    heartbeat_s: int = Field(default=10, ge=1, description="trial heartbeat interval")
+    grace_s: int = Field(default=60, ge=2, description="a RUNNING trial without heartbeat this long is failed and retried")
     sse_poll_s: float = 0.5
 
     @field_validator("allowed_roots", mode="before")

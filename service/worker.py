@@ -46,7 +46,7 @@ class Worker:
         self.device = device
         self.stop = stop or threading.Event()
         self.sessions = session_factory(self.url)
-        self.storage = open_storage(self.url)
+        self.storage = open_storage(self.url, heartbeat_s=settings.heartbeat_s, grace_s=settings.grace_s)
         self.runner: StudyRunner | None = None
         self.study_id: str | None = None
         self.trials_run = 0

@@ -145,3 +145,32 @@ def test_bad_input_is_4xx_with_a_reason(client, assets, tmp_path_factory):
     for kind in ("studies", "pools", "suites"):
         names = [s["name"] for s in client.get(f"/v1/{kind}").json()]
         assert not any(n.startswith(("b", "sym")) for n in names), (kind, names)
+
+
+def test_a_trial_of_a_dead_worker_is_failed_by_heartbeat_and_retried(assets, tmp_path):
+    root, a = assets
+    settings = settings_for(root, f"sqlite:///{tmp_path}/hb.db")
+    settings.heartbeat_s, settings.grace_s = 1, 2
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/v1/studies", json={"name": "hb", **a, "search": {"n_trials": 12}}, headers=AUTH).status_code == 201
+        w = Worker(settings, worker_id="alive")
+        assert w.run_once()  # set-up + one trial
+        # A second worker claims a trial and dies without telling: RUNNING, heartbeat recorded once.
+        import optuna
+
+        storage = optuna.storages.RDBStorage(settings.database_url, heartbeat_interval=1, grace_period=2)
+        study = optuna.load_study(study_name="hb", storage=storage)
+        dead = study.ask(w.runner.space.distributions())
+        storage.record_heartbeat(dead._trial_id)
+        assert c.get("/v1/studies/hb").json()["progress"]["running"] == 1
+        import time
+
+        time.sleep(2.5)
+        w.run_forever(max_idle_s=1.0)
+        trials = c.get("/v1/studies/hb/trials").json()
+        assert sum(t["state"] == "COMPLETE" for t in trials) == 12
+        assert [t["number"] for t in trials if t["state"] == "FAIL"] == [dead.number]
+        events = parse_sse(c.get("/v1/studies/hb/events").text)
+        failed = [e for e in events if e["type"] == "trial_failed"]
+        assert [e["data"]["trial"] for e in failed] == [dead.number]
+        assert "no heartbeat" in failed[0]["data"]["error"]
