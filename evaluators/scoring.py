@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from evaluators.lm_eval_reuse import cache_templates, reuse_requests
 from evaluators.quiet import quiet_libraries
 
 
@@ -76,6 +77,9 @@ def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None)
     for r in requests:
         if r.num_fewshot is not None:
             tasks[r.task].set_config(key="num_fewshot", value=r.num_fewshot)
+    cache_templates()
+    for task in tasks.values():
+        reuse_requests(task)
     return task_dict
 
 
@@ -94,6 +98,7 @@ class SuiteScorer:
         self.limit = limit
         self.batch_size = batch_size
         self.task_dict = load_task_dict(requests, include_path)
+        self.tasks = self.task_dict["tasks"] if "tasks" in self.task_dict else self.task_dict
         self.directions: dict[str, bool] = {
             r.task: r.higher_is_better for r in requests if r.higher_is_better is not None
         }

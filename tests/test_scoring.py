@@ -51,8 +51,15 @@ def test_generation_perplexity_fewshot_and_limit_match_lm_eval(setup):
     assert math.isclose(scores["tiny_ppl"], lm_eval_reference(model, tok, include, "tiny_ppl", "word_perplexity,none", limit=6), rel_tol=1e-9)
     # The same scorer scores the next candidate without rebuilding its tasks.
     task_dict = ev.scorer.task_dict
+    instances = {name: list(t.instances) for name, t in ev.scorer.tasks.items()}
     again = ev.evaluate(MergeSpec(method="linear", weights={"ckpt0": 1.0, "ckpt1": 0.0}))
     assert ev.scorer.task_dict is task_dict and again != scores
+    # Requests were reused (same Instance objects), and the scores still equal lm-eval's own.
+    assert all(t.instances == instances[name] and all(a is b for a, b in zip(t.instances, instances[name], strict=True))
+               for name, t in ev.scorer.tasks.items())
+    assert math.isclose(again["tiny_add"], lm_eval_reference(model, tok, include, "tiny_add", "acc,none", limit=6))
+    assert math.isclose(again["tiny_gen"], lm_eval_reference(model, tok, include, "tiny_gen", "exact_match,none", limit=6, num_fewshot=2))
+    assert math.isclose(again["tiny_ppl"], lm_eval_reference(model, tok, include, "tiny_ppl", "word_perplexity,none", limit=6), rel_tol=1e-9)
 
 
 def test_other_metric_names_and_unknowns(setup):
