@@ -26,10 +26,19 @@ class TaskRequest:
     higher_is_better: bool | None = None  # None: ask lm-eval
 
 
-def _quiet_hflm():
+def _study_hflm():
+    """HFLM for a study: no per-call progress bars, and each (context, continuation) pair is
+    tokenized once per study (the tokenizer and the documents never change between trials)."""
     from lm_eval.models.huggingface import HFLM
 
-    class QuietHFLM(HFLM):
+    class StudyHFLM(HFLM):
+        def _encode_pair(self, context, continuation):
+            cache = self.__dict__.setdefault("_mergeopt_pairs", {})
+            key = (context, continuation)
+            if key not in cache:
+                cache[key] = super()._encode_pair(context, continuation)
+            return cache[key]
+
         def loglikelihood(self, requests, disable_tqdm: bool = True):
             return super().loglikelihood(requests, disable_tqdm=True)
 
@@ -39,7 +48,7 @@ def _quiet_hflm():
         def generate_until(self, requests, disable_tqdm: bool = True):
             return super().generate_until(requests, disable_tqdm=True)
 
-    return QuietHFLM
+    return StudyHFLM
 
 
 def check_task_names(names: list[str], include_path: str | Path | None):
@@ -109,7 +118,7 @@ class SuiteScorer:
         # HFLM keeps a reference to the model: wrapping once is enough because candidates are
         # written into the same parameters in place.
         if self._lm is None or self._lm_model is not model:
-            self._lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+            self._lm = _study_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
             self._lm_model = model
         return self._lm
 
