@@ -73,7 +73,7 @@ def main() -> None:
         for n in (1, 2):
             tpm, count = search_throughput(base, f"bench-{n}w-{uuid.uuid4().hex[:6]}", env, n, assets, args.trials)
             rows.append((n, tpm, count))
-        print(f"| workers | search trials | trials/min | speed-up |\n|---|---|---|---|")
+        print("| workers | search trials | trials/min | speed-up |\n|---|---|---|---|")
         for n, tpm, count in rows:
             print(f"| {n} | {count} | {tpm:.0f} | {tpm / rows[0][1]:.2f}x |")
     finally:

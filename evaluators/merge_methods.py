@@ -46,12 +46,17 @@ def _per_model(density: Density, n: int) -> list[float]:
 def linear(
     tensors: torch.Tensor, weights: Sequence[float] | torch.Tensor, *, normalize: bool = True
 ) -> torch.Tensor:
-    """Weighted sum of the pool (mergekit ``linear``)."""
-    x = tensors.to(_work_dtype(tensors))
-    w = _as_weights(weights, x)
-    out = (w * x).sum(dim=0)
+    """Weighted sum of the pool (mergekit ``linear``). Accumulated with ``addcmul_`` in pool
+    order, as mergekit does, so the fused multiply-adds round identically."""
+    work = _work_dtype(tensors)
+    w = torch.as_tensor(weights, dtype=work, device=tensors.device).reshape(-1)
+    if w.numel() != tensors.shape[0]:
+        raise ValueError(f"got {w.numel()} weights for a pool of {tensors.shape[0]} tensors")
+    out = torch.zeros(tensors.shape[1:], dtype=work, device=tensors.device)
+    for t, coefficient in zip(tensors, w, strict=True):
+        out.addcmul_(t, coefficient)
     if normalize:
-        out = out / w.sum(dim=0)
+        out.div_(w.sum())
     return out.to(tensors.dtype)
 
 

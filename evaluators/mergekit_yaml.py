@@ -47,11 +47,25 @@ def _names(paths: list[Path]) -> list[str]:
     return names
 
 
+def _mapping(value, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MergeConfigError(f"{where} must be a mapping, got {value!r}")
+    return value
+
+
+def _number(value, where: str, kind=float):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MergeConfigError(f"{where} must be a number, got {value!r}")
+    return kind(value)
+
+
 def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
     try:
         cfg = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise MergeConfigError(f"not valid YAML: {exc}") from None
+        raise MergeConfigError(f"not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(cfg, dict):
         raise MergeConfigError("the config must be a mapping")
     method = cfg.get("merge_method")
@@ -61,18 +75,24 @@ def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
     if not isinstance(models, list) or not models:
         raise MergeConfigError("'models' must be a non-empty list of {model: PATH, parameters: {...}}")
 
-    def resolve(p) -> Path:
+    def resolve(p, where: str) -> Path:
         if not isinstance(p, str):
-            raise MergeConfigError(f"model path must be a string, got {p!r}")
+            raise MergeConfigError(f"{where} must be a path string, got {p!r}")
         path = Path(p).expanduser()
         return path if path.is_absolute() else (base_dir / path).resolve()
 
-    base = resolve(cfg["base_model"]) if cfg.get("base_model") else None
-    entries = [(resolve(m.get("model") if isinstance(m, dict) else None), (m.get("parameters") or {})) for m in models]
+    base = resolve(cfg["base_model"], "base_model") if cfg.get("base_model") else None
+    entries = []
+    for i, m in enumerate(models):
+        if not isinstance(m, dict):
+            raise MergeConfigError(f"models[{i}] must be a mapping {{model: PATH, parameters: {{...}}}}, got {m!r}")
+        entries.append((resolve(m.get("model"), f"models[{i}].model"), _mapping(m.get("parameters"), f"models[{i}].parameters")))
+    if base is not None and method == "linear" and base not in [p for p, _ in entries]:
+        # mergekit treats a linear base_model as one more input that needs a weight.
+        raise MergeConfigError("linear: base_model must also be listed under models with a weight (as mergekit requires)")
     # mergekit lists the base among the models sometimes; it contributes no task vector.
-    entries = [(p, params) for p, params in entries if p != base]
-    paths = [p for p, _ in entries]
-    names = _names(paths)
+    entries = [(p, params) for p, params in entries if p != base or method not in NEEDS_BASE]
+    names = _names([p for p, _ in entries])
     weights, densities = {}, {}
     for name, (_, params) in zip(names, entries, strict=True):
         if "weight" not in params:
@@ -80,26 +100,30 @@ def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
         weights[name] = _scalar(params["weight"], "weight", name)
         if "density" in params:
             densities[name] = _scalar(params["density"], "density", name)
-    glob = cfg.get("parameters") or {}
-    if glob.get("rescale") is False and method in RANDOMIZED:
-        raise MergeConfigError("parameters.rescale: false is not supported")
     if method in NEEDS_BASE and base is None:
         raise MergeConfigError(f"merge_method {method} needs base_model")
+    glob = _mapping(cfg.get("parameters"), "parameters")
+    rescale = glob.get("rescale", method in RANDOMIZED)
+    if rescale is not (method in RANDOMIZED):
+        # DARE always rescales here; TIES / task arithmetic never do (mergekit's defaults).
+        raise MergeConfigError(f"parameters.rescale: {rescale!r} is not supported for {method}")
     try:
         spec = MergeSpec(
             method=method,
             weights=weights,
             density=(densities if densities else None) if method in USES_DENSITY else None,
-            lambda_=float(glob.get("lambda", 1.0)),
+            lambda_=_number(glob.get("lambda", 1.0), "parameters.lambda"),
             normalize=glob.get("normalize"),
-            seed=int(cfg.get("random_seed", 0) or 0),
+            seed=_number(cfg.get("random_seed", 0) or 0, "random_seed", int),
         )
     except ValidationError as exc:
-        raise MergeConfigError("; ".join(e["msg"] for e in exc.errors())) from None
+        raise MergeConfigError("; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )) from None
     out_dtype = cfg.get("out_dtype") or cfg.get("dtype")
     if out_dtype is not None and out_dtype not in DTYPES:
         raise MergeConfigError(f"dtype {out_dtype!r} is not one of {sorted(DTYPES)}")
-    return MergeJob(spec=spec, checkpoints=list(zip(names, paths, strict=True)), base=base, out_dtype=out_dtype)
+    return MergeJob(spec=spec, checkpoints=list(zip(names, [p for p, _ in entries], strict=True)), base=base, out_dtype=out_dtype)
 
 
 def to_mergekit_yaml(spec: MergeSpec, checkpoints: list[tuple[str, Path]], base: Path | None, out_dtype: str) -> str:

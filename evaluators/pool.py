@@ -103,7 +103,7 @@ def _read_header(file: Path, who: str) -> dict[str, dict]:
     data_len = size - 8 - n
     for name, entry in header.items():
         try:
-            start, end = entry["data_offsets"]
+            start, end = (int(o) for o in entry["data_offsets"])
             shape = [int(d) for d in entry["shape"]]
             str(entry["dtype"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -143,8 +143,10 @@ def inspect_checkpoint(name: str, path: str | Path) -> CheckpointInfo:
         config = json.loads((p / "config.json").read_text())
     except FileNotFoundError as exc:
         raise PoolError(f"{who}: no config.json") from exc
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PoolError(f"{who}: unreadable config.json: {exc}") from exc
+    if not isinstance(config, dict):
+        raise PoolError(f"{who}: config.json is not a JSON object")
     tensors: dict[str, TensorInfo] = {}
     for file in _weight_files(p, who):
         for tname, entry in _read_header(file, who).items():

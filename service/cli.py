@@ -23,7 +23,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from optimizer.spec import SpecError
     from service.paths import PathNotAllowed
 
-    return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, FileNotFoundError, PathNotAllowed)
+    return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, OSError, PathNotAllowed)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
