@@ -14,9 +14,9 @@ TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def make_assets(root: Path) -> dict:
+def make_assets(root: Path, n_docs: int = 12) -> dict:
     pool = make_pool(root / "pool", n=3, noise=0.3)
-    include, tasks = make_tasks(root)
+    include, tasks = make_tasks(root, n_docs=n_docs)
     return {
         "pool": {"base": str(pool["base"]), "checkpoints": [{"name": n, "path": str(p)} for n, p in pool["checkpoints"]]},
         "suite": {"include_path": str(include), "tasks": [{"task": tasks[0]}, {"task": tasks[1], "split": "held_out"}]},

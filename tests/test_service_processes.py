@@ -93,13 +93,15 @@ def test_postgres_two_worker_processes_never_share_a_trial(tmp_path):
     reason = postgres_reachable()
     if reason:
         pytest.skip(reason)
-    assets = make_assets(tmp_path)
+    assets = make_assets(tmp_path, n_docs=60)  # trials long enough for both workers to join
     name = f"pg-{uuid.uuid4().hex[:8]}"
     proc, base = serve(tmp_path, PG_URL, "--no-worker")
     env = service_env(tmp_path, PG_URL)
-    workers = [mergeopt("worker", "--id", f"w{i}", "--exit-when-idle", "6", env=env) for i in range(2)]
+    workers = [mergeopt("worker", "--id", f"w{i}", "--exit-when-idle", "8", env=env) for i in range(2)]
+    for w in workers:  # both are up and polling before the study exists
+        assert w.stdout.readline().startswith("worker w")
     try:
-        _, events = run_flow(base, assets, name, n_trials=16)
+        _, events = run_flow(base, assets, name, n_trials=30)
     finally:
         logs = [stop(w) for w in workers]
         stop(proc)
