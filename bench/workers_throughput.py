@@ -1,7 +1,7 @@
 """Trials per minute with 1 vs 2 `mergeopt worker` processes on one study (tiny pool, CPU),
 measured side by side in one run. Needs PostgreSQL (default: the test database on 127.0.0.1).
 
-    python bench/workers_throughput.py [--db URL] [--trials 40] [--threads 1]
+    python bench/workers_throughput.py [--db URL] [--trials 40] [--threads 1] [--docs 200]
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ def main() -> None:
     ap.add_argument("--db", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument("--docs", type=int, default=200, help="documents per task (2 tasks, 4 choices each)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mergeopt-bench-"))
-    assets = make_assets(root)
+    assets = make_assets(root, n_docs=args.docs)
     env = {**os.environ, "MERGEOPT_DATABASE_URL": args.db, "MERGEOPT_TOKENS": TOKEN, "MERGEOPT_ALLOWED_ROOTS": str(root),
            "MERGEOPT_WORKER_POLL_S": "0.1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
            "MKL_NUM_THREADS": str(args.threads)}
