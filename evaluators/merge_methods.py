@@ -66,7 +66,16 @@ def task_vectors(base: torch.Tensor, tensors: torch.Tensor) -> torch.Tensor:
     return tensors.to(dtype) - base.to(dtype).unsqueeze(0)
 
 
-def magnitude_prune(delta: torch.Tensor, density: float) -> torch.Tensor:
+def magnitude_order(delta: torch.Tensor) -> torch.Tensor:
+    """Entry indices by decreasing |value|, exactly as mergekit ranks them. A task vector never
+    changes during a study, so the resident pool computes this once and reuses it."""
+    magnitudes = delta.abs().reshape(-1)
+    if magnitudes.device.type == "cpu":
+        magnitudes = magnitudes.float()
+    return torch.argsort(magnitudes, descending=True)
+
+
+def magnitude_prune(delta: torch.Tensor, density: float, order: torch.Tensor | None = None) -> torch.Tensor:
     """Keep the top ``density`` fraction of entries by |value| (mergekit ``magnitude``)."""
     if density >= 1:
         return delta
@@ -74,10 +83,7 @@ def magnitude_prune(delta: torch.Tensor, density: float) -> torch.Tensor:
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))
     mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
-    magnitudes = delta.abs().reshape(-1)
-    if magnitudes.device.type == "cpu":
-        magnitudes = magnitudes.float()
-    mask[torch.argsort(magnitudes, descending=True)[:k]] = 1
+    mask[(magnitude_order(delta) if order is None else order)[:k]] = 1
     return delta * mask.reshape_as(delta)
 
 
@@ -155,10 +161,13 @@ def ties(
     density: Density,
     lambda_: float = 1.0,
     normalize: bool = True,
+    orders: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """TIES-Merging (Yadav et al. 2023): trim, elect sign, disjoint merge."""
+    """TIES-Merging (Yadav et al. 2023): trim, elect sign, disjoint merge. ``orders`` ([N, numel],
+    from magnitude_order) skips re-ranking each task vector."""
     densities = _per_model(density, deltas.shape[0])
-    trimmed = torch.stack([magnitude_prune(d, p) for d, p in zip(deltas, densities, strict=True)])
+    ranked = orders if orders is not None else [None] * deltas.shape[0]
+    trimmed = torch.stack([magnitude_prune(d, p, o) for d, p, o in zip(deltas, densities, ranked, strict=True)])
     return _combine(base, trimmed, weights, consensus=True, normalize=normalize, lambda_=lambda_)
 
 

@@ -91,6 +91,7 @@ def merge_tensor(
     tensors: torch.Tensor | None = None,
     base: torch.Tensor | None = None,
     deltas: torch.Tensor | None = None,
+    orders: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Merge one parameter. Linear needs ``tensors``; the task-vector methods need ``base`` and
     ``deltas`` (precomputed once per study by the resident pool)."""
@@ -104,4 +105,6 @@ def merge_tensor(
         kwargs["density"] = spec.density_vector(names)
     if spec.method in mm.RANDOMIZED:
         kwargs["generator"] = spec.generator_for(tensor_name, deltas.device)
+    if spec.method == "ties" and orders is not None:
+        kwargs["orders"] = orders
     return mm.METHODS[spec.method](base, deltas, weights, **kwargs)

@@ -1,14 +1,25 @@
 """The resident pool and model: tensors are loaded once per study, and every candidate is written
-in place into one transformers model. Nothing is written to disk or reloaded per trial."""
+in place into one transformers model. Nothing is written to disk or reloaded per trial.
+
+Layout: when every tensor has one floating dtype (the usual case), the pool is one flat
+[N, P] buffer, the base one [P] buffer and the model's parameters are views into one [P] output
+buffer. Linear and task-arithmetic candidates are then a chunked loop of a few fused ops over
+the flat buffers (fused.py), written straight into the parameters' storage with at most one
+fp32 chunk of extra memory. Other methods (TIES, DARE: per-tensor top-k / masks) and mixed
+dtypes use the per-tensor formulas of merge_methods.py, which are also the reference."""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from evaluators import fused
+from evaluators.merge_methods import magnitude_order, task_vectors
 from evaluators.merge_spec import MergeSpec, merge_tensor
 from evaluators.pool import PoolError, PoolInfo, load_checkpoint_tensors
 
@@ -22,44 +33,104 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 class ResidentPool:
-    """All checkpoints stacked per parameter ([N, *shape], stored dtype) plus the base, and the
-    task vectors (fp32) computed on first use by a task-vector method."""
+    """All checkpoints stacked per parameter ([N, *shape] views of one flat [N, P] buffer when
+    the dtype is uniform), the base, and the fp32 task vectors computed on first use."""
 
     def __init__(self, pool: PoolInfo, device: torch.device, progress: bool = False) -> None:
         self.pool = pool
         self.device = device
         self.tensor_names = sorted(pool.reference.tensors)
         self.checkpoint_names = pool.names
+        ref = pool.reference.tensors
+        self.shapes = {k: tuple(ref[k].shape) for k in self.tensor_names}
+        self.offsets: dict[str, tuple[int, int]] = {}
+        start = 0
+        for k in self.tensor_names:
+            self.offsets[k] = (start, start + math.prod(self.shapes[k]))
+            start = self.offsets[k][1]
+        self.numel = start
         n = len(pool.checkpoints)
+        self.flat: torch.Tensor | None = None  # [N, P] when the layout is uniform
         self.stacks: dict[str, torch.Tensor] = {}
         for i, info in enumerate(tqdm(pool.checkpoints, desc="loading pool", disable=not progress)):
-            for tname, t in zip(self.tensor_names, load_checkpoint_tensors(info, self.tensor_names, device), strict=True):
-                if tname not in self.stacks:
-                    self.stacks[tname] = torch.empty((n, *t.shape), dtype=t.dtype, device=device)
-                self.stacks[tname][i].copy_(t)
+            for k, t in zip(self.tensor_names, load_checkpoint_tensors(info, self.tensor_names, device), strict=True):
+                if i == 0 and not self.stacks and self._uniform(t.dtype):
+                    self.flat = torch.empty((n, self.numel), dtype=t.dtype, device=device)
+                if k not in self.stacks:
+                    self.stacks[k] = self._view(self.flat, k) if self.flat is not None else torch.empty(
+                        (n, *t.shape), dtype=t.dtype, device=device)
+                self.stacks[k][i].copy_(t)
         self.base: dict[str, torch.Tensor] | None = None
+        self.flat_base: torch.Tensor | None = None
         if pool.base is not None:
             loaded = load_checkpoint_tensors(pool.base, self.tensor_names, device)
-            self.base = dict(zip(self.tensor_names, loaded, strict=True))
+            if self.flat is not None:
+                self.flat_base = torch.empty(self.numel, dtype=self.flat.dtype, device=device)
+                self.base = {k: self._view(self.flat_base, k) for k in self.tensor_names}
+                for k, t in zip(self.tensor_names, loaded, strict=True):
+                    self.base[k].copy_(t)
+            else:
+                self.base = dict(zip(self.tensor_names, loaded, strict=True))
         self._deltas: dict[str, torch.Tensor] | None = None
+        self.flat_deltas: torch.Tensor | None = None
+        self._orders: dict[str, torch.Tensor] = {}
+        # Magnitude rankings for TIES are cached (int32/int64 per entry) while they fit this budget.
+        self.order_budget_bytes = int(float(os.environ.get("MERGEOPT_TOPK_CACHE_GB", "8")) * 1024**3)
+
+    def _uniform(self, dtype: torch.dtype) -> bool:
+        ref = self.pool.reference.tensors
+        return dtype.is_floating_point and len({ref[k].dtype for k in self.tensor_names}) == 1
+
+    def _view(self, flat: torch.Tensor, name: str) -> torch.Tensor:
+        s, e = self.offsets[name]
+        return flat[..., s:e].unflatten(-1, self.shapes[name])
 
     def deltas(self) -> dict[str, torch.Tensor]:
+        """Task vectors d_i = t_i - base in fp32, computed once per study."""
         if self.base is None:
             raise PoolError("this merge method needs a base model: set pool.base")
         if self._deltas is None:
-            from evaluators.merge_methods import task_vectors
-
-            self._deltas = {k: task_vectors(self.base[k], self.stacks[k]) for k in self.tensor_names}
+            if self.flat is not None:
+                self.flat_deltas = fused.flat_task_vectors(self.flat, self.flat_base)
+                self._deltas = {k: self._view(self.flat_deltas, k) for k in self.tensor_names}
+            else:
+                self._deltas = {k: task_vectors(self.base[k], self.stacks[k]) for k in self.tensor_names}
         return self._deltas
 
+    def magnitude_orders(self, name: str) -> torch.Tensor | None:
+        """[N, numel] ranking of each task vector's entries by |value|, computed once."""
+        if name not in self._orders:
+            d = self.deltas()[name]
+            size = d.numel() * 8
+            if sum(o.numel() * o.element_size() for o in self._orders.values()) + size > self.order_budget_bytes:
+                return None
+            self._orders[name] = torch.stack([magnitude_order(x) for x in d])
+        return self._orders[name]
+
     def merged(self, spec: MergeSpec, tensor_name: str) -> torch.Tensor:
+        """One merged tensor by the reference (per-tensor) formulas."""
         if spec.needs_base:
             deltas = self.deltas()
+            orders = self.magnitude_orders(tensor_name) if spec.method == "ties" else None
             return merge_tensor(
                 spec, self.checkpoint_names, tensor_name,
-                base=self.base[tensor_name], deltas=deltas[tensor_name],
+                base=self.base[tensor_name], deltas=deltas[tensor_name], orders=orders,
             )
         return merge_tensor(spec, self.checkpoint_names, tensor_name, tensors=self.stacks[tensor_name])
+
+    def merge_flat_into(self, spec: MergeSpec, out: torch.Tensor) -> bool:
+        """Write a linear / task-arithmetic merge into the flat [P] ``out``; False if this spec
+        or layout has no fused path (the caller then merges per tensor)."""
+        if self.flat is None or spec.method not in fused.FUSED:
+            return False
+        weights = spec.weight_vector(self.checkpoint_names)
+        if spec.method == "linear":
+            fused.linear_into(out, self.flat, weights, normalize=spec.resolved_normalize)
+        else:
+            self.deltas()
+            fused.task_arithmetic_into(out, self.flat_base, self.flat_deltas, weights,
+                                       lambda_=spec.lambda_, normalize=spec.resolved_normalize)
+        return True
 
 
 class ResidentModel:
@@ -77,13 +148,32 @@ class ResidentModel:
         missing = [n for n in pool.tensor_names if n not in state]
         if missing:
             raise PoolError(f"checkpoint '{ref.name}': tensor '{missing[0]}' is not a parameter of the model")
+        self.flat_out = self._flatten_parameters()
         # state_dict() tensors share storage with the parameters: copy_ writes the model.
+        state = self.model.state_dict()
         self.targets = {n: state[n] for n in pool.tensor_names}
 
     @torch.no_grad()
+    def _flatten_parameters(self) -> torch.Tensor | None:
+        """Re-point every parameter at a view of one flat buffer laid out like the pool."""
+        pool = self.pool
+        if pool.flat is None:
+            return None
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        if any(n not in params or params[n].dtype != pool.flat.dtype for n in pool.tensor_names):
+            return None
+        flat = torch.empty(pool.numel, dtype=pool.flat.dtype, device=pool.device)
+        for n in pool.tensor_names:
+            view = pool._view(flat, n)
+            view.copy_(params[n].data)
+            params[n].data = view  # tied parameters share the Parameter object, so follow
+        return flat
+
+    @torch.no_grad()
     def materialize(self, spec: MergeSpec) -> PreTrainedModel:
-        for name, target in self.targets.items():
-            target.copy_(self.pool.merged(spec, name))
+        if self.flat_out is None or not self.pool.merge_flat_into(spec, self.flat_out):
+            for name, target in self.targets.items():
+                target.copy_(self.pool.merged(spec, name))
         return self.model
 
     @torch.no_grad()

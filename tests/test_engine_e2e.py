@@ -82,20 +82,26 @@ def test_rerun_of_a_finished_study_evaluates_nothing(study_file, capsys):
     assert len(study.trials) == 12
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"])
-def test_materialize_in_place_equals_the_merge_formula(tmp_path, method):
-    pool_dirs = make_pool(tmp_path, n=3)
+def test_materialize_in_place_equals_the_merge_formula(tmp_path, method, dtype):
+    """The fused flat path (linear, task arithmetic) and the per-tensor path write exactly the
+    reference formulas' tensors into the model's own storage."""
+    pool_dirs = make_pool(tmp_path, n=3, dtype=dtype)
     pool = validate_pool(pool_dirs["checkpoints"], pool_dirs["base"])
     rp = ResidentPool(pool, torch.device("cpu"))
     model = ResidentModel(rp)
-    spec = MergeSpec(method=method, weights={"ckpt0": 0.5, "ckpt1": 0.2, "ckpt2": 0.9}, density=0.6, seed=3)
+    spec = MergeSpec(method=method, weights={"ckpt0": 0.5, "ckpt1": 0.2, "ckpt2": 0.9}, density=0.6, seed=3,
+                     lambda_=0.7, normalize=method == "task_arithmetic")
     before = {n: p.data_ptr() for n, p in model.model.named_parameters()}
     model.materialize(spec)
     after = {n: p.data_ptr() for n, p in model.model.named_parameters()}
     assert before == after  # written in place, no new parameter storage
     params = dict(model.model.state_dict())
-    for name in rp.tensor_names[:5]:
-        assert torch.equal(params[name], rp.merged(spec, name))
+    assert rp.flat is not None and model.flat_out is not None  # uniform dtype: flat layout
+    for name in rp.tensor_names:
+        assert params[name].dtype == dtype
+        assert torch.equal(params[name], rp.merged(spec, name)), name
     # DARE masks depend only on (seed, tensor): materializing again gives the same tensors.
     again = {n: t.clone() for n, t in params.items()}
     model.materialize(spec)

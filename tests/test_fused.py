@@ -1,0 +1,107 @@
+"""The fused flat-buffer merges against the per-tensor reference formulas, across chunk
+boundaries, and the flattened model (tied embeddings included) against a fresh load."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from evaluators import fused
+from evaluators import merge_methods as mm
+from evaluators.merge_spec import MergeSpec
+from evaluators.pool import validate_pool
+from evaluators.resident import ResidentModel, ResidentPool
+
+from tinypool import make_pool, save_model, tiny_config
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(fused, "CPU_CHUNK", 1000)  # many chunks, and a ragged last one
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_linear_into_equals_reference(dtype, normalize):
+    g = torch.Generator().manual_seed(0)
+    flat = torch.randn(4, 10_007, generator=g).to(dtype)
+    w = [0.3, 0.9, 0.05, 0.4]
+    out = torch.empty(10_007, dtype=dtype)
+    fused.linear_into(out, flat, w, normalize=normalize)
+    assert torch.equal(out, mm.linear(flat, w, normalize=normalize))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lam,normalize", [(1.0, False), (0.4, True), (1.3, False)])
+def test_task_arithmetic_into_equals_reference(dtype, lam, normalize):
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(10_007, generator=g).to(dtype)
+    flat = (base + 0.1 * torch.randn(3, 10_007, generator=g)).to(dtype)
+    deltas = fused.flat_task_vectors(flat, base)
+    assert torch.equal(deltas, mm.task_vectors(base, flat))
+    w = [0.7, -0.2, 0.5]
+    out = torch.empty(10_007, dtype=dtype)
+    fused.task_arithmetic_into(out, base, deltas, w, lambda_=lam, normalize=normalize)
+    assert torch.equal(out, mm.task_arithmetic(base, deltas, w, lambda_=lam, normalize=normalize))
+
+
+def test_tied_embeddings_follow_the_flat_buffer(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    cfg.tie_word_embeddings = True
+    from transformers import LlamaForCausalLM
+
+    ckpts = []
+    for i in range(2):
+        m = LlamaForCausalLM(cfg)
+        ckpts.append((f"c{i}", save_model(m, tmp_path / f"c{i}")))
+    rp = ResidentPool(validate_pool(ckpts), torch.device("cpu"))
+    rm = ResidentModel(rp)
+    assert rm.flat_out is not None
+    spec = MergeSpec(weights={"c0": 0.25, "c1": 0.75})
+    rm.materialize(spec)
+    model = rm.model
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    # Saving the resident model and reloading it gives the same logits as the merged tensors.
+    model.save_pretrained(tmp_path / "merged")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    ids = torch.tensor([[1, 5, 9, 12]])
+    assert torch.equal(model(ids).logits, reloaded(ids).logits)
+    emb = rp.merged(spec, "model.embed_tokens.weight")
+    assert torch.equal(model.lm_head.weight, emb)
+
+
+def test_mixed_dtypes_fall_back_to_the_per_tensor_path(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    pool = make_pool(tmp_path, n=2)
+    for path in [pool["base"], *(p for _, p in pool["checkpoints"])]:
+        tensors = load_file(path / "model.safetensors")
+        norm = next(k for k in tensors if k.endswith("norm.weight"))
+        tensors[norm] = tensors[norm].to(torch.bfloat16)  # one bf16 tensor among fp32 ones
+        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    info = validate_pool(pool["checkpoints"], pool["base"])
+    rp = ResidentPool(info, torch.device("cpu"))
+    assert rp.flat is None
+    rm = ResidentModel(rp)
+    assert rm.flat_out is None
+    spec = MergeSpec(method="task_arithmetic", weights={"ckpt0": 1.0, "ckpt1": 0.5}, lambda_=0.6)
+    rm.materialize(spec)
+    state = rm.model.state_dict()
+    for name in rp.tensor_names:
+        assert torch.equal(state[name], rp.merged(spec, name).to(state[name].dtype)), name
+
+
+def test_ties_with_cached_rankings_equals_ranking_every_time(tmp_path):
+    pool = make_pool(tmp_path, n=3)
+    rp = ResidentPool(validate_pool(pool["checkpoints"], pool["base"]), torch.device("cpu"))
+    for density in (0.7, 0.2):  # the second trial reuses the rankings cached by the first
+        spec = MergeSpec(method="ties", weights={"ckpt0": 0.6, "ckpt1": 1.0, "ckpt2": 0.3}, density=density)
+        for name in rp.tensor_names:
+            expected = mm.ties(rp.base[name], rp.deltas()[name], [0.6, 1.0, 0.3], density=density)
+            assert torch.equal(rp.merged(spec, name), expected), name
+    assert set(rp._orders) == set(rp.tensor_names)
+    rp.order_budget_bytes = 0  # over budget: rank per trial, same result
+    rp._orders.clear()
+    name = rp.tensor_names[0]
+    assert rp.magnitude_orders(name) is None
+    assert torch.equal(rp.merged(spec, name), mm.ties(rp.base[name], rp.deltas()[name], [0.6, 1.0, 0.3], density=0.2))
