@@ -98,11 +98,11 @@ def main() -> None:
         weights = [1.0 / (i + 2) for i in range(n)]
         named = dict(zip(info.names, weights, strict=True))
         elem = torch.tensor([], dtype=dtype).element_size()
-        a = torch.empty(n_params * n, dtype=dtype, device=device).normal_()
-        b = torch.empty_like(a)
-        copy = time_it(lambda: b.copy_(a), args.repeats, sync)
-        peak = 2 * a.numel() * elem / copy
-        del a, b
+        src = torch.empty(n_params * n, dtype=dtype, device=device).normal_()
+        dst = torch.empty_like(src)
+        copy = time_it(lambda: dst.copy_(src), args.repeats, sync)
+        peak = 2 * src.numel() * elem / copy
+        src = dst = None
         print(f"pool: {n} x {n_params / 1e6:.1f}M {args.dtype} on {device} (+ base); copy bandwidth {peak / 1e9:.1f} GB/s")
         rows = []
         for label, spec, moved in (
