@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def _read_header(file: Path, who: str) -> dict[str, dict]:
             header = json.loads(fh.read(n))
     except PoolError:
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise PoolError(f"{who}: cannot read {file.name}: {exc}") from exc
     if not isinstance(header, dict):
         raise PoolError(f"{who}: {file.name} has a corrupt safetensors header")
@@ -118,8 +119,14 @@ def _weight_files(path: Path, who: str) -> list[Path]:
     if index.exists():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
+        except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise PoolError(f"{who}: unreadable {index.name}: {exc}") from exc
+        if not isinstance(weight_map, dict):
+            raise PoolError(f"{who}: {index.name}: weight_map is not an object")
+        # Shards are files of this folder: a name with a path in it could point anywhere.
+        odd = sorted(str(f) for f in weight_map.values() if not isinstance(f, str) or f in ("", "..") or Path(f).name != f)
+        if odd:
+            raise PoolError(f"{who}: {index.name} names shard {odd[0]!r}, which is not a file name in {path}")
         files = sorted({path / f for f in weight_map.values()})
         missing = [f.name for f in files if not f.exists()]
         if missing:
@@ -143,10 +150,13 @@ def inspect_checkpoint(name: str, path: str | Path) -> CheckpointInfo:
         config = json.loads((p / "config.json").read_text())
     except FileNotFoundError as exc:
         raise PoolError(f"{who}: no config.json") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise PoolError(f"{who}: unreadable config.json: {exc}") from exc
     if not isinstance(config, dict):
         raise PoolError(f"{who}: config.json is not a JSON object")
+    archs = config.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise PoolError(f"{who}: config.json 'architectures' is not a list of names")
     tensors: dict[str, TensorInfo] = {}
     for file in _weight_files(p, who):
         for tname, entry in _read_header(file, who).items():
@@ -187,8 +197,7 @@ def validate_pool(
     """Inspect and cross-check a pool; raises PoolError naming the first offender."""
     if not checkpoints:
         raise PoolError("the pool is empty: list at least one checkpoint")
-    names = [n for n, _ in checkpoints]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, k in Counter(n for n, _ in checkpoints).items() if k > 1)
     if dupes:
         raise PoolError(f"checkpoint name '{dupes[0]}' is used twice")
     infos = [inspect_checkpoint(n, p) for n, p in checkpoints]
@@ -196,7 +205,48 @@ def validate_pool(
     pool = PoolInfo(checkpoints=infos, base=base_info)
     for other in ([*infos] if base_info else infos[1:]):
         _check_same_layout(pool.reference, other)
+    _check_same_tokenizer(pool.reference, [c for c in (base_info, *infos) if c is not None and c is not pool.reference])
     return pool
+
+
+def _vocab(info: CheckpointInfo) -> dict[str, int] | None:
+    """token -> id from the checkpoint's tokenizer.json (None when it has none)."""
+    file = info.path / "tokenizer.json"
+    if not file.is_file():
+        return None
+    try:
+        tok = json.loads(file.read_bytes())
+        model = tok.get("model") or {}
+        vocab = model.get("vocab") or {}
+        if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+            vocab = {entry[0]: i for i, entry in enumerate(vocab)}
+        out = {str(k): int(v) for k, v in vocab.items()}
+        out.update({str(t["content"]): int(t["id"]) for t in tok.get("added_tokens") or []})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, KeyError,
+            IndexError, TypeError, ValueError) as exc:
+        raise PoolError(f"checkpoint '{info.name}': unreadable tokenizer.json: {exc}") from exc
+    return out
+
+
+def _check_same_tokenizer(ref: CheckpointInfo, others: list[CheckpointInfo]) -> None:
+    """Merged weights are only meaningful if every checkpoint maps tokens to the same ids: the
+    merged model is run with the reference's tokenizer. Compared when both have tokenizer.json."""
+    ref_file = ref.path / "tokenizer.json"
+    if not ref_file.is_file():
+        return
+    ref_bytes, mine = ref_file.read_bytes(), None
+    for other in others:
+        file = other.path / "tokenizer.json"
+        if not file.is_file() or file.read_bytes() == ref_bytes:
+            continue
+        mine = mine if mine is not None else _vocab(ref)
+        theirs = _vocab(other)
+        if theirs != mine:
+            token = next(t for t in sorted(set(mine) | set(theirs)) if mine.get(t) != theirs.get(t))
+            raise PoolError(
+                f"checkpoint '{other.name}': tokenizer vocabulary differs from '{ref.name}' "
+                f"(token {token!r} has id {theirs.get(token)}, in '{ref.name}' {mine.get(token)})"
+            )
 
 
 def load_checkpoint_tensors(

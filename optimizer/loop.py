@@ -112,7 +112,11 @@ class StudyRunner:
         missing = [t for t in self.task_names if t not in raw]
         if missing:
             raise RuntimeError(f"evaluator returned no score for task '{missing[0]}'")
-        return {t: float(raw[t]) for t in self.task_names}, timings
+        scores = {t: float(raw[t]) for t in self.task_names}
+        bad = [t for t, v in scores.items() if not np.isfinite(v)]
+        if bad:  # Optuna would fail the trial silently (and NaN is no JSON for the service's tables)
+            raise RuntimeError(f"evaluator returned a non-finite score for task '{bad[0]}': {scores[bad[0]]}")
+        return scores, timings
 
     def _scored(self, raw: dict[str, float]) -> tuple[dict[str, float], list[float], float]:
         norm = normalize(raw, self.dens, self.directions)

@@ -4,6 +4,7 @@ Everything a user can get wrong is checked here, before any model is loaded."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +22,8 @@ class SpecError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # NaN/Infinity (JSON bodies may carry them) are never a valid setting and cannot be stored as JSON.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class CheckpointSpec(_Strict):
@@ -36,8 +38,7 @@ class PoolSpec(_Strict):
     @field_validator("checkpoints")
     @classmethod
     def _unique(cls, v: list[CheckpointSpec]) -> list[CheckpointSpec]:
-        names = [c.name for c in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted(n for n, k in Counter(c.name for c in v).items() if k > 1)
         if dupes:
             raise ValueError(f"checkpoint name '{dupes[0]}' is used twice")
         return v
@@ -70,8 +71,7 @@ class SuiteSpec(_Strict):
     @field_validator("tasks")
     @classmethod
     def _unique(cls, v: list[TaskSpec]) -> list[TaskSpec]:
-        names = [t.task for t in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted(n for n, k in Counter(t.task for t in v).items() if k > 1)
         if dupes:
             raise ValueError(f"task '{dupes[0]}' is listed twice")
         return v

@@ -89,6 +89,13 @@ def _settings(args: argparse.Namespace):
     return Settings(**overrides)
 
 
+def _shown(url: str) -> str:
+    """A database URL for the console and logs: the password masked."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import secrets
 
@@ -103,7 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"no MERGEOPT_TOKENS set: mutating routes accept this token for this run:\n  {token}", file=sys.stderr)
     app = create_app(settings, worker=not args.no_worker)
     where = f"http://{settings.host}:{settings.port}"
-    print(f"mergeopt API on {where} (docs: {where}/docs); database {settings.database_url}; "
+    print(f"mergeopt API on {where} (docs: {where}/docs); database {_shown(settings.database_url)}; "
           f"{'no in-process worker' if args.no_worker else 'one in-process worker'}", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
@@ -116,7 +123,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     upgrade(settings.database_url)
     worker = Worker(settings, worker_id=args.id, device=args.device)
-    print(f"worker {worker.id} on {settings.database_url}", file=sys.stderr)
+    print(f"worker {worker.id} on {_shown(settings.database_url)}", file=sys.stderr)
     worker.run_forever(max_idle_s=args.exit_when_idle)
     print(f"worker {worker.id}: ran {worker.trials_run} trials", file=sys.stderr)
     return 0
@@ -130,7 +137,7 @@ def cmd_db(args: argparse.Namespace) -> int:
         migrate.upgrade(url, args.revision or "head")
     elif args.action == "downgrade":
         migrate.downgrade(url, args.revision or "base")
-    print(f"{url}: revision {migrate.current(url) or '(none)'}")
+    print(f"{_shown(url)}: revision {migrate.current(url) or '(none)'}")
     return 0
 
 

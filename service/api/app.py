@@ -7,13 +7,18 @@ import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from evaluators.mergekit_yaml import MergeConfigError
 from evaluators.pool import PoolError
 from evaluators.scoring import SuiteError
 from optimizer.spec import SpecError
 from service.api.routes import router
+from service.dashboard import STATIC_DIR
+from service.dashboard import router as dashboard_router
 from service.db.migrate import upgrade
 from service.paths import PathNotAllowed
 from service.registry import Conflict, NotFound
@@ -59,15 +64,25 @@ def create_app(settings: Settings | None = None, *, worker: bool = False, migrat
     )
     app.state.settings = settings
     app.include_router(router)
+    app.include_router(dashboard_router)  # the web dashboard: / and /studies/{key}
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     for exc_type, status in ERRORS.items():
         app.add_exception_handler(exc_type, _handler(status))
+    app.add_exception_handler(RequestValidationError, _invalid_request)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:
         return {"ok": True}
 
     return app
+
+
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 without the echoed input: NaN/Infinity (which Python's JSON parser accepts)
+    cannot be written back as JSON (a 500 instead of the 422), and a huge body would be echoed."""
+    errors = [{k: v for k, v in err.items() if k != "input"} for err in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
 
 def _handler(status: int):

@@ -23,6 +23,7 @@ from service.api.schemas import (
     FrontOut,
     PoolCreate,
     PoolOut,
+    Problem,
     StudyCreate,
     StudyOut,
     SuiteCreate,
@@ -33,7 +34,7 @@ from service.db.models import Event, Pool, Study, Suite
 from service.paths import guard_path
 from service.settings import Settings
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses={422: {"model": Problem, "description": "Invalid request"}})
 read = [Depends(require_read)]
 write = [Depends(require_write)]
 TRANSITIONS = {

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from optimizer.spec import NAME_PATTERN, PoolSpec, SearchSpec, SuiteSpec
+
+# Stored as UTC; SQLite hands them back naive. Responses always carry the offset (RFC 3339).
+Timestamp = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
 
 
 class _In(BaseModel):
@@ -23,7 +27,7 @@ class PoolOut(BaseModel):
     base: str | None
     checkpoints: list[dict]
     fingerprint: dict
-    created_at: datetime
+    created_at: Timestamp
 
 
 class SuiteCreate(SuiteSpec):
@@ -37,7 +41,7 @@ class SuiteOut(BaseModel):
     tasks: list[dict]
     limit: float | None
     batch_size: int
-    created_at: datetime
+    created_at: Timestamp
 
 
 class StudyCreate(_In):
@@ -90,8 +94,8 @@ class StudyOut(BaseModel):
     best: Best | None
     hypervolume: float
     error: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class TrialOut(BaseModel):
@@ -122,6 +126,13 @@ class FrontOut(BaseModel):
     hypervolume: float
     reference_point: list[float]
     front: list[FrontEntry]
+
+
+class Problem(BaseModel):
+    """A 4xx body: ``detail`` says why; for a request that does not match the schema it is the
+    list of validation errors, for a spec/pool/suite the engine refuses (also a 422) a message."""
+
+    detail: str | list[dict]
 
 
 class ExportRequest(_In):

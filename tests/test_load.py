@@ -1,0 +1,137 @@
+"""Bounded load on loopback: concurrent clients poll a running study's front and trials on a real
+`mergeopt serve` (uvicorn, API + its in-process worker, SQLite) while the worker evaluates.
+
+Short form here (10 clients x 10 s, 0 errors required, p50/p99 printed); the long form is
+bench/load_test.py (50 clients x 60 s). Traffic goes to 127.0.0.1 only and stops by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from servicekit import AUTH, TOKEN, make_assets, wait_for
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+async def _client(base: str, paths: list[str], stop_at: float, latencies: list[float], errors: list[str]) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        i = 0
+        while time.monotonic() < stop_at:
+            path = paths[i % len(paths)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                r = await client.get(path)
+                if r.status_code != 200:
+                    errors.append(f"{path}: {r.status_code} {r.text[:200]}")
+                else:
+                    r.json()
+                    latencies.append(time.perf_counter() - t0)
+            except (httpx.HTTPError, ValueError) as exc:
+                errors.append(f"{path}: {type(exc).__name__}: {exc}")
+
+
+def run_load(base: str, paths: list[str], clients: int, seconds: float) -> dict:
+    """``clients`` concurrent keep-alive clients, each cycling through ``paths`` back to back
+    for ``seconds``. Returns request count, errors and latency percentiles (ms)."""
+    assert base.startswith(("http://127.", "http://localhost")), "load goes to loopback only"
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def main() -> None:
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(*(_client(base, paths[k % len(paths):] + paths[:k % len(paths)], stop_at, latencies, errors)
+                               for k in range(clients)))
+
+    t0 = time.perf_counter()
+    asyncio.run(main())
+    wall = time.perf_counter() - t0
+    ms = [x * 1000 for x in latencies]
+    return {
+        "clients": clients, "seconds": round(wall, 1), "requests": len(ms) + len(errors), "errors": len(errors),
+        "first_errors": errors[:5], "rps": round((len(ms) + len(errors)) / wall, 1),
+        "p50_ms": round(percentile(ms, 50), 1) if ms else None, "p99_ms": round(percentile(ms, 99), 1) if ms else None,
+        "max_ms": round(max(ms), 1) if ms else None,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServedStudy:
+    """`mergeopt serve` (API + in-process worker) on SQLite under ``root``, with one long study
+    running; ``stop()`` cancels it and stops the server."""
+
+    def __init__(self, root: Path, *, n_docs: int = 12, n_trials: int = 400, name: str = "load") -> None:
+        self.root, self.name = root, name
+        assets = make_assets(root, n_docs=n_docs)
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "MERGEOPT_DATABASE_URL": f"sqlite:///{root}/load.db", "MERGEOPT_TOKENS": TOKEN,
+               "MERGEOPT_ALLOWED_ROOTS": str(root), "MERGEOPT_WORKER_POLL_S": "0.2", "HF_HUB_OFFLINE": "1"}
+        self.log = (root / "serve.log").open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(self._up, timeout=90, every=0.2)
+            r = httpx.post(f"{self.base}/v1/studies", json={"name": name, **assets, "search": {"n_trials": n_trials}},
+                           headers=AUTH, timeout=60)
+            assert r.status_code == 201, r.text
+            # Search under way: references and baselines stored, the front has entries.
+            wait_for(lambda: self.study()["progress"]["completed"] >= 8 and self.study()["state"] == "running", timeout=180)
+        except BaseException:
+            self.stop()
+            raise
+        self.paths = [f"/v1/studies/{name}/front", f"/v1/studies/{name}/trials"]
+
+    def _up(self) -> bool:
+        assert self.proc.poll() is None, (self.root / "serve.log").read_text()
+        try:
+            return httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def study(self) -> dict:
+        return httpx.get(f"{self.base}/v1/studies/{self.name}", timeout=30).json()
+
+    def stop(self) -> None:
+        try:
+            httpx.post(f"{self.base}/v1/studies/{self.name}/cancel", headers=AUTH, timeout=10)
+        except httpx.HTTPError:
+            pass
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def test_ten_clients_polling_a_running_study_see_no_errors(tmp_path):
+    served = ServedStudy(tmp_path)
+    try:
+        before = served.study()["progress"]["completed"]
+        stats = run_load(served.base, served.paths, clients=10, seconds=10)
+        after = served.study()
+    finally:
+        served.stop()
+    print(f"\nload (10 clients x 10 s, API + in-process worker, SQLite): {stats}; "
+          f"trials completed during the run: {after['progress']['completed'] - before}")
+    assert stats["errors"] == 0, stats["first_errors"]
+    assert stats["requests"] >= 50, stats
+    assert after["state"] == "running"  # the study was evaluating throughout
