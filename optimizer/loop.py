@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import datetime
 from enum import Enum
 
 import numpy as np
@@ -34,7 +35,7 @@ from optimizer.normalize import denominators, normalize, scalarize
 from optimizer.samplers import make_sampler, n_objectives
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, StudySpec
-from optimizer.storage import heartbeat, open_storage
+from optimizer.storage import GRACE_S, heartbeat, open_storage, trials_without_heartbeat
 
 log = logging.getLogger(__name__)
 CLAIMED = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
@@ -223,10 +224,11 @@ class StudyRunner:
             if self._budget_left(CLAIMED) <= 0:
                 return Step.WAIT
             trial = self.study.ask(self.space.distributions())
-        stop_beat = heartbeat(self.storage, trial._trial_id)
         cand = self.space.candidate(trial.params, seed=self.spec.search.seed * 100_003 + trial.number)
-        self.listener.trial_started(trial.number, f"trial {trial.number}", cand.to_json())
+        stop_beat = lambda: None  # noqa: E731
         try:
+            stop_beat = heartbeat(self.storage, trial._trial_id)
+            self.listener.trial_started(trial.number, f"trial {trial.number}", cand.to_json())
             raw, timings = self._evaluate(cand)
             norm, values, obj = self._scored(raw)
             attrs = self._attrs(cand, "search", f"trial {trial.number}", raw, norm, obj, timings)
@@ -255,10 +257,16 @@ class StudyRunner:
     # ---------------------------------------------------------------- bookkeeping
     def _fail_stale(self) -> None:
         """Fail RUNNING trials whose process stopped heart-beating; their budget is free again."""
-        running = {t.number for t in self._rows((TrialState.RUNNING,))}
+        rows = self._rows((TrialState.RUNNING,))
+        running = {t.number for t in rows}
         if not running:
             return
         optuna.storages.fail_stale_trials(self.study)
+        grace = getattr(self.storage, "grace_period", None) or GRACE_S
+        now = datetime.now()
+        old = [t._trial_id for t in rows if t.datetime_start and (now - t.datetime_start).total_seconds() > grace]
+        for trial_id in trials_without_heartbeat(self.storage, old):
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         for t in self._rows((TrialState.FAIL,)):
             if t.number in running:
                 self.listener.trial_failed(t.number, "no heartbeat: the worker evaluating it stopped")

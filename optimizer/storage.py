@@ -42,3 +42,18 @@ def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Callable[[]
     storage.record_heartbeat(trial_id)
     threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}").start()
     return stop.set
+
+
+def trials_without_heartbeat(storage: optuna.storages.RDBStorage, trial_ids: list[int]) -> set[int]:
+    """RUNNING trials that never recorded a heartbeat (their process died between ask and the
+    first beat, e.g. when the database went away). Optuna's fail_stale_trials never sees them."""
+    if not trial_ids:
+        return set()
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+
+    with storage.scoped_session() as session:
+        beating = {
+            row[0]
+            for row in session.query(TrialHeartbeatModel.trial_id).filter(TrialHeartbeatModel.trial_id.in_(trial_ids))
+        }
+    return set(trial_ids) - beating

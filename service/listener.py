@@ -3,10 +3,30 @@ events the SSE endpoint streams."""
 
 from __future__ import annotations
 
+import functools
+import time
+
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from service.db.models import Event, FrontSnapshot, Trial
 from service.db.session import session_factory
+
+
+def _retried(fn):
+    """A database blip (restart, failover) must not lose an event: retry a few times."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for delay in (0.5, 1.0, 2.0, 4.0, None):
+            try:
+                return fn(*args, **kwargs)
+            except OperationalError:
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+    return wrapper
 
 
 class DbListener:
@@ -15,6 +35,7 @@ class DbListener:
         self.study_id = study_id
         self.worker = worker
 
+    @_retried
     def _upsert(self, number: int, **fields) -> None:
         with self.sessions() as s, s.begin():
             row = s.scalar(select(Trial).where(Trial.study_id == self.study_id, Trial.number == number))
@@ -44,6 +65,7 @@ class DbListener:
     def trial_failed(self, number: int, error: str) -> None:
         self._upsert(number, state="FAIL", error=error, worker=self.worker)
 
+    @_retried
     def front_changed(self, front: dict) -> None:
         with self.sessions() as s, s.begin():
             s.add(FrontSnapshot(study_id=self.study_id, trials=front["trials"], hypervolume=front["hypervolume"]))
