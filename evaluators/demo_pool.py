@@ -43,10 +43,10 @@ class DemoPool:
     tasks: list[dict]
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
+def make_tokenizer(chars: list[str] = CHARS) -> PreTrainedTokenizerFast:
     """Character level: lm-eval encodes context and continuation separately; per-character
     tokens make their concatenation exact."""
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()

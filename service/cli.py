@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="build a tiny pool and run a short CMA-ES study on it (CPU, SQLite)")
     s.add_argument("--workdir", default="mergeopt-demo", help="where the pool, database and plot go")
-    s.add_argument("--trials", type=int, default=40, help="trial budget, baselines included")
+    s.add_argument("--trials", type=int, default=80, help="trial budget, baselines included")
     s.add_argument("--fresh", action="store_true", help="drop the stored demo study and start over")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)

@@ -50,7 +50,7 @@ def verdict(rows: list[TrialRow]) -> tuple[bool, str]:
     return ok, "\n".join(lines)
 
 
-def run_demo(workdir: Path, *, n_trials: int = 40, fresh: bool = False, progress: bool = True) -> int:
+def run_demo(workdir: Path, *, n_trials: int = 80, fresh: bool = False, progress: bool = True) -> int:
     from evaluators.demo_pool import build_demo_pool
 
     t0 = time.perf_counter()

@@ -7,6 +7,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
+import contextlib  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
@@ -41,3 +42,27 @@ def storage_url(request, tmp_path):
 @pytest.fixture
 def study_name():
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@contextlib.contextmanager
+def scratch_pg_database(prefix: str):
+    """A PostgreSQL database of its own, dropped afterwards (skips if the server is down)."""
+    reason = postgres_reachable()
+    if reason:
+        pytest.skip(reason)
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        try:
+            with create_engine(PG_URL, isolation_level="AUTOCOMMIT").connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        except Exception:  # e.g. the server is restarting: a leftover scratch database is harmless
+            pass

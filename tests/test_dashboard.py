@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from servicekit import AUTH, TOKEN, make_assets, parse_sse, settings_for, wait_for
-from test_service_processes import free_port, mergeopt, serve, service_env, stop
+from test_service_processes import serve, stop
 
 from service.api.app import create_app
 
@@ -71,20 +71,7 @@ def service(browser, tmp_path_factory):
 
 def serve_protected(root, url):
     """A second API on the same database, reads guarded, no worker."""
-    port = free_port()
-    proc = mergeopt("serve", "--port", str(port), "--no-worker", env={**service_env(root, url), "MERGEOPT_PROTECT_READS": "true"})
-    base = f"http://127.0.0.1:{port}"
-
-    def up():
-        if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read())
-        try:
-            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(up, timeout=60)
-    return proc, base
+    return serve(root, url, "--no-worker", env={"MERGEOPT_PROTECT_READS": "true"})
 
 
 def create(base: str, assets: dict, name: str, n_trials: int) -> dict:

@@ -1,11 +1,9 @@
 """Alembic: upgrade from empty and downgrade, on SQLite and on a scratch PostgreSQL database."""
 
-import uuid
 
 import pytest
-from conftest import PG_URL, postgres_reachable
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from conftest import scratch_pg_database
+from sqlalchemy import create_engine, inspect
 
 from service.db import migrate
 from service.db.models import Base
@@ -18,18 +16,8 @@ def empty_db(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/mig.db"
         return
-    reason = postgres_reachable()
-    if reason:
-        pytest.skip(reason)
-    name = f"mergeopt_mig_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    yield url
-    create_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    with scratch_pg_database("mergeopt_mig") as url:
+        yield url
 
 
 def tables(url):

@@ -15,14 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import optuna
 import pytest
-from conftest import PG_URL, postgres_reachable
+from conftest import PG_URL, postgres_reachable, scratch_pg_database
 from fastapi.testclient import TestClient
 from servicekit import (
     AUTH,
@@ -317,21 +316,8 @@ def test_api_sigkilled_and_restarted_while_workers_go_on(tmp_path):
 @pytest.fixture
 def scratch_pg():
     """A database of its own on the test server (workers must not pick up other tests' studies)."""
-    reason = postgres_reachable()
-    if reason:
-        pytest.skip(reason)
-    name = f"mergeopt_rel_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    yield url
-    create_engine(url).dispose()
-    try:
-        with create_engine(PG_URL, isolation_level="AUTOCOMMIT").connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    except Exception:  # the server is back by then; a leftover scratch database is harmless
-        pass
+    with scratch_pg_database("mergeopt_rel") as url:
+        yield url
 
 
 def pg_restart_command() -> list[str] | str:

@@ -34,9 +34,9 @@ def service_env(root, url) -> dict:
             "MERGEOPT_WORKER_POLL_S": "0.2", "MERGEOPT_SSE_POLL_S": "0.1", "HF_HUB_OFFLINE": "1"}
 
 
-def serve(root, url, *extra):
+def serve(root, url, *extra, env: dict | None = None):
     port = free_port()
-    proc = mergeopt("serve", "--port", str(port), *extra, env=service_env(root, url))
+    proc = mergeopt("serve", "--port", str(port), *extra, env={**service_env(root, url), **(env or {})})
     base = f"http://127.0.0.1:{port}"
 
     def up():

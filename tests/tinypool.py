@@ -6,21 +6,16 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from evaluators.demo_pool import make_tokenizer as demo_tokenizer
 
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 +=?>.:,-")
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    return demo_tokenizer(CHARS)
 
 
 def tiny_config() -> LlamaConfig:
