@@ -266,11 +266,13 @@ class StudyRunner:
         now = datetime.now()
         old = [t._trial_id for t in rows if t.datetime_start and (now - t.datetime_start).total_seconds() > grace]
         for trial_id in trials_without_heartbeat(self.storage, old):
-            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            try:
+                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker got there first
         for t in self._rows((TrialState.FAIL,)):
             if t.number in running:
                 self.listener.trial_failed(t.number, "no heartbeat: the worker evaluating it stopped")
-
 
     def _fail_note(self, message: str) -> None:
         self.failures += 1

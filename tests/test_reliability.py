@@ -338,7 +338,8 @@ def pg_restart_command() -> list[str] | str:
 
 
 def known_restart_bugs(url: str, name: str, study_id: str, orphans_only: bool = False) -> list:
-    """Two bugs a database restart can hit (see the issue notes; fixes are not in the tests):
+    """Two bugs a database restart used to hit (fixed: optimizer/loop.py _fail_stale fails trials
+    that never heart-beat; service/listener.py retries its writes):
 
     1. A trial created by ``ask`` whose first heartbeat never got written (the connection died
        between the two commits) stays RUNNING forever: Optuna's fail_stale_trials only fails
@@ -369,8 +370,7 @@ def test_postgres_three_workers_never_share_a_trial_and_survive_a_database_resta
     """Three worker processes race on one study; PostgreSQL is restarted under them mid-search.
     Workers back off and resume; trials in flight at the restart are failed by heartbeat and
     their budget claimed again; the study completes, no trial is started twice, nothing that was
-    stored before the restart is lost. Hitting one of known_restart_bugs() is an xfail naming
-    it (the restart lands in those windows some of the time); anything else fails."""
+    stored before the restart is lost, and neither of known_restart_bugs() shows."""
     cluster = pg_restart_command()
     if isinstance(cluster, str):
         pytest.skip(cluster)
@@ -430,8 +430,7 @@ def test_postgres_three_workers_never_share_a_trial_and_survive_a_database_resta
     started = Counter(e.payload["trial"] for e in evs if e.type == "trial_started")
     assert max(started.values()) == 1, started
     assert {e.payload["worker"] for e in evs if e.type == "trial_started"} == {"w0", "w1", "w2"}  # all three raced
-    if known:
-        pytest.xfail("PostgreSQL restart hit known bugs: " + "; ".join(known))
+    assert not known, known  # both used to happen here: orphaned RUNNING trials, lost events
     api, base = start_api(env, tmp_path, "api-check")  # the invariants of a finished study
     try:
         wait_up(api, base)
