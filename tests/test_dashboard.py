@@ -147,7 +147,8 @@ def test_dashboard_in_a_browser(service, browser, tmp_path):
     first = page.locator("#trials tbody tr").first
     assert first.get_attribute("data-trial") == str(study["best"]["trial"])
     assert page.locator('#trials th[data-col="objective"]').get_attribute("aria-sort") == "descending"
-    first.click()
+    # Click the row by its trial (a live refresh may re-render the table between two lookups).
+    page.locator(f'#trials tbody tr[data-trial="{study["best"]["trial"]}"]').click()
     assert page.locator(".pt.selected").get_attribute("data-trial") == str(study["best"]["trial"])
     assert page.locator('#history [data-chart="hypervolume"] .hv-dot').count() >= 1
     page.screenshot(path=str(tmp_path / "study.png"), full_page=True)
