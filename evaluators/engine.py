@@ -46,6 +46,7 @@ class MergeEvaluator:
         self.resident = ResidentPool(self.pool_info, pick_device(device), progress=progress)
         self.model = ResidentModel(self.resident)
         self.last_timings: dict[str, float] = {}
+        self._resident_spec: MergeSpec | None = None
 
     @property
     def checkpoint_names(self) -> list[str]:
@@ -60,14 +61,19 @@ class MergeEvaluator:
         """task -> higher is better (known after the first evaluation unless set in the spec)."""
         return self.scorer.directions
 
-    def evaluate(self, candidate: Any) -> dict[str, float]:
+    def evaluate(self, candidate: Any, fidelity: float = 1.0) -> dict[str, float]:
+        """Raw scores on ``fidelity`` (a fraction) of each task's documents. Successive rungs of
+        one trial reuse the materialized model."""
         spec = candidate if isinstance(candidate, MergeSpec) else MergeSpec.model_validate(
             candidate.model_dump(by_alias=True) if hasattr(candidate, "model_dump") else candidate
         )
         t0 = time.perf_counter()
-        model = self.model.materialize(spec)
+        if spec != self._resident_spec:
+            self.model.materialize(spec)
+            self._resident_spec = spec
+        model = self.model.model
         t1 = time.perf_counter()
-        scores = self.scorer.score(model, self.tokenizer)
+        scores = self.scorer.score(model, self.tokenizer, fidelity)
         t2 = time.perf_counter()
         self.last_timings = {"materialize_s": t1 - t0, "score_s": t2 - t1}
         return scores

@@ -122,11 +122,21 @@ class SuiteScorer:
             self._lm_model = model
         return self._lm
 
-    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+    def limit_for(self, fraction: float) -> int | float | None:
+        """lm-eval's limit for a fraction of this suite's documents (a prefix of each task's)."""
+        if fraction >= 1:
+            return self.limit
+        if self.limit is None:
+            return fraction  # lm-eval reads a float < 1 as a fraction of the documents
+        if isinstance(self.limit, float) and self.limit < 1:
+            return self.limit * fraction
+        return max(1, int(self.limit * fraction))
+
+    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fraction: float = 1.0) -> dict[str, float]:
         from lm_eval.evaluator import evaluate
 
         lm = self._lm_for(model, tokenizer)
-        out = evaluate(lm, self.task_dict, limit=self.limit, bootstrap_iters=0, log_samples=False)
+        out = evaluate(lm, self.task_dict, limit=self.limit_for(fraction), bootstrap_iters=0, log_samples=False)
         scores: dict[str, float] = {}
         for r in self.requests:
             result = out["results"].get(r.task, {})

@@ -39,7 +39,9 @@ class Evaluator(Protocol):
     @property
     def directions(self) -> dict[str, bool]: ...
 
-    def evaluate(self, candidate: Candidate) -> dict[str, float]: ...
+    def evaluate(self, candidate: Candidate, fidelity: float = 1.0) -> dict[str, float]:
+        """``fidelity``: the fraction of each task's documents to score (multi-fidelity search)."""
+        ...
 
 
 def one_hot(names: list[str], name: str) -> Candidate:

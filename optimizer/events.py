@@ -14,6 +14,8 @@ class StudyListener(Protocol):
 
     def trial_failed(self, number: int, error: str) -> None: ...
 
+    def trial_pruned(self, number: int, row: dict) -> None: ...
+
     def front_changed(self, front: dict) -> None: ...
 
 
@@ -25,6 +27,9 @@ class NullListener:
         pass
 
     def trial_failed(self, number: int, error: str) -> None:
+        pass
+
+    def trial_pruned(self, number: int, row: dict) -> None:
         pass
 
     def front_changed(self, front: dict) -> None:

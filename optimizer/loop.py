@@ -32,13 +32,14 @@ from optimizer.baselines import Baseline, merge_baselines, single_checkpoints
 from optimizer.candidate import Candidate, Evaluator, base_only
 from optimizer.events import NullListener, StudyListener, no_lock
 from optimizer.normalize import denominators, normalize, scalarize
-from optimizer.samplers import make_sampler, n_objectives
+from optimizer.samplers import make_pruner, make_sampler, n_objectives
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, StudySpec
 from optimizer.storage import GRACE_S, heartbeat, open_storage, trials_without_heartbeat
 
 log = logging.getLogger(__name__)
-CLAIMED = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that used their budget
+CLAIMED = (*DONE, TrialState.RUNNING, TrialState.WAITING)
 
 
 class StudyFailed(RuntimeError):
@@ -47,6 +48,7 @@ class StudyFailed(RuntimeError):
 
 class Step(Enum):
     RAN = "ran"  # a trial completed
+    PRUNED = "pruned"  # stopped early on a low-fidelity rung (partial scores kept)
     FAILED = "failed"  # a trial failed (error stored)
     WAIT = "wait"  # budget claimed by running trials elsewhere
     DONE = "done"  # n_trials completed
@@ -55,7 +57,8 @@ class Step(Enum):
 def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
     """Create the Optuna study (objectives, spec) or re-open it; refuse a different study."""
     k = n_objectives(spec.search, len(spec.suite.tasks))
-    study = optuna.create_study(study_name=spec.name, storage=storage, directions=["maximize"] * k, load_if_exists=True)
+    study = optuna.create_study(study_name=spec.name, storage=storage, directions=["maximize"] * k,
+                                load_if_exists=True, pruner=make_pruner(spec.search))
     if len(study.directions) != k:
         raise SpecError(f"study '{spec.name}' already exists with {len(study.directions)} objectives")
     stored = study.user_attrs.get(R.A_IDENTITY)
@@ -105,9 +108,9 @@ class StudyRunner:
         return self.study.get_trials(deepcopy=False, states=states)
 
     # ---------------------------------------------------------------- evaluation
-    def _evaluate(self, cand: Candidate) -> tuple[dict[str, float], dict[str, float]]:
+    def _evaluate(self, cand: Candidate, fidelity: float = 1.0) -> tuple[dict[str, float], dict[str, float]]:
         t0 = time.perf_counter()
-        raw = self.evaluator.evaluate(cand)
+        raw = self.evaluator.evaluate(cand, fidelity) if fidelity < 1 else self.evaluator.evaluate(cand)
         timings = dict(getattr(self.evaluator, "last_timings", {}) or {})
         timings["total_s"] = time.perf_counter() - t0
         missing = [t for t in self.task_names if t not in raw]
@@ -210,7 +213,7 @@ class StudyRunner:
         best = max(done, key=lambda t: t.user_attrs.get(R.T_OBJ, -np.inf))
         return self.space.embed(Candidate.model_validate(best.user_attrs[R.T_CANDIDATE]))
 
-    def _budget_left(self, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> int:
+    def _budget_left(self, states: tuple[TrialState, ...] = DONE) -> int:
         return self.spec.search.n_trials - len(self._rows(states))
 
     def step(self) -> Step:
@@ -218,7 +221,7 @@ class StudyRunner:
         if not self.prepared:
             self.prepare()
         self._fail_stale()
-        if self._budget_left() <= 0:
+        if self._budget_left(DONE) <= 0:
             return Step.DONE
         with self.claim():
             if self._budget_left(CLAIMED) <= 0:
@@ -229,12 +232,13 @@ class StudyRunner:
         try:
             stop_beat = heartbeat(self.storage, trial._trial_id)
             self.listener.trial_started(trial.number, f"trial {trial.number}", cand.to_json())
-            raw, timings = self._evaluate(cand)
-            norm, values, obj = self._scored(raw)
-            attrs = self._attrs(cand, "search", f"trial {trial.number}", raw, norm, obj, timings)
+            attrs, values, pruned = self._run_rungs(trial, cand)
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
-            self.study.tell(trial, values)
+            if pruned:
+                self.study.tell(trial, state=TrialState.PRUNED)
+            else:
+                self.study.tell(trial, values)
         except (KeyboardInterrupt, SystemExit):
             trial.set_user_attr(R.T_ERROR, "interrupted")
             self.study.tell(trial, state=TrialState.FAIL)
@@ -250,9 +254,31 @@ class StudyRunner:
             return Step.FAILED
         finally:
             stop_beat()
+        if pruned:
+            self.listener.trial_pruned(trial.number, {"number": trial.number, **attrs})
+            self._tick(f"pruned trial {trial.number}")
+            return Step.PRUNED
         self.listener.trial_finished(trial.number, {"number": trial.number, **attrs})
         self._after_trial()
         return Step.RAN
+
+    def _run_rungs(self, trial: optuna.Trial, cand: Candidate) -> tuple[dict, list[float], bool]:
+        """Score on each fidelity in turn; between rungs the pruner may stop the trial. Without a
+        pruner there is one rung: all documents."""
+        search = self.spec.search
+        rungs = search.fidelities if search.pruner != "none" else [1.0]
+        total: dict[str, float] = {}
+        for i, fraction in enumerate(rungs, 1):
+            raw, timings = self._evaluate(cand, fraction)
+            total = {k: total.get(k, 0.0) + v for k, v in timings.items()}
+            norm, values, obj = self._scored(raw)
+            attrs = self._attrs(cand, "search", f"trial {trial.number}", raw, norm, obj, total)
+            attrs[R.T_FIDELITY] = fraction
+            if fraction < 1:
+                trial.report(obj, i)
+                if trial.should_prune():
+                    return attrs, values, True
+        return attrs, values, False
 
     # ---------------------------------------------------------------- bookkeeping
     def _fail_stale(self) -> None:

@@ -15,8 +15,8 @@ from optuna.trial import TrialState
 from optimizer.front import hypervolume, non_dominated
 
 A_SPEC, A_IDENTITY, A_REFS, A_FRONT, A_DIRECTIONS = "spec", "identity", "references", "front", "directions"
-T_CANDIDATE, T_KIND, T_LABEL, T_RAW, T_NORM, T_OBJ, T_TIMES, T_ERROR = (
-    "candidate", "kind", "label", "raw", "normalized", "objective", "timings", "error",
+T_CANDIDATE, T_KIND, T_LABEL, T_RAW, T_NORM, T_OBJ, T_TIMES, T_ERROR, T_FIDELITY = (
+    "candidate", "kind", "label", "raw", "normalized", "objective", "timings", "error", "fidelity",
 )
 
 

@@ -45,3 +45,13 @@ def make_sampler(search: SearchSpec, x0: dict[str, float] | None = None) -> optu
 
 def n_objectives(search: SearchSpec, n_tasks: int) -> int:
     return 1 if search.sampler in SINGLE_OBJECTIVE else n_tasks
+
+
+def make_pruner(search: SearchSpec) -> optuna.pruners.BasePruner:
+    """Rung i (1-based) of a trial reports the objective on fidelities[i-1] of the documents."""
+    rungs = len(search.fidelities)
+    if search.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    if search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=rungs, reduction_factor=2)
+    return optuna.pruners.NopPruner()

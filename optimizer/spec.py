@@ -92,6 +92,11 @@ class SearchSpec(_Strict):
     warm_start: bool = Field(default=True, description="start CMA-ES at the best baseline")
     population_size: int | None = Field(default=None, ge=2)
     max_failures: int = Field(default=10, ge=1, description="stop after this many failed trials")
+    pruner: Literal["none", "successive_halving", "hyperband"] = Field(
+        default="none", description="multi-fidelity: score growing document subsets, stop weak trials early"
+    )
+    fidelities: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0],
+                                    description="fractions of each task's documents, one rung each")
 
     @model_validator(mode="after")
     def _ranges(self) -> SearchSpec:
@@ -104,6 +109,11 @@ class SearchSpec(_Strict):
             raise ValueError("density_range must lie in (0, 1]")
         if self.weight_range[0] < 0 and self.method == "linear":
             raise ValueError("linear weights must be >= 0")
+        f = self.fidelities
+        if not f or f[-1] != 1.0 or any(not 0 < a < b for a, b in zip(f, f[1:], strict=False)) or f[0] <= 0:
+            raise ValueError(f"fidelities must increase from above 0 to exactly 1.0, got {f}")
+        if self.pruner != "none" and self.sampler != "cmaes":
+            raise ValueError(f"pruner '{self.pruner}' needs a single-objective study (sampler cmaes)")
         return self
 
 

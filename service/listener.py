@@ -44,9 +44,10 @@ class DbListener:
                 s.add(row)
             for k, v in fields.items():
                 setattr(row, k, v)
-            event = {"RUNNING": "trial_started", "COMPLETE": "trial_finished", "FAIL": "trial_failed"}[row.state]
+            event = {"RUNNING": "trial_started", "COMPLETE": "trial_finished", "FAIL": "trial_failed",
+                     "PRUNED": "trial_pruned"}[row.state]
             payload = {"trial": number, "label": row.label, "worker": self.worker}
-            if row.state == "COMPLETE":
+            if row.state in ("COMPLETE", "PRUNED"):
                 payload.update(objective=row.objective, normalized=row.normalized)
             if row.state == "FAIL":
                 payload["error"] = row.error
@@ -55,12 +56,19 @@ class DbListener:
     def trial_started(self, number: int, label: str, candidate: dict) -> None:
         self._upsert(number, state="RUNNING", label=label, candidate=candidate, worker=self.worker)
 
-    def trial_finished(self, number: int, row: dict) -> None:
+    def _result(self, number: int, state: str, row: dict) -> None:
         self._upsert(
-            number, state="COMPLETE", kind=row.get("kind", "search"), label=row.get("label", ""),
+            number, state=state, kind=row.get("kind", "search"), label=row.get("label", ""),
             candidate=row.get("candidate", {}), raw=row.get("raw", {}), normalized=row.get("normalized", {}),
             objective=row.get("objective"), timings=row.get("timings", {}), worker=self.worker,
         )
+
+    def trial_finished(self, number: int, row: dict) -> None:
+        self._result(number, "COMPLETE", row)
+
+    def trial_pruned(self, number: int, row: dict) -> None:
+        """Partial scores are kept; a pruned trial never enters the front."""
+        self._result(number, "PRUNED", row)
 
     def trial_failed(self, number: int, error: str) -> None:
         self._upsert(number, state="FAIL", error=error, worker=self.worker)

@@ -202,3 +202,30 @@ def test_spec_errors_are_clear(bad, msg):
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) and key != "pool" else value
     with pytest.raises(SpecError, match=msg):
         parse_spec(data)
+
+
+@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband"])
+def test_multi_fidelity_prunes_weak_trials_and_keeps_them_off_the_front(tmp_path, pruner):
+    ev = QuadraticPool(NAMES, HELPS, k=2.0)
+    runner = StudyRunner(spec_for(tmp_path, n_trials=40, pruner=pruner, fidelities=[0.25, 0.5, 1.0]), ev, progress=False)
+    front = runner.run()
+    rows = trial_rows(runner.study)
+    pruned = [r for r in rows if r.state == "PRUNED"]
+    done = [r for r in rows if r.state == "COMPLETE"]
+    assert pruned and len(pruned) + len(done) == 40  # pruned trials use budget
+    assert not {r.number for r in pruned} & set(front["trials"])
+    # Partial scores are kept, recorded with the fidelity they were measured at.
+    assert all(r.raw and r.objective is not None for r in pruned)
+    states = {t.number: t for t in runner.study.get_trials()}
+    assert all(states[r.number].user_attrs["fidelity"] < 1 for r in pruned)
+    assert all(states[r.number].user_attrs.get("fidelity", 1.0) == 1.0 for r in done)
+    assert set(ev.fidelities) == {0.25, 0.5, 1.0}
+    # Still finds a better merge than every baseline.
+    assert best(runner.study).objective > max(r.objective for r in done if r.kind == "baseline")
+
+
+def test_pruner_needs_a_single_objective_sampler():
+    with pytest.raises(SpecError, match="single-objective"):
+        spec_for("/tmp", sampler="nsga2", pruner="hyperband")
+    with pytest.raises(SpecError, match="fidelities"):
+        spec_for("/tmp", pruner="hyperband", fidelities=[0.5, 0.25, 1.0])

@@ -60,6 +60,10 @@ def test_generation_perplexity_fewshot_and_limit_match_lm_eval(setup):
     assert math.isclose(again["tiny_add"], lm_eval_reference(model, tok, include, "tiny_add", "acc,none", limit=6))
     assert math.isclose(again["tiny_gen"], lm_eval_reference(model, tok, include, "tiny_gen", "exact_match,none", limit=6, num_fewshot=2))
     assert math.isclose(again["tiny_ppl"], lm_eval_reference(model, tok, include, "tiny_ppl", "word_perplexity,none", limit=6), rel_tol=1e-9)
+    # A low-fidelity rung scores a prefix of the documents: half of limit=6 is lm-eval's limit=3.
+    half = ev.evaluate(MergeSpec(method="linear", weights={"ckpt0": 1.0, "ckpt1": 0.0}), 0.5)
+    assert math.isclose(half["tiny_add"], lm_eval_reference(model, tok, include, "tiny_add", "acc,none", limit=3))
+    assert ev.scorer.limit_for(1.0) == 6 and ev.scorer.limit_for(0.25) == 1
 
 
 def test_other_metric_names_and_unknowns(setup):
