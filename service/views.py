@@ -5,32 +5,60 @@ from __future__ import annotations
 import functools
 
 import optuna
+from sqlalchemy import func, select
 
 from optimizer import records as R
 from service.api.schemas import Best, FrontOut, Progress, StudyOut, TrialOut
-from service.db.models import Study
+from service.db.models import Event, Study
+from service.db.session import session_factory
 from service.report import front_json
 
 
 @functools.cache
-def _storage(url: str) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    """One storage per database for the API's lifetime, wrapped the way Optuna wraps its own:
+    finished trials never change, so Optuna's cache keeps them between requests and a poll
+    only reads the unfinished ones from the database."""
+    return optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}))
 
 
 def optuna_study(row: Study, url: str) -> optuna.Study:
     return optuna.load_study(study_name=row.name, storage=_storage(url))
 
 
+_SNAPSHOTS: dict[str, tuple[int | None, list[R.TrialRow], dict]] = {}
+
+
+def _version(row: Study, url: str) -> int | None:
+    """Every change a worker makes to a study's trials appends an event (started, finished,
+    failed, pruned, front changed): the newest event id versions the study's trials."""
+    with session_factory(url)() as s:
+        return s.scalar(select(func.max(Event.id)).where(Event.study_id == row.id))
+
+
+def snapshot(row: Study, url: str) -> tuple[list[R.TrialRow], dict]:
+    """The study's trial rows and stored front, re-read from Optuna only when an event says
+    something changed (polling clients then cost one indexed query)."""
+    version = _version(row, url)
+    cached = _SNAPSHOTS.get(row.id)
+    if cached is not None and version is not None and cached[0] == version:
+        return cached[1], cached[2]
+    study = optuna_study(row, url)
+    rows, front = R.trial_rows(study), study.user_attrs.get(R.A_FRONT) or {}
+    if len(_SNAPSHOTS) > 256:
+        _SNAPSHOTS.clear()
+    _SNAPSHOTS[row.id] = (version, rows, front)
+    return rows, front
+
+
 def trial_rows(row: Study, url: str) -> list[R.TrialRow]:
-    return R.trial_rows(optuna_study(row, url))
+    return snapshot(row, url)[0]
 
 
 def study_out(row: Study, url: str) -> StudyOut:
-    study = optuna_study(row, url)
-    rows = R.trial_rows(study)
+    rows, front = snapshot(row, url)
     done = [r for r in rows if r.state == "COMPLETE"]
     best = max(done, key=lambda r: r.objective if r.objective is not None else float("-inf"), default=None)
-    front = study.user_attrs.get(R.A_FRONT) or {}
     return StudyOut(
         id=row.id, name=row.name, state=row.state, priority=row.priority, pool_id=row.pool_id,
         suite_id=row.suite_id, search=row.spec["search"],
@@ -51,8 +79,7 @@ def trials_out(row: Study, url: str, state: str | None = None) -> list[TrialOut]
 
 
 def front_out(row: Study, url: str) -> FrontOut:
-    study = optuna_study(row, url)
-    rows = R.trial_rows(study)
+    rows, front = snapshot(row, url)
     tasks = [t["task"] for t in row.spec["suite"]["tasks"]]
-    front = study.user_attrs.get(R.A_FRONT) or R.compute_front(rows, tasks)
+    front = front or R.compute_front(rows, tasks)
     return FrontOut(**front_json(rows, front))
