@@ -6,6 +6,7 @@ import functools
 
 import optuna
 from sqlalchemy import func, select
+from sqlalchemy.orm import object_session
 
 from optimizer import records as R
 from service.api.schemas import Best, FrontOut, Progress, StudyOut, TrialOut
@@ -32,8 +33,12 @@ _SNAPSHOTS: dict[str, tuple[int | None, list[R.TrialRow], dict]] = {}
 def _version(row: Study, url: str) -> int | None:
     """Every change a worker makes to a study's trials appends an event (started, finished,
     failed, pruned, front changed): the newest event id versions the study's trials."""
+    query = select(func.max(Event.id)).where(Event.study_id == row.id)
+    session = object_session(row)
+    if session is not None:  # the request's own connection: a second one per request can starve the pool
+        return session.scalar(query)
     with session_factory(url)() as s:
-        return s.scalar(select(func.max(Event.id)).where(Event.study_id == row.id))
+        return s.scalar(query)
 
 
 def snapshot(row: Study, url: str) -> tuple[list[R.TrialRow], dict]:
