@@ -26,6 +26,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
+def _no_duplicates(items: list, key, message: str) -> list:
+    dupes = sorted(n for n, k in Counter(map(key, items)).items() if k > 1)
+    if dupes:
+        raise ValueError(message.format(dupes[0]))
+    return items
+
+
 class CheckpointSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     path: str
@@ -38,10 +45,7 @@ class PoolSpec(_Strict):
     @field_validator("checkpoints")
     @classmethod
     def _unique(cls, v: list[CheckpointSpec]) -> list[CheckpointSpec]:
-        dupes = sorted(n for n, k in Counter(c.name for c in v).items() if k > 1)
-        if dupes:
-            raise ValueError(f"checkpoint name '{dupes[0]}' is used twice")
-        return v
+        return _no_duplicates(v, lambda c: c.name, "checkpoint name '{}' is used twice")
 
 
 class TaskSpec(_Strict):
@@ -71,10 +75,7 @@ class SuiteSpec(_Strict):
     @field_validator("tasks")
     @classmethod
     def _unique(cls, v: list[TaskSpec]) -> list[TaskSpec]:
-        dupes = sorted(n for n, k in Counter(t.task for t in v).items() if k > 1)
-        if dupes:
-            raise ValueError(f"task '{dupes[0]}' is listed twice")
-        return v
+        return _no_duplicates(v, lambda t: t.task, "task '{}' is listed twice")
 
 
 class SearchSpec(_Strict):
