@@ -25,8 +25,10 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--docs", type=int, default=12, help="documents per task of the running study")
+    ap.add_argument("--separate-worker", action="store_true", help="serve --no-worker + a `mergeopt worker` process")
     args = ap.parse_args()
-    served = ServedStudy(Path(tempfile.mkdtemp(prefix="mergeopt-load-")), n_docs=args.docs, n_trials=5000)
+    served = ServedStudy(Path(tempfile.mkdtemp(prefix="mergeopt-load-")), n_docs=args.docs, n_trials=5000,
+                         separate_worker=args.separate_worker)
     try:
         before = served.study()["progress"]["completed"]
         stats = run_load(served.base, served.paths, clients=args.clients, seconds=args.seconds)

@@ -76,7 +76,8 @@ class ServedStudy:
     """`mergeopt serve` (API + in-process worker) on SQLite under ``root``, with one long study
     running; ``stop()`` cancels it and stops the server."""
 
-    def __init__(self, root: Path, *, n_docs: int = 12, n_trials: int = 400, name: str = "load") -> None:
+    def __init__(self, root: Path, *, n_docs: int = 12, n_trials: int = 400, name: str = "load",
+                 separate_worker: bool = False) -> None:
         self.root, self.name = root, name
         assets = make_assets(root, n_docs=n_docs)
         port = free_port()
@@ -84,8 +85,11 @@ class ServedStudy:
         env = {**os.environ, "MERGEOPT_DATABASE_URL": f"sqlite:///{root}/load.db", "MERGEOPT_TOKENS": TOKEN,
                "MERGEOPT_ALLOWED_ROOTS": str(root), "MERGEOPT_WORKER_POLL_S": "0.2", "HF_HUB_OFFLINE": "1"}
         self.log = (root / "serve.log").open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        extra = ["--no-worker"] if separate_worker else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), *extra],
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env, stdout=self.log,
+                                       stderr=subprocess.STDOUT) if separate_worker else None
         try:
             wait_for(self._up, timeout=90, every=0.2)
             r = httpx.post(f"{self.base}/v1/studies", json={"name": name, **assets, "search": {"n_trials": n_trials}},
@@ -113,6 +117,12 @@ class ServedStudy:
             httpx.post(f"{self.base}/v1/studies/{self.name}/cancel", headers=AUTH, timeout=10)
         except httpx.HTTPError:
             pass
+        if self.worker is not None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)
