@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(default=10, ge=1, description="trial heartbeat interval")
     grace_s: int = Field(default=60, ge=2, description="a RUNNING trial without heartbeat this long is failed and retried")
     sse_poll_s: float = 0.5
+    worker_nice: int = Field(
+        default=10, ge=0, le=19,
+        description="CPU niceness of worker threads: where they share cores with the API and the "
+                    "database, polls stay fast and trials take the spare cycles (0: no change)",
+    )
 
     @field_validator("allowed_roots", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -35,6 +36,19 @@ from service.studies import build_evaluator
 log = logging.getLogger(__name__)
 SETUP_LEASE = timedelta(minutes=30)  # references + baselines of a big pool take a while
 FATAL = (StudyFailed, PoolError, SuiteError, SpecError)
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's niceness by ``nice`` (Linux: niceness is per thread, and the
+    threads it starts later, torch's intra-op pool included, inherit it). Elsewhere a no-op:
+    there a thread id is no process id and setpriority could hit another process."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as exc:
+        log.warning("could not lower worker priority: %s", exc)
 
 
 class Worker:
@@ -142,6 +156,7 @@ class Worker:
 
     def run_forever(self, max_idle_s: float | None = None) -> None:
         """Until stopped (or idle for ``max_idle_s``). Database errors back off and retry."""
+        lower_thread_priority(self.settings.worker_nice)
         idle_since, backoff = time.monotonic(), 1.0
         while not self.stop.is_set():
             try:

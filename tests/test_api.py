@@ -1,13 +1,23 @@
 """The REST flow with FastAPI's test client and an in-thread worker, plus every 4xx path."""
 
+import contextlib
 import io
+import json
 import tarfile
+import uuid
 
+import optuna
 import pytest
+from conftest import scratch_pg_database
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 from servicekit import AUTH, check_front_consistent, make_assets, parse_sse, settings_for
 
+from service import registry, views
 from service.api.app import create_app
+from service.api.schemas import TrialOut
+from service.db.models import Event, Study
+from service.db.session import session_factory
 from service.worker import Worker
 
 
@@ -87,6 +97,66 @@ def test_pause_resume_cancel(client, assets):
     assert client.get("/v1/studies/ctl").json()["progress"]["completed"] == done
     assert client.post("/v1/studies/ctl/resume", headers=AUTH).status_code == 409
     assert client.post("/v1/studies/ctl/explode", headers=AUTH).status_code == 404
+
+
+def _from_scratch(settings, key: str) -> list[dict]:
+    """/trials rendered without any of the polling caches: what the API must agree with."""
+    with session_factory(settings.database_url)() as s:
+        row = registry.get_row(s, Study, key)
+        views._SNAPSHOTS.pop(row.id, None)
+        return json.loads(TypeAdapter(list[TrialOut]).dump_json(views.trials_out(row, settings.database_url)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_client(request, assets):
+    """A fresh API on embedded SQLite and on the real PostgreSQL (a database of its own)."""
+    root, _ = assets
+    with contextlib.ExitStack() as stack:
+        url = (f"sqlite:///{root}/{uuid.uuid4().hex[:8]}.db" if request.param == "sqlite"
+               else stack.enter_context(scratch_pg_database("mergeopt_api")))
+        settings = settings_for(root, url)
+        c = stack.enter_context(TestClient(create_app(settings)))
+        c.settings = settings
+        yield c
+
+
+def test_polled_reads_are_fresh_and_revalidate_with_etags(any_client, assets):
+    client, (_, a) = any_client, assets
+    assert client.post("/v1/studies", json={"name": "poll", **a, "search": {"n_trials": 10}}, headers=AUTH).status_code == 201
+    first = client.get("/v1/studies/poll/trials")
+    assert first.status_code == 200 and first.json() == [] and first.headers["etag"]
+    same = client.get("/v1/studies/poll/trials", headers={"If-None-Match": first.headers["etag"]})
+    assert same.status_code == 304 and same.content == b""
+
+    w = Worker(client.settings, worker_id="poller")
+    seen = []
+    for _ in range(3):  # setup + a first trial, then one trial a call: every poll sees the change
+        assert w.run_once() is True
+        r = client.get("/v1/studies/poll/trials", headers={"If-None-Match": first.headers["etag"]})
+        assert r.status_code == 200 and r.headers["etag"] not in seen
+        seen.append(r.headers["etag"])
+        assert r.json() == _from_scratch(client.settings, "poll")
+        front = client.get("/v1/studies/poll/front")
+        assert client.get("/v1/studies/poll/front", headers={"If-None-Match": front.headers["etag"]}).status_code == 304
+    # A trial that is running when polled, then finishes: its finished form is what polls show.
+    with session_factory(client.settings.database_url)() as s:
+        row = registry.get_row(s, Study, "poll")
+        study = views.optuna_study(row, client.settings.database_url)
+        trial = study.ask()
+        s.add(Event(study_id=row.id, type="trial_started", payload={"trial": trial.number}))  # as a worker does
+        s.commit()
+        assert client.get("/v1/studies/poll/trials").json()[-1]["state"] == "RUNNING"
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        s.add(Event(study_id=row.id, type="trial_failed", payload={"trial": trial.number}))
+        s.commit()
+    assert client.get("/v1/studies/poll/trials").json()[-1]["state"] == "FAIL"
+    assert client.get("/v1/studies/poll/trials").json() == _from_scratch(client.settings, "poll")
+    w.run_forever(max_idle_s=1.0)
+    final = client.get("/v1/studies/poll/trials", params={"state": "complete"}).json()
+    assert len(final) == 10  # cached finished trials agree with a fresh render:
+    assert [t for t in _from_scratch(client.settings, "poll") if t["state"] == "COMPLETE"] == final
+    assert client.get("/v1/studies/poll/trials").json() == _from_scratch(client.settings, "poll")
+    check_front_consistent(client.get("/v1/studies/poll/front").json(), final)
 
 
 @pytest.mark.parametrize("method,path", [

@@ -24,42 +24,63 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-async def _client(base: str, paths: list[str], stop_at: float, latencies: list[float], errors: list[str]) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        i = 0
-        while time.monotonic() < stop_at:
-            path = paths[i % len(paths)]
-            i += 1
+async def _get(client: httpx.AsyncClient, path: str, t0: float, latencies: list[float], errors: list[str]) -> None:
+    try:
+        r = await client.get(path)
+        if r.status_code != 200:
+            errors.append(f"{path}: {r.status_code} {r.text[:200]}")
+        else:
+            r.json()
+            latencies.append(time.perf_counter() - t0)
+    except (httpx.HTTPError, ValueError) as exc:
+        errors.append(f"{path}: {type(exc).__name__}: {exc}")
+
+
+async def _client(client: httpx.AsyncClient, paths: list[str], start: float, stop_at: float, latencies: list[float],
+                  errors: list[str], interval: float, phase: float) -> None:
+    i, due = 0, start + phase
+    while time.perf_counter() < stop_at:
+        path = paths[i % len(paths)]
+        i += 1
+        if interval > 0:
+            # Fixed rate: latency counts from when the request was due, so a slow answer that
+            # delays the next request is charged to it (no coordinated omission).
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            t0, due = due, due + interval
+        else:
             t0 = time.perf_counter()
-            try:
-                r = await client.get(path)
-                if r.status_code != 200:
-                    errors.append(f"{path}: {r.status_code} {r.text[:200]}")
-                else:
-                    r.json()
-                    latencies.append(time.perf_counter() - t0)
-            except (httpx.HTTPError, ValueError) as exc:
-                errors.append(f"{path}: {type(exc).__name__}: {exc}")
+        await _get(client, path, t0, latencies, errors)
 
 
-def run_load(base: str, paths: list[str], clients: int, seconds: float) -> dict:
-    """``clients`` concurrent keep-alive clients, each cycling through ``paths`` back to back
-    for ``seconds``. Returns request count, errors and latency percentiles (ms)."""
+def run_load(base: str, paths: list[str], clients: int, seconds: float, interval: float = 0.0) -> dict:
+    """``clients`` concurrent keep-alive clients, each cycling through ``paths`` for ``seconds``:
+    back to back (``interval`` 0, a saturation test) or one request every ``interval`` seconds
+    (polling, phases spread evenly). Clients connect and make one untimed request first, so the
+    clock starts with all of them ready. Returns request count, errors, latency percentiles (ms)."""
     assert base.startswith(("http://127.", "http://localhost")), "load goes to loopback only"
     latencies: list[float] = []
     errors: list[str] = []
+    timing: dict[str, float] = {}
 
     async def main() -> None:
-        stop_at = time.monotonic() + seconds
-        await asyncio.gather(*(_client(base, paths[k % len(paths):] + paths[:k % len(paths)], stop_at, latencies, errors)
-                               for k in range(clients)))
+        pool = [httpx.AsyncClient(base_url=base, timeout=30) for _ in range(clients)]
+        try:
+            warm_errors: list[str] = []
+            await asyncio.gather(*(_get(c, paths[0], 0.0, [], warm_errors) for c in pool))
+            errors.extend(warm_errors)
+            timing["start"] = start = time.perf_counter()
+            await asyncio.gather(*(_client(c, paths[k % len(paths):] + paths[:k % len(paths)], start, start + seconds,
+                                           latencies, errors, interval, interval * k / clients)
+                                   for k, c in enumerate(pool)))
+            timing["end"] = time.perf_counter()
+        finally:
+            await asyncio.gather(*(c.aclose() for c in pool))
 
-    t0 = time.perf_counter()
     asyncio.run(main())
-    wall = time.perf_counter() - t0
+    wall = timing["end"] - timing["start"]
     ms = [x * 1000 for x in latencies]
     return {
-        "clients": clients, "seconds": round(wall, 1), "requests": len(ms) + len(errors), "errors": len(errors),
+        "clients": clients, "interval_s": interval, "seconds": round(wall, 1), "requests": len(ms) + len(errors), "errors": len(errors),
         "first_errors": errors[:5], "rps": round((len(ms) + len(errors)) / wall, 1),
         "p50_ms": round(percentile(ms, 50), 1) if ms else None, "p99_ms": round(percentile(ms, 99), 1) if ms else None,
         "max_ms": round(max(ms), 1) if ms else None,

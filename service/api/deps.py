@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session
 from service.db.session import session_factory
 from service.settings import Settings
 
+# Async dependencies: cheap, and a sync one would cost every request a thread-pool hop.
 bearer = HTTPBearer(auto_error=False, description="MERGEOPT_TOKENS")
 
 
-def settings_dep(request: Request) -> Settings:
+async def settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -44,10 +45,10 @@ def _check(creds: HTTPAuthorizationCredentials | None, settings: Settings) -> No
         raise HTTPException(403, "invalid token")
 
 
-def require_write(creds: Creds, settings: Cfg) -> None:
+async def require_write(creds: Creds, settings: Cfg) -> None:
     _check(creds, settings)
 
 
-def require_read(creds: Creds, settings: Cfg) -> None:
+async def require_read(creds: Creds, settings: Cfg) -> None:
     if settings.protect_reads:
         _check(creds, settings)

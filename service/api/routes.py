@@ -7,7 +7,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,6 +15,7 @@ from starlette.background import BackgroundTask
 
 from optimizer.spec import parse_spec
 from service import registry, views
+from service.api import hot_reads
 from service.api.deps import DB, Cfg, require_read, require_write
 from service.api.events import event_stream
 from service.api.schemas import (
@@ -37,6 +38,7 @@ from service.settings import Settings
 router = APIRouter(prefix="/v1", responses={422: {"model": Problem, "description": "Invalid request"}})
 read = [Depends(require_read)]
 write = [Depends(require_write)]
+NOT_MODIFIED = {304: {"description": "Unchanged since the ETag given in If-None-Match"}}
 TRANSITIONS = {
     "pause": ({"queued", "running"}, "paused"),
     "resume": ({"paused"}, "queued"),
@@ -115,14 +117,14 @@ def change_state(key: str, action: str, session: DB, settings: Cfg):
     return views.study_out(row, settings.database_url)
 
 
-@router.get("/studies/{key}/trials", response_model=list[TrialOut], dependencies=read)
-def list_trials(
+@router.get("/studies/{key}/trials", response_model=list[TrialOut], dependencies=read, responses=NOT_MODIFIED)
+async def list_trials(
     key: str,
-    session: DB,
+    request: Request,
     settings: Cfg,
     state: str | None = Query(None, pattern="^(?i)(complete|running|fail|pruned|waiting)$"),
 ):
-    return views.trials_out(_study(session, key), settings.database_url, state)
+    return await hot_reads.respond(request, settings.database_url, "trials", key, state.upper() if state else None)
 
 
 @router.get("/studies/{key}/trials/{number}", response_model=TrialOut, dependencies=read)
@@ -133,9 +135,9 @@ def get_trial(key: str, number: int, session: DB, settings: Cfg):
     raise HTTPException(404, f"study '{key}' has no trial {number}")
 
 
-@router.get("/studies/{key}/front", response_model=FrontOut, dependencies=read)
-def get_front(key: str, session: DB, settings: Cfg):
-    return views.front_out(_study(session, key), settings.database_url)
+@router.get("/studies/{key}/front", response_model=FrontOut, dependencies=read, responses=NOT_MODIFIED)
+async def get_front(key: str, request: Request, settings: Cfg):
+    return await hot_reads.respond(request, settings.database_url, "front", key)
 
 
 @router.get("/studies/{key}/events", dependencies=read, response_class=StreamingResponse)

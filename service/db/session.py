@@ -10,9 +10,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 @functools.cache
 def get_engine(url: str) -> Engine:
-    kwargs: dict = {"pool_pre_ping": True}
+    kwargs: dict = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:  # a server can restart under us; a file cannot go away between queries
+        kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         @event.listens_for(engine, "connect")
