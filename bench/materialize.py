@@ -4,11 +4,16 @@ transformers). Measured side by side in one run; on a GPU also the achieved band
 fraction of a measured device-to-device copy.
 
     python bench/materialize.py [--n 4] [--params 40e6] [--dtype bfloat16] [--device auto] [--repeats 5]
+                                [--pool-on auto|host|device]
+
+--pool-on host keeps the pool in pinned host memory and streams it (what a pool too big for the
+GPU gets); on a GPU the reference is then a pinned host -> device copy of the pool.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -26,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from evaluators.merge_spec import MergeSpec  # noqa: E402
 from evaluators.pool import validate_pool  # noqa: E402
 from evaluators.resident import ResidentModel, ResidentPool, pick_device  # noqa: E402
+from evaluators.streaming import host_buffer  # noqa: E402
 
 
 def config_for(params: float) -> LlamaConfig:
@@ -83,7 +89,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--mergekit-repeats", type=int, default=2)
+    ap.add_argument("--pool-on", choices=["auto", "host", "device"], default="auto")
     args = ap.parse_args()
+    os.environ["MERGEOPT_POOL_ON"] = args.pool_on
     dtype = getattr(torch, args.dtype)
     device = pick_device(args.device)
     root = Path(tempfile.mkdtemp(prefix="mergeopt-mat-"))
@@ -98,12 +106,21 @@ def main() -> None:
         weights = [1.0 / (i + 2) for i in range(n)]
         named = dict(zip(info.names, weights, strict=True))
         elem = torch.tensor([], dtype=dtype).element_size()
-        src = torch.empty(n_params * n, dtype=dtype, device=device).normal_()
-        dst = torch.empty_like(src)
-        copy = time_it(lambda: dst.copy_(src), args.repeats, sync)
-        peak = 2 * src.numel() * elem / copy
+        streamed = resident.pool.streamed
+        if streamed and device.type == "cuda":  # the floor is the PCIe link: one pinned H2D copy
+            src = host_buffer((n_params * n,), dtype).normal_()
+            dst = torch.empty(src.shape, dtype=dtype, device=device)
+            copy = time_it(lambda: dst.copy_(src, non_blocking=True), args.repeats, sync)
+            peak, floor = src.numel() * elem / copy, "pinned host -> device copy"
+        else:
+            src = torch.empty(n_params * n, dtype=dtype, device=device).normal_()
+            dst = torch.empty_like(src)
+            copy = time_it(lambda: dst.copy_(src), args.repeats, sync)
+            peak, floor = 2 * src.numel() * elem / copy, "copy"
         src = dst = None
-        print(f"pool: {n} x {n_params / 1e6:.1f}M {args.dtype} on {device} (+ base); copy bandwidth {peak / 1e9:.1f} GB/s")
+        where = ("host memory" + (" (pinned)" if device.type == "cuda" else "") + ", streamed") if streamed else str(device)
+        print(f"pool: {n} x {n_params / 1e6:.1f}M {args.dtype} in {where}, merged on {device} (+ base); "
+              f"{floor} bandwidth {peak / 1e9:.1f} GB/s")
         rows = []
         for label, spec, moved in (
             ("linear (fused, in place)", MergeSpec(method="linear", weights=named), (n + 1) * n_params * elem),

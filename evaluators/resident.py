@@ -18,12 +18,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from evaluators import fused
+from evaluators import fused, streaming
 from evaluators.merge_methods import magnitude_order, task_vectors
 from evaluators.merge_spec import MergeSpec, merge_tensor
 from evaluators.pool import PoolError, PoolInfo, load_checkpoint_tensors
 
 log = logging.getLogger(__name__)
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -50,22 +51,29 @@ class ResidentPool:
             start = self.offsets[k][1]
         self.numel = start
         n = len(pool.checkpoints)
+        dtypes = {FLOAT_DTYPES.get(ref[k].dtype) for k in self.tensor_names}  # header names: F32, BF16...
+        uniform = len(dtypes) == 1 and None not in dtypes
+        # Too big for the device: the flat pool stays in pinned host memory and is streamed.
+        self.streamed = uniform and streaming.should_stream(n, self.numel, next(iter(dtypes)).itemsize, device)
+        self.storage = torch.device("cpu") if self.streamed else device
+        if self.streamed:
+            log.info("pool of %d x %d parameters kept in host memory and streamed to %s", n, self.numel, device)
         self.flat: torch.Tensor | None = None  # [N, P] when the layout is uniform
         self.stacks: dict[str, torch.Tensor] = {}
         for i, info in enumerate(tqdm(pool.checkpoints, desc="loading pool", disable=not progress)):
-            for k, t in zip(self.tensor_names, load_checkpoint_tensors(info, self.tensor_names, device), strict=True):
-                if i == 0 and not self.stacks and self._uniform(t.dtype):
-                    self.flat = torch.empty((n, self.numel), dtype=t.dtype, device=device)
+            for k, t in zip(self.tensor_names, load_checkpoint_tensors(info, self.tensor_names, self.storage), strict=True):
+                if i == 0 and not self.stacks and uniform:
+                    self.flat = self._buffer((n, self.numel), t.dtype)
                 if k not in self.stacks:
                     self.stacks[k] = self._view(self.flat, k) if self.flat is not None else torch.empty(
-                        (n, *t.shape), dtype=t.dtype, device=device)
+                        (n, *t.shape), dtype=t.dtype, device=self.storage)
                 self.stacks[k][i].copy_(t)
         self.base: dict[str, torch.Tensor] | None = None
         self.flat_base: torch.Tensor | None = None
         if pool.base is not None:
-            loaded = load_checkpoint_tensors(pool.base, self.tensor_names, device)
+            loaded = load_checkpoint_tensors(pool.base, self.tensor_names, self.storage)
             if self.flat is not None:
-                self.flat_base = torch.empty(self.numel, dtype=self.flat.dtype, device=device)
+                self.flat_base = self._buffer((self.numel,), self.flat.dtype)
                 self.base = {k: self._view(self.flat_base, k) for k in self.tensor_names}
                 for k, t in zip(self.tensor_names, loaded, strict=True):
                     self.base[k].copy_(t)
@@ -77,9 +85,10 @@ class ResidentPool:
         # Magnitude rankings for TIES are cached (int32/int64 per entry) while they fit this budget.
         self.order_budget_bytes = int(float(os.environ.get("MERGEOPT_TOPK_CACHE_GB", "8")) * 1024**3)
 
-    def _uniform(self, dtype: torch.dtype) -> bool:
-        ref = self.pool.reference.tensors
-        return dtype.is_floating_point and len({ref[k].dtype for k in self.tensor_names}) == 1
+    def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if self.streamed:
+            return streaming.host_buffer(shape, dtype)
+        return torch.empty(shape, dtype=dtype, device=self.storage)
 
     def _view(self, flat: torch.Tensor, name: str) -> torch.Tensor:
         s, e = self.offsets[name]
@@ -91,7 +100,8 @@ class ResidentPool:
             raise PoolError("this merge method needs a base model: set pool.base")
         if self._deltas is None:
             if self.flat is not None:
-                self.flat_deltas = fused.flat_task_vectors(self.flat, self.flat_base)
+                self.flat_deltas = fused.flat_task_vectors(
+                    self.flat, self.flat_base, out=self._buffer(tuple(self.flat.shape), fused.work_dtype(self.flat.dtype)))
                 self._deltas = {k: self._view(self.flat_deltas, k) for k in self.tensor_names}
             else:
                 self._deltas = {k: task_vectors(self.base[k], self.stacks[k]) for k in self.tensor_names}
@@ -125,11 +135,11 @@ class ResidentPool:
             return False
         weights = spec.weight_vector(self.checkpoint_names)
         if spec.method == "linear":
-            fused.linear_into(out, self.flat, weights, normalize=spec.resolved_normalize)
+            fused.linear_into(out, self.flat, weights, normalize=spec.resolved_normalize, stage=self.streamed)
         else:
             self.deltas()
             fused.task_arithmetic_into(out, self.flat_base, self.flat_deltas, weights,
-                                       lambda_=spec.lambda_, normalize=spec.resolved_normalize)
+                                       lambda_=spec.lambda_, normalize=spec.resolved_normalize, stage=self.streamed)
         return True
 
 

@@ -10,6 +10,7 @@ from evaluators import merge_methods as mm
 from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
+from evaluators.streaming import device_chunks, host_buffer, should_stream
 
 from tinypool import make_pool, save_model, tiny_config
 
@@ -19,20 +20,73 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(fused, "CPU_CHUNK", 1000)  # many chunks, and a ragged last one
 
 
+@pytest.mark.parametrize("stage", [False, True], ids=["resident", "streamed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_linear_into_equals_reference(dtype, normalize):
+def test_linear_into_equals_reference(dtype, normalize, stage):
     g = torch.Generator().manual_seed(0)
     flat = torch.randn(4, 10_007, generator=g).to(dtype)
     w = [0.3, 0.9, 0.05, 0.4]
     out = torch.empty(10_007, dtype=dtype)
-    fused.linear_into(out, flat, w, normalize=normalize)
+    fused.linear_into(out, flat, w, normalize=normalize, stage=stage)
     assert torch.equal(out, mm.linear(flat, w, normalize=normalize))
 
 
+def test_streamed_chunks_are_the_source_in_order_through_two_buffers():
+    src = torch.arange(2 * 2503, dtype=torch.float32).reshape(2, 2503)
+    seen, buffers = [], set()
+    for s, e, chunk in device_chunks(src, torch.device("cpu"), 1000, stage=True):
+        assert torch.equal(chunk, src[:, s:e]) and chunk.shape == (2, e - s)
+        buffers.add(chunk.untyped_storage().data_ptr())
+        seen.append((s, e))
+    assert seen == [(0, 1000), (1000, 2000), (2000, 2503)] and len(buffers) == 2
+    base = torch.arange(2503, dtype=torch.float32)  # a [P] buffer streams as one row
+    parts = [c.clone() for _, _, c in device_chunks(base, torch.device("cpu"), 1000, stage=True)]  # valid until the next
+    assert torch.equal(torch.cat(parts), base)
+
+
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties"])
+def test_a_pool_kept_on_the_host_merges_like_a_resident_one(tmp_path, monkeypatch, method):
+    pool = make_pool(tmp_path, n=3)
+    info = validate_pool(pool["checkpoints"], pool["base"])
+    spec = MergeSpec(method=method, weights={"ckpt0": 0.6, "ckpt1": 1.0, "ckpt2": 0.3}, lambda_=0.7,
+                     density=0.5 if method == "ties" else None)
+    monkeypatch.setenv("MERGEOPT_POOL_ON", "device")
+    resident = ResidentModel(ResidentPool(info, torch.device("cpu")))
+    monkeypatch.setenv("MERGEOPT_POOL_ON", "host")
+    streamed = ResidentModel(ResidentPool(info, torch.device("cpu")))
+    assert streamed.pool.streamed and not resident.pool.streamed
+    a, b = resident.materialize(spec).state_dict(), streamed.materialize(spec).state_dict()
+    for name in resident.pool.tensor_names:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_pool_placement_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("MERGEOPT_POOL_ON", "gpu")
+    with pytest.raises(ValueError, match="auto, host or device"):
+        should_stream(2, 10, 2, torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_streaming_from_pinned_memory_on_cuda_equals_resident():
+    g = torch.Generator().manual_seed(3)
+    flat = torch.randn(5, 3_000_017, generator=g).to(torch.bfloat16)
+    host = host_buffer(tuple(flat.shape), flat.dtype)
+    host.copy_(flat)
+    assert host.is_pinned()
+    w = [0.1, 0.5, 0.2, 0.9, 0.3]
+    out_streamed = torch.empty(flat.shape[1], dtype=flat.dtype, device="cuda")
+    out_resident = torch.empty_like(out_streamed)
+    fused.linear_into(out_streamed, host, w, normalize=True)
+    fused.linear_into(out_resident, flat.cuda(), w, normalize=True)
+    torch.cuda.synchronize()
+    assert torch.equal(out_streamed, out_resident)
+
+
+@pytest.mark.parametrize("stage", [False, True], ids=["resident", "streamed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("lam,normalize", [(1.0, False), (0.4, True), (1.3, False)])
-def test_task_arithmetic_into_equals_reference(dtype, lam, normalize):
+def test_task_arithmetic_into_equals_reference(dtype, lam, normalize, stage):
     g = torch.Generator().manual_seed(1)
     base = torch.randn(10_007, generator=g).to(dtype)
     flat = (base + 0.1 * torch.randn(3, 10_007, generator=g)).to(dtype)
@@ -40,7 +94,7 @@ def test_task_arithmetic_into_equals_reference(dtype, lam, normalize):
     assert torch.equal(deltas, mm.task_vectors(base, flat))
     w = [0.7, -0.2, 0.5]
     out = torch.empty(10_007, dtype=dtype)
-    fused.task_arithmetic_into(out, base, deltas, w, lambda_=lam, normalize=normalize)
+    fused.task_arithmetic_into(out, base, deltas, w, lambda_=lam, normalize=normalize, stage=stage)
     assert torch.equal(out, mm.task_arithmetic(base, deltas, w, lambda_=lam, normalize=normalize))
 
 
