@@ -16,6 +16,7 @@ from optimizer.spec import PoolSpec, SuiteSpec, parse_spec
 from service.db.models import Pool, Study, Suite
 from service.paths import guard_path, guard_tree
 from service.settings import Settings
+from service.task_paths import guard_task_files
 
 
 class Conflict(ValueError):
@@ -58,6 +59,7 @@ def register_suite(session: Session, settings: Settings, name: str, spec: SuiteS
     if spec.include_path:
         include = guard_path(spec.include_path, settings.allowed_roots, what="suite.include_path")
         guard_tree(include, settings.allowed_roots, what="suite.include_path")
+        guard_task_files(include, settings.allowed_roots)
     check_task_names([t.task for t in spec.tasks], include)
     row = Suite(name=name, include_path=str(include) if include else None,
                 tasks=[t.model_dump() for t in spec.tasks], limit=spec.limit, batch_size=spec.batch_size)

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(default=10, ge=1, description="trial heartbeat interval")
     grace_s: int = Field(default=60, ge=2, description="a RUNNING trial without heartbeat this long is failed and retried")
     sse_poll_s: float = 0.5
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024,
+        description="larger request bodies are refused with 413 before they are read (a study spec is a few kB)",
+    )
     worker_nice: int = Field(
         default=10, ge=0, le=19,
         description="CPU niceness of worker threads: where they share cores with the API and the "

@@ -69,6 +69,10 @@ def test_full_flow(client, assets):
     assert events[-1]["data"]["state"] == "completed"
     later = parse_sse(client.get("/v1/studies/flow/events", params={"after": events[5]["id"]}).text)
     assert [e["id"] for e in later] == [e["id"] for e in events[6:]]
+    # EventSource reconnects with a Last-Event-ID header (not ?after=): no replay either.
+    resumed = parse_sse(client.get("/v1/studies/flow/events", headers={"Last-Event-ID": str(events[5]["id"])}).text)
+    assert [e["id"] for e in resumed] == [e["id"] for e in events[6:]]
+    assert client.get("/v1/studies/flow/events", headers={"Last-Event-ID": "x"}).status_code == 422
 
     best = front["front"][0]["trial"]
     r = client.post(f"/v1/studies/flow/trials/{best}/export", json={"out_dir": str(root / "exported")}, headers=AUTH)

@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False, migrat
         version="1",
         description="Black-box merge-weight optimization: pools, suites, studies, trials, Pareto fronts.",
         lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.include_router(router)

@@ -7,7 +7,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -147,10 +147,11 @@ def events(
     settings: Cfg,
     follow: bool = True,
     after: int = Query(0, ge=0, description="stream events with a larger id"),
+    last_event_id: int | None = Header(None, ge=0, description="sent by EventSource on reconnect; wins over ?after="),
 ):
     row = _study(session, key)
     return StreamingResponse(
-        event_stream(settings, row.id, after=after, follow=follow),
+        event_stream(settings, row.id, after=after if last_event_id is None else last_event_id, follow=follow),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -954,8 +954,8 @@
     for (const type of EVENT_TYPES) {
       es.addEventListener(type, (ev) => onEvent(type, JSON.parse(ev.data), Number(ev.lastEventId)));
     }
-    // The server ends the stream once the study is finished; EventSource would reconnect (and,
-    // since the server reads ?after= and not Last-Event-ID, replay): close and decide here.
+    // The server ends the stream once the study is finished; EventSource would reconnect (with
+    // Last-Event-ID, so without replay) and find it ended again: close and decide here.
     es.onerror = () => {
       es.close();
       streamEnded();
