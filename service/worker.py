@@ -64,6 +64,7 @@ class Worker:
         self.runner: StudyRunner | None = None
         self.study_id: str | None = None
         self.trials_run = 0
+        self.waiting_for_setup = False  # a study exists but another worker is still setting it up
 
     # ------------------------------------------------------------ study selection
     def _claim_setup(self, study_id: str) -> bool:
@@ -84,9 +85,13 @@ class Worker:
                 select(Study).where(Study.state.in_(("queued", "running")))
                 .order_by(Study.priority.desc(), Study.created_at)
             ).all()
+        waiting = False
         for row in rows:
             if row.prepared or self._claim_setup(row.id):
+                self.waiting_for_setup = False
                 return row
+            waiting = True
+        self.waiting_for_setup = waiting
         return None
 
     def _set_state(self, study_id: str, state: str, *, only_from: tuple[str, ...], error: str | None = None, **extra) -> None:
@@ -168,7 +173,7 @@ class Worker:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 60.0)
                 continue
-            if did:
+            if did or self.waiting_for_setup:  # waiting for another worker's setup is not idleness
                 idle_since = time.monotonic()
             elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                 return

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import tarfile
+import threading
 import uuid
 
 import optuna
@@ -161,6 +162,23 @@ def test_polled_reads_are_fresh_and_revalidate_with_etags(any_client, assets):
     assert [t for t in _from_scratch(client.settings, "poll") if t["state"] == "COMPLETE"] == final
     assert client.get("/v1/studies/poll/trials").json() == _from_scratch(client.settings, "poll")
     check_front_consistent(client.get("/v1/studies/poll/front").json(), final)
+
+
+def test_exit_when_idle_waits_for_another_workers_setup(client, assets):
+    _, a = assets
+    r = client.post("/v1/studies", json={"name": "setup-wait", **a, "search": {"n_trials": 12}}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    setting_up = Worker(client.settings, worker_id="slow-setup")
+    assert setting_up._claim_setup(sid)  # holds the setup lease (references + baselines under way)
+    waiting = Worker(client.settings, worker_id="joiner")
+    t = threading.Thread(target=waiting.run_forever, kwargs={"max_idle_s": 0.3})
+    t.start()
+    t.join(timeout=2.0)
+    assert t.is_alive() and waiting.waiting_for_setup  # it waits to join, it is not idle
+    assert client.post("/v1/studies/setup-wait/cancel", headers=AUTH).status_code == 200
+    t.join(timeout=10)
+    assert not t.is_alive() and waiting.trials_run == 0  # no study left: idle, so it exits
 
 
 @pytest.mark.parametrize("method,path", [
