@@ -16,18 +16,26 @@ from collections.abc import Callable
 
 from fastapi import Request, Response
 from pydantic import TypeAdapter
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from starlette.concurrency import run_in_threadpool
 
 from service import views
 from service.api.schemas import TrialOut
 from service.db.models import Event, Study
-from service.db.session import session_factory
+from service.db.session import get_engine, session_factory
 from service.registry import NotFound
 
 _TRIAL = TypeAdapter(TrialOut)
 FINISHED = {"COMPLETE", "FAIL", "PRUNED"}  # Optuna refuses changes to a finished trial
 MAX_BODIES = 512
+_KEY = bindparam("key")
+# Study key (id or name) -> (id, newest event id): one probe of each index.
+_LOOKUP = (
+    select(Study.id, select(func.max(Event.id)).where(Event.study_id == Study.id).scalar_subquery())
+    .where(or_(Study.id == _KEY, Study.name == _KEY))
+    .order_by((Study.id == _KEY).desc())  # an id wins over another study's equal name
+    .limit(1)
+)
 
 
 class TrialFragments:
@@ -67,15 +75,8 @@ class HotReads:
         }
 
     def _lookup(self, key: str) -> tuple[str, int | None]:
-        query = (
-            select(Study.id, func.max(Event.id))
-            .outerjoin(Event, Event.study_id == Study.id)
-            .where(or_(Study.id == key, Study.name == key))
-            .group_by(Study.id)
-            .order_by((Study.id == key).desc())  # an id wins over another study's equal name
-        )
-        with session_factory(self.url)() as s:
-            found = s.execute(query).first()
+        with get_engine(self.url).connect() as conn:  # Core, not a Session: this runs on every poll
+            found = conn.execute(_LOOKUP, {"key": key}).first()
         if found is None:
             raise NotFound(f"no study '{key}'")
         return found[0], found[1]

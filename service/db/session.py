@@ -10,7 +10,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 @functools.cache
 def get_engine(url: str) -> Engine:
-    kwargs: dict = {}
+    # The API serves up to 40 requests at once (FastAPI's thread pool): with the default 5 kept
+    # connections, bursts opened and closed overflow connections per request (for SQLite a
+    # connect + PRAGMAs each, for PostgreSQL a new backend). Connections open lazily, so a
+    # worker process still holds only the few it uses.
+    kwargs: dict = {"pool_size": 20, "max_overflow": 20}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:  # a server can restart under us; a file cannot go away between queries
