@@ -28,6 +28,7 @@ from service.registry import NotFound
 _TRIAL = TypeAdapter(TrialOut)
 FINISHED = {"COMPLETE", "FAIL", "PRUNED"}  # Optuna refuses changes to a finished trial
 MAX_BODIES = 512
+MAX_STUDIES_WITH_FRAGMENTS = 64  # ~0.4 kB per finished trial each; least recently rebuilt go first
 _KEY = bindparam("key")
 # Study key (id or name) -> (id, newest event id): one probe of each index.
 _LOOKUP = (
@@ -44,9 +45,14 @@ class TrialFragments:
 
     def __init__(self) -> None:
         self._by_study: dict[str, dict[int, bytes]] = {}
+        self._lock = threading.Lock()  # bodies of one study with different filters render at once
 
     def render(self, row: Study, url: str, state: str | None) -> bytes:
-        known = self._by_study.setdefault(row.id, {})
+        with self._lock:
+            known = self._by_study.pop(row.id, None) or {}
+            self._by_study[row.id] = known  # (re)inserted last: the dict's order is recency
+            while len(self._by_study) > MAX_STUDIES_WITH_FRAGMENTS:
+                self._by_study.pop(next(iter(self._by_study)))
         parts = []
         for r in views.trial_rows(row, url):
             if state is not None and r.state != state:
@@ -109,7 +115,8 @@ _INSTANCES: dict[str, HotReads] = {}
 
 
 def hot_reads(url: str) -> HotReads:
-    return _INSTANCES.setdefault(url, HotReads(url))
+    found = _INSTANCES.get(url)
+    return found if found is not None else _INSTANCES.setdefault(url, HotReads(url))
 
 
 async def respond(request: Request, url: str, kind: str, key: str, state: str | None = None) -> Response:
