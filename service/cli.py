@@ -108,7 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token = secrets.token_urlsafe(24)
         settings.tokens = [token]
         print(f"no MERGEOPT_TOKENS set: mutating routes accept this token for this run:\n  {token}", file=sys.stderr)
-    app = create_app(settings, worker=not args.no_worker)
+    app = create_app(settings, worker=not args.no_worker, freeze_gc=True)
     where = f"http://{settings.host}:{settings.port}"
     print(f"mergeopt API on {where} (docs: {where}/docs); database {_shown(settings.database_url)}; "
           f"{'no in-process worker' if args.no_worker else 'one in-process worker'}", file=sys.stderr)

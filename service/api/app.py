@@ -37,22 +37,23 @@ ERRORS: dict[type[Exception], int] = {
 }
 
 
-def create_app(settings: Settings | None = None, *, worker: bool = False, migrate: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, worker: bool = False, migrate: bool = True,
+               freeze_gc: bool = False) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if migrate:
             upgrade(settings.database_url)
-        # Everything imported so far (torch, transformers, lm-eval: millions of objects) lives
-        # as long as the process; outside the collector, a full collection takes ~10x less and
-        # stops polls for milliseconds, not a quarter second.
-        gc.freeze()
         stop = threading.Event()
         thread = None
         if worker:
-            from service.worker import Worker
-
+            from service.worker import Worker  # torch, transformers: imported before the freeze
+        if freeze_gc:
+            # What start-up created (millions of objects) lives as long as the server: outside
+            # the collector, full collections pause requests for tens of ms, not a quarter second.
+            gc.freeze()
+        if worker:
             w = Worker(settings, stop=stop)
             thread = threading.Thread(target=w.run_forever, name="mergeopt-worker", daemon=True)
             thread.start()
