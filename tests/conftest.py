@@ -66,3 +66,23 @@ def scratch_pg_database(prefix: str):
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         except Exception:  # e.g. the server is restarting: a leftover scratch database is harmless
             pass
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """For the hostile-input and API-security modules (one per module): a registered pool, suite and (queued) study on SQLite, plus a folder outside the roots."""
+    from fastapi.testclient import TestClient
+    from servicekit import AUTH, make_assets, settings_for
+
+    from service.api.app import create_app
+
+    root = tmp_path_factory.mktemp("hostile")
+    outside = tmp_path_factory.mktemp("outside")
+    assets = make_assets(root)
+    settings = settings_for(root, f"sqlite:///{root}/hostile.db")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        assert c.post("/v1/pools", json={"name": "good", **assets["pool"]}, headers=AUTH).status_code == 201
+        assert c.post("/v1/suites", json={"name": "good-suite", **assets["suite"]}, headers=AUTH).status_code == 201
+        r = c.post("/v1/studies", json={"name": "kept", **assets, "search": {"n_trials": 12}}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        yield {"c": c, "root": root, "outside": outside, "a": assets, "settings": settings}

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from fastapi.testclient import TestClient
+
 from service.settings import Settings
 
 from tinypool import make_pool, make_tasks
@@ -58,3 +60,11 @@ def check_front_consistent(front: dict, trials: list[dict]) -> None:
                    for m, q in done.items() if m != n)
 
     assert on == {n for n in done if not dominated(n)}
+
+
+def stored(c: TestClient) -> dict:
+    """Everything the API lists; compared before and after each batch of bad requests."""
+    out = {kind: c.get(f"/v1/{kind}").json() for kind in ("pools", "suites")}
+    out["studies"] = [{k: s[k] for k in ("id", "name", "state", "progress", "search")} for s in c.get("/v1/studies").json()]
+    out["trials"] = {s["name"]: c.get(f"/v1/studies/{s['id']}/trials").json() for s in out["studies"]}
+    return out
