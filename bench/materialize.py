@@ -118,7 +118,10 @@ def main() -> None:
             copy = time_it(lambda: dst.copy_(src), args.repeats, sync)
             peak, floor = 2 * src.numel() * elem / copy, "copy"
         src = dst = None
-        where = ("host memory" + (" (pinned)" if device.type == "cuda" else "") + ", streamed") if streamed else str(device)
+        if not streamed:
+            where = str(device)
+        else:
+            where = "pinned host memory, streamed" if device.type == "cuda" else "host memory, streamed"
         print(f"pool: {n} x {n_params / 1e6:.1f}M {args.dtype} in {where}, merged on {device} (+ base); "
               f"{floor} bandwidth {peak / 1e9:.1f} GB/s")
         rows = []

@@ -60,24 +60,21 @@ def run_load(base: str, paths: list[str], clients: int, seconds: float, interval
     assert base.startswith(("http://127.", "http://localhost")), "load goes to loopback only"
     latencies: list[float] = []
     errors: list[str] = []
-    timing: dict[str, float] = {}
 
-    async def main() -> None:
+    async def main() -> float:
+        """Seconds the timed part took."""
         pool = [httpx.AsyncClient(base_url=base, timeout=30) for _ in range(clients)]
         try:
-            warm_errors: list[str] = []
-            await asyncio.gather(*(_get(c, paths[0], 0.0, [], warm_errors) for c in pool))
-            errors.extend(warm_errors)
-            timing["start"] = start = time.perf_counter()
+            await asyncio.gather(*(_get(c, paths[0], 0.0, [], errors) for c in pool))  # untimed warm-up
+            start = time.perf_counter()
             await asyncio.gather(*(_client(c, paths[k % len(paths):] + paths[:k % len(paths)], start, start + seconds,
                                            latencies, errors, interval, interval * k / clients)
                                    for k, c in enumerate(pool)))
-            timing["end"] = time.perf_counter()
+            return time.perf_counter() - start
         finally:
             await asyncio.gather(*(c.aclose() for c in pool))
 
-    asyncio.run(main())
-    wall = timing["end"] - timing["start"]
+    wall = asyncio.run(main())
     ms = [x * 1000 for x in latencies]
     return {
         "clients": clients, "interval_s": interval, "seconds": round(wall, 1), "requests": len(ms) + len(errors), "errors": len(errors),

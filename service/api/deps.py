@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session
 from service.db.session import session_factory
 from service.settings import Settings
 
-# Async dependencies: cheap, and a sync one would cost every request a thread-pool hop.
 bearer = HTTPBearer(auto_error=False, description="MERGEOPT_TOKENS")
 
 
+# The dependencies here are async: they are cheap, and a sync one costs every request a hop
+# through the thread pool.
 async def settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
