@@ -7,21 +7,26 @@ import functools
 import time
 
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.db.models import Event, FrontSnapshot, Trial
 from service.db.session import session_factory
 
+# Back-off between attempts, ~2 minutes in all: a restart or failover under load can take far
+# longer than a few seconds, and the worker has nothing better to do meanwhile (its trial is
+# already told to Optuna; only this record of it is missing).
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0)
+
 
 def _retried(fn):
-    """A database blip (restart, failover) must not lose an event: retry a few times."""
+    """A database outage (restart, failover) must not lose an event: retry while it lasts."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        for delay in (0.5, 1.0, 2.0, 4.0, None):
+        for delay in (*RETRY_DELAYS, None):
             try:
                 return fn(*args, **kwargs)
-            except OperationalError:
+            except (OperationalError, InterfaceError):  # the connection went away, or was refused
                 if delay is None:
                     raise
                 time.sleep(delay)
