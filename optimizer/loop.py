@@ -216,6 +216,9 @@ class StudyRunner:
     def _budget_left(self, states: tuple[TrialState, ...] = DONE) -> int:
         return self.spec.search.n_trials - len(self._rows(states))
 
+    def budget_done(self) -> bool:
+        return self._budget_left(DONE) <= 0
+
     def step(self) -> Step:
         """Claim budget, ask, evaluate, tell: one search trial."""
         if not self.prepared:

@@ -43,7 +43,9 @@ class DbListener:
     @_retried
     def _upsert(self, number: int, **fields) -> None:
         with self.sessions() as s, s.begin():
-            row = s.scalar(select(Trial).where(Trial.study_id == self.study_id, Trial.number == number))
+            row = s.scalar(select(Trial).where(Trial.study_id == self.study_id, Trial.number == number).with_for_update())
+            if row is not None and row.state == fields.get("state") != "RUNNING":
+                return  # already recorded (by Worker.record_missed): one event per transition
             if row is None:
                 row = Trial(study_id=self.study_id, number=number, state="RUNNING")
                 s.add(row)

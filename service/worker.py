@@ -19,14 +19,16 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from optuna.trial import TrialState
 from sqlalchemy import or_, select, update
 
 from evaluators.pool import PoolError
 from evaluators.scoring import SuiteError
+from optimizer import records as R
 from optimizer.loop import Step, StudyFailed, StudyRunner
 from optimizer.spec import SpecError, parse_spec
 from optimizer.storage import open_storage
-from service.db.models import Event, Study
+from service.db.models import Event, Study, Trial
 from service.db.session import session_factory
 from service.listener import DbListener
 from service.locks import study_lock
@@ -36,6 +38,7 @@ from service.studies import build_evaluator
 log = logging.getLogger(__name__)
 SETUP_LEASE = timedelta(minutes=30)  # references + baselines of a big pool take a while
 FATAL = (StudyFailed, PoolError, SuiteError, SpecError)
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 
 def lower_thread_priority(nice: int) -> None:
@@ -144,7 +147,10 @@ class Worker:
                 runner.prepare()
                 with self.sessions() as s, s.begin():
                     s.execute(update(Study).where(Study.id == row.id).values(prepared=True, setup_owner=None))
-            result = runner.step()
+            if self.record_missed(runner) and runner.budget_done():
+                result = Step.WAIT  # complete only once every finished trial is recorded
+            else:
+                result = runner.step()
         except FATAL as exc:
             log.error("study %s failed: %s", row.name, exc)
             self._set_state(row.id, "failed", only_from=("queued", "running"), error=str(exc))
@@ -158,6 +164,31 @@ class Worker:
         elif result is Step.WAIT:
             self.stop.wait(self.settings.worker_poll_s)
         return True
+
+    def record_missed(self, runner: StudyRunner, min_age_s: float = 2.0) -> int:
+        """Write the events of trials Optuna has finished but the listener never recorded (the
+        database went away between the tell and the event, or the tell's commit landed but its
+        reply did not). Trials finished under ``min_age_s`` ago are left to the worker writing
+        them; returns how many are still unrecorded."""
+        with self.sessions() as s:
+            mirrored = dict(s.execute(select(Trial.number, Trial.state).where(Trial.study_id == self.study_id)).all())
+        now, left = datetime.now(), 0  # Optuna stores naive local times
+        finished = {t.number: t for t in runner.study.get_trials(deepcopy=False, states=FINISHED_STATES)}
+        for row in R.trial_rows(runner.study):
+            trial = finished.get(row.number)
+            if trial is None or mirrored.get(row.number) == row.state:
+                continue
+            left += 1
+            if trial.datetime_complete and (now - trial.datetime_complete).total_seconds() >= min_age_s:
+                log.warning("worker %s: recording trial %d (%s), whose event was lost", self.id, row.number, row.state)
+                if row.state == "FAIL":
+                    runner.listener.trial_failed(row.number, row.error or "failed (event recorded late)")
+                elif row.state == "PRUNED":
+                    runner.listener.trial_pruned(row.number, row.to_json())
+                else:
+                    runner.listener.trial_finished(row.number, row.to_json())
+                left -= 1
+        return left
 
     def run_forever(self, max_idle_s: float | None = None) -> None:
         """Until stopped (or idle for ``max_idle_s``). Database errors back off and retry."""

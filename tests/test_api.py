@@ -164,6 +164,34 @@ def test_polled_reads_are_fresh_and_revalidate_with_etags(any_client, assets):
     check_front_consistent(client.get("/v1/studies/poll/front").json(), final)
 
 
+def test_a_finished_trial_whose_event_was_lost_is_recorded_once(client, assets):
+    _, a = assets
+    assert client.post("/v1/studies", json={"name": "lost", **a, "search": {"n_trials": 10}}, headers=AUTH).status_code == 201
+    w = Worker(client.settings, worker_id="recorder")
+    assert w.run_once() is True  # setup + a first trial
+    study = w.runner.study
+    trial = study.ask()  # told to Optuna, but the database went away before its event was written
+    for key, value in {"kind": "search", "label": f"trial {trial.number}", "objective": 0.5}.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, [0.5] if len(study.directions) == 1 else [0.5] * len(study.directions))
+
+    def finished_events():
+        return [e for e in parse_sse(client.get("/v1/studies/lost/events", params={"follow": "false"}).text)
+                if e["type"] == "trial_finished" and e["data"]["trial"] == trial.number]
+
+    assert finished_events() == []
+    assert w.record_missed(w.runner, min_age_s=3600) == 1  # too recent: left to the worker writing it
+    assert finished_events() == []
+    assert w.record_missed(w.runner, min_age_s=0) == 0
+    assert len(finished_events()) == 1
+    w.runner.listener.trial_finished(trial.number, {"label": "late duplicate"})  # the original writer, late
+    assert w.record_missed(w.runner, min_age_s=0) == 0
+    assert len(finished_events()) == 1  # one event per transition
+    states = {t["number"]: t["state"] for t in client.get("/v1/studies/lost/trials").json()}
+    assert states[trial.number] == "COMPLETE"
+    assert client.post("/v1/studies/lost/cancel", headers=AUTH).status_code == 200
+
+
 def test_exit_when_idle_waits_for_another_workers_setup(client, assets):
     _, a = assets
     r = client.post("/v1/studies", json={"name": "setup-wait", **a, "search": {"n_trials": 12}}, headers=AUTH)
