@@ -37,10 +37,11 @@ class MergeEvaluator:
         batch_size: int = 32,
         device: str = "auto",
         progress: bool = False,
+        validation: float | int = 0,
     ) -> None:
         quiet_libraries()
         self.pool_info = validate_pool(checkpoints, base)
-        self.scorer = SuiteScorer(tasks, include_path, limit=limit, batch_size=batch_size)
+        self.scorer = SuiteScorer(tasks, include_path, limit=limit, batch_size=batch_size, validation=validation)
         ref = self.pool_info.reference
         self.tokenizer = load_tokenizer(ref.path, f"checkpoint '{ref.name}'")
         self.resident = ResidentPool(self.pool_info, pick_device(device), progress=progress)
@@ -61,9 +62,10 @@ class MergeEvaluator:
         """task -> higher is better (known after the first evaluation unless set in the spec)."""
         return self.scorer.directions
 
-    def evaluate(self, candidate: Any, fidelity: float = 1.0) -> dict[str, float]:
-        """Raw scores on ``fidelity`` (a fraction) of each task's documents. Successive rungs of
-        one trial reuse the materialized model."""
+    def doc_counts(self, split: str = "search") -> dict[str, int]:
+        return self.scorer.doc_counts(split)
+
+    def _materialize(self, candidate: Any) -> float:
         spec = candidate if isinstance(candidate, MergeSpec) else MergeSpec.model_validate(
             candidate.model_dump(by_alias=True) if hasattr(candidate, "model_dump") else candidate
         )
@@ -71,9 +73,21 @@ class MergeEvaluator:
         if spec != self._resident_spec:
             self.model.materialize(spec)
             self._resident_spec = spec
-        model = self.model.model
-        t1 = time.perf_counter()
-        scores = self.scorer.score(model, self.tokenizer, fidelity)
-        t2 = time.perf_counter()
-        self.last_timings = {"materialize_s": t1 - t0, "score_s": t2 - t1}
+        return time.perf_counter() - t0
+
+    def evaluate(self, candidate: Any, fidelity: float = 1.0) -> dict[str, float]:
+        """Raw scores on ``fidelity`` (a fraction) of each task's search documents. Successive
+        rungs of one trial reuse the materialized model."""
+        merge_s = self._materialize(candidate)
+        t0 = time.perf_counter()
+        scores = self.scorer.score(self.model.model, self.tokenizer, fidelity)
+        self.last_timings = {"materialize_s": merge_s, "score_s": time.perf_counter() - t0}
         return scores
+
+    def validate(self, candidate: Any) -> dict[str, dict]:
+        """Per task, the score on the validation documents and its per-document values."""
+        merge_s = self._materialize(candidate)
+        t0 = time.perf_counter()
+        docs = self.scorer.score_docs(self.model.model, self.tokenizer, "validation")
+        self.last_timings = {"materialize_s": merge_s, "score_s": time.perf_counter() - t0}
+        return docs

@@ -12,6 +12,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evaluators.lm_eval_reuse import cache_templates, reuse_requests
 from evaluators.quiet import quiet_libraries
+from evaluators.splits import prefix, split_documents
+
+# lm-eval aggregations whose per-document values can be resampled (the optimizer's stats.py):
+# a mean of per-document values, or a perplexity of per-document log-likelihoods.
+AGGREGATIONS = ("mean", "perplexity", "weighted_perplexity", "bits_per_byte")
 
 
 class SuiteError(ValueError):
@@ -93,7 +98,10 @@ def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None)
 
 
 class SuiteScorer:
-    """Scores a model on a fixed suite: raw metric per task, and each metric's direction."""
+    """Scores a model on a fixed suite: raw metric per task, and each metric's direction.
+
+    Each task's documents are split once into search and validation documents (by content hash,
+    see splits.py); ``score`` reads the search documents, ``score_docs`` any split per document."""
 
     def __init__(
         self,
@@ -102,6 +110,7 @@ class SuiteScorer:
         *,
         limit: int | float | None = None,
         batch_size: int = 32,
+        validation: float | int = 0,
     ) -> None:
         self.requests = requests
         self.limit = limit
@@ -111,8 +120,17 @@ class SuiteScorer:
         self.directions: dict[str, bool] = {
             r.task: r.higher_is_better for r in requests if r.higher_is_better is not None
         }
+        self.splits = {r.task: split_documents(self.tasks[r.task].eval_docs, validation, limit) for r in requests}
+        for r in requests:
+            for split in ("search", "validation") if validation else ("search",):
+                if not self.splits[r.task].indices(split):
+                    raise SuiteError(f"task '{r.task}' has no {split} documents "
+                                     f"({len(self.tasks[r.task].eval_docs)} in all; lower suite.validation or raise limit)")
         self._lm = None
         self._lm_model = None
+
+    def doc_counts(self, split: str = "search") -> dict[str, int]:
+        return {task: len(s.indices(split)) for task, s in self.splits.items()}
 
     def _lm_for(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
         # HFLM keeps a reference to the model: wrapping once is enough because candidates are
@@ -122,32 +140,58 @@ class SuiteScorer:
             self._lm_model = model
         return self._lm
 
-    def limit_for(self, fraction: float) -> int | float | None:
-        """lm-eval's limit for a fraction of this suite's documents (a prefix of each task's)."""
-        if fraction >= 1:
-            return self.limit
-        if self.limit is None:
-            return fraction  # lm-eval reads a float < 1 as a fraction of the documents
-        if isinstance(self.limit, float) and self.limit < 1:
-            return self.limit * fraction
-        return max(1, int(self.limit * fraction))
-
-    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fraction: float = 1.0) -> dict[str, float]:
+    def _run(self, model, tokenizer, samples: dict[str, list[int]], log_samples: bool) -> dict:
         from lm_eval.evaluator import evaluate
 
         lm = self._lm_for(model, tokenizer)
-        out = evaluate(lm, self.task_dict, limit=self.limit_for(fraction), bootstrap_iters=0, log_samples=False)
-        scores: dict[str, float] = {}
+        return evaluate(lm, self.task_dict, samples=samples, bootstrap_iters=0, log_samples=log_samples)
+
+    def _metric(self, out: dict, r: TaskRequest) -> float:
+        result = out["results"].get(r.task, {})
+        if r.metric not in result:
+            available = sorted(k for k in result if "," in k and "_stderr," not in k)
+            raise SuiteError(f"task '{r.task}' has no metric '{r.metric}' (available: {available})")
+        value = float(result[r.metric])
+        if math.isnan(value):
+            raise SuiteError(f"task '{r.task}' metric '{r.metric}' is NaN")
+        if r.task not in self.directions:
+            hib = out.get("higher_is_better", {}).get(r.task, {})
+            self.directions[r.task] = bool(hib.get(r.metric.split(",")[0], True))
+        return value
+
+    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fraction: float = 1.0) -> dict[str, float]:
+        """Raw scores on the search documents (the first ``fraction`` of them)."""
+        samples = {r.task: prefix(self.splits[r.task].search, fraction) for r in self.requests}
+        out = self._run(model, tokenizer, samples, log_samples=False)
+        return {r.task: self._metric(out, r) for r in self.requests}
+
+    def score_docs(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                   split: str = "validation") -> dict[str, dict]:
+        """Per task: lm-eval's score on one split and its per-document values, in the split's
+        document order, as ``{"score", "values", "aggregation"}``."""
+        samples = {r.task: self.splits[r.task].indices(split) for r in self.requests}
+        out = self._run(model, tokenizer, samples, log_samples=True)
+        result = {}
         for r in self.requests:
-            result = out["results"].get(r.task, {})
-            if r.metric not in result:
-                available = sorted(k for k in result if "," in k and "_stderr," not in k)
-                raise SuiteError(f"task '{r.task}' has no metric '{r.metric}' (available: {available})")
-            value = float(result[r.metric])
-            if math.isnan(value):
-                raise SuiteError(f"task '{r.task}' metric '{r.metric}' is NaN")
-            scores[r.task] = value
-            if r.task not in self.directions:
-                hib = out.get("higher_is_better", {}).get(r.task, {})
-                self.directions[r.task] = bool(hib.get(r.metric.split(",")[0], True))
-        return scores
+            values, agg = per_document(self.tasks[r.task], r, out["samples"][r.task], samples[r.task])
+            result[r.task] = {"score": self._metric(out, r), "values": values, "aggregation": agg}
+        return result
+
+
+def per_document(task, request: TaskRequest, logged: list[dict], order: list[int]) -> tuple[list, str]:
+    """lm-eval's logged values of one metric and filter, in ``order``, and their aggregation."""
+    name, _, filt = request.metric.partition(",")
+    agg = getattr(task.aggregation().get(name), "__name__", None)
+    if agg not in AGGREGATIONS:
+        raise SuiteError(f"task '{request.task}' metric '{name}' aggregates with '{agg}': mergeopt reports "
+                         f"intervals for per-document means and perplexities ({', '.join(AGGREGATIONS)})")
+    by_doc = {s["doc_id"]: s[name] for s in logged if s.get("filter", "none") == (filt or "none") and name in s}
+    missing = [i for i in order if i not in by_doc]
+    if missing:
+        raise SuiteError(f"task '{request.task}': lm-eval logged no '{name}' for document {missing[0]}")
+    return [_plain(by_doc[i]) for i in order], agg
+
+
+def _plain(value):
+    """A per-document value as JSON-able floats (perplexities log (log-likelihood, length) pairs)."""
+    return [float(v) for v in value] if isinstance(value, list | tuple) else float(value)

@@ -18,6 +18,8 @@ class StudyListener(Protocol):
 
     def front_changed(self, front: dict) -> None: ...
 
+    def trial_validated(self, number: int, result: dict) -> None: ...
+
 
 class NullListener:
     def trial_started(self, number: int, label: str, candidate: dict) -> None:
@@ -33,6 +35,9 @@ class NullListener:
         pass
 
     def front_changed(self, front: dict) -> None:
+        pass
+
+    def trial_validated(self, number: int, result: dict) -> None:
         pass
 
 

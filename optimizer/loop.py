@@ -35,7 +35,14 @@ from optimizer.normalize import denominators, normalize, scalarize
 from optimizer.samplers import make_pruner, make_sampler, n_objectives
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, StudySpec
-from optimizer.storage import GRACE_S, heartbeat, open_storage, trials_without_heartbeat
+from optimizer.storage import (
+    GRACE_S,
+    HEARTBEAT_S,
+    heartbeat,
+    open_storage,
+    trials_without_heartbeat,
+)
+from optimizer.validation_phase import ValidationPhase
 
 log = logging.getLogger(__name__)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that used their budget
@@ -50,6 +57,7 @@ class Step(Enum):
     RAN = "ran"  # a trial completed
     PRUNED = "pruned"  # stopped early on a low-fidelity rung (partial scores kept)
     FAILED = "failed"  # a trial failed (error stored)
+    VALIDATED = "validated"  # a front trial was scored on the validation documents
     WAIT = "wait"  # budget claimed by running trials elsewhere
     DONE = "done"  # n_trials completed
 
@@ -96,6 +104,7 @@ class StudyRunner:
         self.space = SearchSpace(spec.search, spec.checkpoint_names)
         self.storage = storage or open_storage(spec.storage)
         self.study = self._open_study()
+        self.validation = ValidationPhase(self) if spec.suite.validation else None
         self.failures = 0
         self.prepared = False
         self._bar: tqdm | None = None
@@ -103,6 +112,14 @@ class StudyRunner:
     # ---------------------------------------------------------------- study set-up
     def _open_study(self) -> optuna.Study:
         return open_study(self.spec, self.storage)
+
+    @property
+    def heartbeat_s(self) -> float:
+        return getattr(self.storage, "heartbeat_interval", None) or HEARTBEAT_S
+
+    @property
+    def grace_s(self) -> float:
+        return getattr(self.storage, "grace_period", None) or GRACE_S
 
     def _rows(self, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states)
@@ -177,6 +194,9 @@ class StudyRunner:
             if b.label not in have:
                 n = b.label.split(":", 1)[1]
                 self._add_done(b.candidate, b.label, refs["singles"][n], refs["timings"].get(n, {}))
+        if refs["base"] is not None and R.BASE_LABEL not in have:  # a point like every checkpoint
+            self._add_done(base_only(self.spec.checkpoint_names), R.BASE_LABEL, refs["base"],
+                           refs["timings"].get("__base__", {}))
         if not self.spec.search.baselines:
             return
         for b in merge_baselines(self.spec.checkpoint_names, self.evaluator.has_base):
@@ -199,6 +219,11 @@ class StudyRunner:
         self._tick("references")
         refs = self._references()
         self._baselines(refs)
+        if self.validation is not None:
+            self.validation.prepare(refs)
+        else:
+            self._warn("suite.validation is 0: every reported score is on the documents the search "
+                       "optimized on, so the best trials' scores are biased upward")
         self.study.sampler = make_sampler(self.spec.search, self._x0())
         self.prepared = True
 
@@ -206,15 +231,19 @@ class StudyRunner:
     def _x0(self) -> dict[str, float] | None:
         if not self.spec.search.warm_start:
             return None
-        # Baselines only: x0 must not move when a study resumes mid-search.
-        done = [t for t in self._rows() if t.user_attrs.get(R.T_KIND) == "baseline"]
+        # Baselines only: x0 must not move when a study resumes mid-search. The base is no point
+        # of a linear space (all weights 0 means the uniform average there).
+        done = [t for t in self._rows() if t.user_attrs.get(R.T_KIND) == "baseline"
+                and not (t.user_attrs.get(R.T_LABEL) == R.BASE_LABEL and self.spec.search.method == "linear")]
         if not done:
             return None
         best = max(done, key=lambda t: t.user_attrs.get(R.T_OBJ, -np.inf))
         return self.space.embed(Candidate.model_validate(best.user_attrs[R.T_CANDIDATE]))
 
     def _budget_left(self, states: tuple[TrialState, ...] = DONE) -> int:
-        return self.spec.search.n_trials - len(self._rows(states))
+        # The base's trial takes none: it is scored anyway, as the held-out reference.
+        used = [t for t in self._rows(states) if t.user_attrs.get(R.T_LABEL) != R.BASE_LABEL]
+        return self.spec.search.n_trials - len(used)
 
     def budget_done(self) -> bool:
         return self._budget_left(DONE) <= 0
@@ -224,6 +253,8 @@ class StudyRunner:
         if not self.prepared:
             self.prepare()
         self._fail_stale()
+        if self.validation is not None and (done := self.validation.step()) is not None:
+            return done
         if self._budget_left(DONE) <= 0:
             return Step.DONE
         with self.claim():
@@ -303,11 +334,21 @@ class StudyRunner:
             if t.number in running:
                 self.listener.trial_failed(t.number, "no heartbeat: the worker evaluating it stopped")
 
+    def _warn(self, message: str) -> None:
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(f"warning: {message}")
+        else:
+            log.warning(message)
+
+    def _note(self, message: str) -> None:
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(message)
+        else:
+            log.info(message)
+
     def _fail_note(self, message: str) -> None:
         self.failures += 1
-        log.warning(message)
-        if self._bar is not None:
-            self._bar.write(f"warning: {message}")
+        self._warn(message)
         if self.failures >= self.spec.search.max_failures:
             raise StudyFailed(f"{self.failures} trials failed; last: {message}")
 
@@ -337,7 +378,7 @@ class StudyRunner:
         finally:
             self._bar.close()
             self._bar = None
-        return self.study.user_attrs.get(R.A_FRONT) or R.compute_front(R.trial_rows(self.study), self.task_names)
+        return R.stored_front(self.study)
 
 
 def _jsonable(value):

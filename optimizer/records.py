@@ -13,8 +13,11 @@ import optuna
 from optuna.trial import TrialState
 
 from optimizer.front import hypervolume, non_dominated
+from optimizer.validation import A_VFRONT
+from optimizer.validation import stored as stored_validation
 
 A_SPEC, A_IDENTITY, A_REFS, A_FRONT, A_DIRECTIONS = "spec", "identity", "references", "front", "directions"
+BASE_LABEL = "base"  # the base model's trial (a baseline, like each checkpoint alone)
 T_CANDIDATE, T_KIND, T_LABEL, T_RAW, T_NORM, T_OBJ, T_TIMES, T_ERROR, T_FIDELITY = (
     "candidate", "kind", "label", "raw", "normalized", "objective", "timings", "error", "fidelity",
 )
@@ -32,6 +35,9 @@ class TrialRow:
     objective: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    # Scores on the validation documents, with intervals: {"n", "raw", "normalized", "objective"}
+    # (each score {"value", "se", "lo", "hi"}); None until validated; {"error": ...} if that failed.
+    validation: dict | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -39,6 +45,8 @@ class TrialRow:
 
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
     rows = []
+    validated = {n: e.get("summary") or ({"error": e["error"]} if "error" in e else None)
+                 for n, e in stored_validation(study.user_attrs).items()}
     for t in study.get_trials(deepcopy=False):
         ua = t.user_attrs
         rows.append(
@@ -53,6 +61,7 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
                 objective=ua.get(T_OBJ),
                 timings=ua.get(T_TIMES, {}),
                 error=ua.get(T_ERROR),
+                validation=validated.get(t.number),
             )
         )
     return rows
@@ -75,5 +84,11 @@ def compute_front(rows: list[TrialRow], tasks: list[str]) -> dict:
     }
 
 
-def stored_front(study: optuna.Study) -> dict:
-    return study.user_attrs.get(A_FRONT) or compute_front(trial_rows(study), study.user_attrs.get(A_SPEC, {}).get("tasks", []))
+def stored_front(study: optuna.Study, split: str = "validation") -> dict:
+    """The front a user reads: over validation documents unless the study has none (validation
+    off) or ``split`` asks for the search documents' front."""
+    attrs = study.user_attrs
+    if split == "validation" and A_VFRONT in attrs:
+        return attrs[A_VFRONT]
+    front = attrs.get(A_FRONT) or compute_front(trial_rows(study), [t["task"] for t in attrs.get(A_SPEC, {}).get("suite", {}).get("tasks", [])])
+    return {**front, "split": "search"}

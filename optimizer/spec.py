@@ -15,6 +15,9 @@ MethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_lin
 SamplerName = Literal["cmaes", "nsga2", "tpe", "gp", "random"]
 METHODS_NEEDING_BASE = {"task_arithmetic", "ties", "dare_ties", "dare_linear"}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+# Share of each task's documents kept from the search for the reported scores. Less leaves the
+# reported intervals wide; more leaves the search's own scores too noisy to rank candidates.
+DEFAULT_VALIDATION = 0.4
 
 
 class SpecError(ValueError):
@@ -69,8 +72,22 @@ class TaskSpec(_Strict):
 class SuiteSpec(_Strict):
     include_path: str | None = None
     tasks: list[TaskSpec] = Field(min_length=1)
-    limit: int | float | None = Field(default=None, gt=0)
+    limit: int | float | None = Field(default=None, gt=0, description="documents per task and split")
     batch_size: int = Field(default=32, ge=1)
+    validation: float | int = Field(
+        default=DEFAULT_VALIDATION, ge=0,
+        description="documents held out from the search and used for every reported score: a fraction "
+                    "(0 < f < 1) or a count (>= 1) of each task's documents; 0 turns it off",
+    )
+
+    @field_validator("validation")
+    @classmethod
+    def _validation(cls, v: float | int) -> float | int:
+        if isinstance(v, float) and v >= 1:
+            if not v.is_integer():
+                raise ValueError("validation is a fraction below 1 or a whole number of documents")
+            return int(v)
+        return v
 
     @field_validator("tasks")
     @classmethod
@@ -153,6 +170,7 @@ class StudySpec(_Strict):
             "pool": self.pool.model_dump(),
             "tasks": [t.model_dump() for t in self.suite.tasks],
             "limit": self.suite.limit,
+            "validation": self.suite.validation,
             "method": self.search.method,
             "sampler": self.search.sampler,
             "objective": self.search.objective,

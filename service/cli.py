@@ -26,28 +26,32 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, OSError, PathNotAllowed)
 
 
+def _print_front(study, split: str = "validation", as_json: bool = False) -> None:
+    from optimizer.records import stored_front, trial_rows
+    from optimizer.verdict import study_verdict
+    from service.report import front_json, front_table
+
+    rows, front = trial_rows(study), stored_front(study, split)
+    verdict = study_verdict(study, rows) if front.get("split") == "validation" else None
+    print(json.dumps(front_json(rows, front, verdict), indent=2) if as_json else front_table(rows, front, verdict))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from optimizer.records import trial_rows
     from optimizer.spec import load_spec
-    from service.report import front_table
     from service.studies import run_study
 
     spec = load_spec(args.study)
     if args.storage:
         spec = spec.model_copy(update={"storage": args.storage})
-    study = run_study(spec, progress=not args.quiet)
-    print(front_table(trial_rows(study), study.user_attrs["front"]))
+    _print_front(run_study(spec, progress=not args.quiet))
     return 0
 
 
 def cmd_front(args: argparse.Namespace) -> int:
-    from optimizer.records import stored_front, trial_rows
-    from service.report import front_json, front_table
     from service.studies import open_study
 
     study, _ = open_study(args.study, args.storage)
-    rows, front = trial_rows(study), stored_front(study)
-    print(json.dumps(front_json(rows, front), indent=2) if args.json else front_table(rows, front))
+    _print_front(study, args.split, args.json)
     return 0
 
 
@@ -163,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("study", help="study YAML, or a study name (with --storage)")
     s.add_argument("--storage", help="storage URL (default sqlite:///mergeopt.db)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--split", choices=["validation", "search"], default="validation",
+                   help="validation: scores on documents the search never saw (default); search: the documents "
+                        "it optimized on (optimistic, for diagnosis)")
     s.set_defaults(func=cmd_front)
 
     s = sub.add_parser("export", help="write a trial's merge as a HF checkpoint + mergekit_config.yml")

@@ -86,3 +86,13 @@ class DbListener:
             s.add(FrontSnapshot(study_id=self.study_id, trials=front["trials"], hypervolume=front["hypervolume"]))
             s.add(Event(study_id=self.study_id, type="front_changed",
                         payload={"trials": front["trials"], "hypervolume": front["hypervolume"]}))
+
+    @_retried
+    def trial_validated(self, number: int, result: dict) -> None:
+        """A trial scored on the validation documents (the reported scores and front changed)."""
+        summary, front = result.get("summary") or {}, result.get("front") or {}
+        with self.sessions() as s, s.begin():
+            s.add(Event(study_id=self.study_id, type="trial_validated", payload={
+                "trial": number, "worker": self.worker, "error": result.get("error"),
+                "objective": summary.get("objective"), "validation_front": front.get("trials", []),
+            }))

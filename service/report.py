@@ -1,13 +1,33 @@
-"""Text and JSON views of a study's front, for the CLI."""
+"""Text and JSON views of a study's front, for the CLI and the API.
+
+The front a user reads is over validation documents (scores the search never saw, with 95%
+intervals); the search documents' front stays available for diagnosis, labelled as such."""
 
 from __future__ import annotations
 
 from optimizer.records import TrialRow
+from optimizer.verdict import shown
 
 
-def front_json(rows: list[TrialRow], front: dict) -> dict:
+def _values(row: TrialRow, split: str) -> dict:
+    """objective, raw and normalized per task on ``split``, with intervals on validation."""
+    v = row.validation if split == "validation" else None
+    if v and "objective" in v:
+        return {
+            "objective": v["objective"]["value"],
+            "raw": {t: e["value"] for t, e in v["raw"].items()},
+            "normalized": {t: e["value"] for t, e in v["normalized"].items()},
+            "intervals": {"objective": v["objective"], "raw": v["raw"], "normalized": v["normalized"],
+                          "documents": v["n"]},
+        }
+    return {"objective": row.objective, "raw": row.raw, "normalized": row.normalized, "intervals": None}
+
+
+def front_json(rows: list[TrialRow], front: dict, verdict: dict | None = None) -> dict:
     by_number = {r.number: r for r in rows}
+    split = front.get("split", "search")
     return {
+        "split": split,
         "tasks": front["tasks"],
         "hypervolume": front["hypervolume"],
         "reference_point": front["reference_point"],
@@ -16,13 +36,14 @@ def front_json(rows: list[TrialRow], front: dict) -> dict:
                 "trial": n,
                 "label": by_number[n].label,
                 "kind": by_number[n].kind,
-                "objective": by_number[n].objective,
                 "merge": by_number[n].candidate,
-                "raw": by_number[n].raw,
-                "normalized": by_number[n].normalized,
+                **_values(by_number[n], split),
+                "search": {"objective": by_number[n].objective, "raw": by_number[n].raw,
+                           "normalized": by_number[n].normalized},
             }
             for n in front["trials"]
         ],
+        "verdict": verdict if split == "validation" else None,
     }
 
 
@@ -38,19 +59,44 @@ def _weights(candidate: dict) -> str:
     return f"{candidate.get('method', '?')}: " + " ".join(parts + extra)
 
 
-def front_table(rows: list[TrialRow], front: dict) -> str:
-    tasks = front["tasks"]
-    by_number = {r.number: r for r in rows}
-    head = ["trial", "label", "mean"] + tasks
+def _cell(value: float, interval: dict | None) -> str:
+    if interval is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} ±{(interval['hi'] - interval['lo']) / 2:.3f}"
+
+
+def front_table(rows: list[TrialRow], front: dict, verdict: dict | None = None) -> str:
+    data = front_json(rows, front, verdict)
+    tasks, split = data["tasks"], data["split"]
+    pick = (verdict or {}).get("pick")
+    head = ["trial", "label", "mean (95% CI)" if split == "validation" else "mean", "search mean"] + tasks
     lines = [head]
-    for n in front["trials"]:
-        r = by_number[n]
-        lines.append([str(n), r.label, f"{r.objective:.3f}"] + [f"{r.normalized[t]:.3f} ({r.raw[t]:.3f})" for t in tasks])
+    for e in data["front"]:
+        iv = e["intervals"]
+        mean = (f"{e['objective']:.3f} [{iv['objective']['lo']:.3f}, {iv['objective']['hi']:.3f}]" if iv
+                else f"{e['objective']:.3f}")
+        search = e["search"]["objective"]
+        lines.append([f"{e['trial']}{' *' if e['trial'] == pick else ''}", shown(e["label"]), mean,
+                      "" if search is None else f"{search:.3f}"]
+                     + [f"{_cell(e['normalized'][t], iv and iv['normalized'][t])} ({e['raw'][t]:.3f})" for t in tasks])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
+    if split == "validation":
+        docs = sorted({n for e in data["front"] if e["intervals"] for n in e["intervals"]["documents"].values()})
+        n = f"{docs[0]}" if len(docs) == 1 else f"{docs[0]}-{docs[-1]}" if docs else "?"
+        out.insert(0, f"Pareto front on VALIDATION documents ({n} per task, never seen by the search): "
+                      "normalized ±95% half-interval (raw); 'search mean' is the search documents' score, "
+                      "optimistic, for diagnosis")
+    else:
+        out.insert(0, "Pareto front on SEARCH documents (the ones the search optimized on: optimistic scores, "
+                      "for diagnosis; the validation front is what to report)")
     out.append("")
-    out.append("normalized score (raw score); merge weights (linear shown normalized):")
-    out += [f"  trial {n}: {_weights(by_number[n].candidate)}" for n in front["trials"]]
-    out.append(f"hypervolume {front['hypervolume']:.4f} (reference point: 0 on every task)")
+    if pick is not None:
+        out.append("* the search's best merge (chosen on search documents, scored on validation documents)")
+    out.append("merge weights (linear shown normalized):")
+    out += [f"  trial {e['trial']}: {_weights(e['merge'])}" for e in data["front"]]
+    out.append(f"hypervolume {data['hypervolume']:.4f} (reference point: 0 on every task)")
+    if verdict is not None and split == "validation":
+        out += ["", verdict["text"]]
     return "\n".join(out)

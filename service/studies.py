@@ -31,6 +31,7 @@ def build_evaluator(spec: StudySpec, progress: bool = True) -> MergeEvaluator:
         batch_size=spec.suite.batch_size,
         device=spec.device,
         progress=progress,
+        validation=spec.suite.validation,
     )
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import object_session
 
 from optimizer import records as R
+from optimizer.verdict import study_verdict
 from service.api.schemas import Best, FrontOut, Progress, StudyOut, TrialOut
 from service.db.models import Event, Study
 from service.db.session import session_factory
@@ -27,7 +28,7 @@ def optuna_study(row: Study, url: str) -> optuna.Study:
     return optuna.load_study(study_name=row.name, storage=_storage(url))
 
 
-_SNAPSHOTS: dict[str, tuple[int | None, list[R.TrialRow], dict]] = {}
+_SNAPSHOTS: dict[str, tuple[int | None, list[R.TrialRow], dict[str, dict]]] = {}
 
 
 def _version(row: Study, url: str) -> int | None:
@@ -41,19 +42,20 @@ def _version(row: Study, url: str) -> int | None:
         return s.scalar(query)
 
 
-def snapshot(row: Study, url: str) -> tuple[list[R.TrialRow], dict]:
-    """The study's trial rows and stored front, re-read from Optuna only when an event says
+def snapshot(row: Study, url: str) -> tuple[list[R.TrialRow], dict[str, dict]]:
+    """The study's trial rows and stored fronts (by split), re-read from Optuna only when an event says
     something changed (polling clients then cost one indexed query)."""
     version = _version(row, url)
     cached = _SNAPSHOTS.get(row.id)
     if cached is not None and version is not None and cached[0] == version:
         return cached[1], cached[2]
     study = optuna_study(row, url)
-    rows, front = R.trial_rows(study), study.user_attrs.get(R.A_FRONT) or {}
+    rows, fronts = R.trial_rows(study), {split: R.stored_front(study, split) for split in ("validation", "search")}
+    fronts["verdict"] = study_verdict(study, rows)
     if len(_SNAPSHOTS) > 256:
         _SNAPSHOTS.clear()
-    _SNAPSHOTS[row.id] = (version, rows, front)
-    return rows, front
+    _SNAPSHOTS[row.id] = (version, rows, fronts)
+    return rows, fronts
 
 
 def trial_rows(row: Study, url: str) -> list[R.TrialRow]:
@@ -61,7 +63,8 @@ def trial_rows(row: Study, url: str) -> list[R.TrialRow]:
 
 
 def study_out(row: Study, url: str) -> StudyOut:
-    rows, front = snapshot(row, url)
+    rows, fronts = snapshot(row, url)
+    front = fronts["validation"]
     done = [r for r in rows if r.state == "COMPLETE"]
     best = max(done, key=lambda r: r.objective if r.objective is not None else float("-inf"), default=None)
     return StudyOut(
@@ -83,8 +86,6 @@ def trials_out(row: Study, url: str, state: str | None = None) -> list[TrialOut]
     return [TrialOut(**r.to_json()) for r in rows if state is None or r.state == state.upper()]
 
 
-def front_out(row: Study, url: str) -> FrontOut:
-    rows, front = snapshot(row, url)
-    tasks = [t["task"] for t in row.spec["suite"]["tasks"]]
-    front = front or R.compute_front(rows, tasks)
-    return FrontOut(**front_json(rows, front))
+def front_out(row: Study, url: str, split: str = "validation") -> FrontOut:
+    rows, fronts = snapshot(row, url)
+    return FrontOut(**front_json(rows, fronts[split], verdict=fronts.get("verdict")))

@@ -3,6 +3,9 @@ optimizer can be tested in milliseconds without torch."""
 
 from __future__ import annotations
 
+import json
+import zlib
+
 import numpy as np
 
 from optimizer.candidate import Candidate
@@ -23,6 +26,7 @@ class QuadraticPool:
         self.fail_on: set[int] = set()
         self.interrupt_on: int | None = None
         self.fidelities: list[float] = []
+        self.validations: list[Candidate] = []
 
     @property
     def checkpoint_names(self):
@@ -40,6 +44,13 @@ class QuadraticPool:
         w = np.array([max(c.weights.get(n, 0.0), 0.0) for n in self.names])
         return None if w.sum() == 0 else w / w.sum()
 
+    def validate(self, c: Candidate) -> dict[str, dict]:
+        """Validation documents without noise: each of 20 documents scores the true value."""
+        self.validations.append(c)
+        p = self.point(c)
+        scores = self._scores(p, 1.0) if p is not None else dict.fromkeys(self.targets, 0.5)
+        return {t: {"score": v, "values": [v] * 20, "aggregation": "mean"} for t, v in scores.items()}
+
     def evaluate(self, c: Candidate, fidelity: float = 1.0) -> dict[str, float]:
         self.calls.append(c)
         self.fidelities.append(fidelity)
@@ -50,8 +61,62 @@ class QuadraticPool:
         p = self.point(c)
         if p is None:  # the base model
             return dict.fromkeys(self.targets, 0.5)
+        return self._scores(p, fidelity)
+
+    def _scores(self, p: np.ndarray, fidelity: float) -> dict[str, float]:
         mix = 1.0 - float(np.sum(p**2))
         # Fewer documents, noisier scores: a deterministic wobble that vanishes at fidelity 1.
         wobble = (1.0 - fidelity) * 0.05 * float(np.sin(37.0 * p @ np.arange(1, len(p) + 1)))
         return {t: 1.0 - self.k * float(np.sum((p - tgt) ** 2)) - self.penalty * mix + wobble
                 for t, tgt in self.targets.items()}
+
+
+class NoisyPool:
+    """Known true scores plus document-level noise, like a real suite of 0/1 documents.
+
+    A candidate's true accuracy on task t is ``truth(p)[t]`` (p: normalized weights; the base is
+    ``base_score``). Each document is answered right when a uniform draw falls below the true
+    accuracy; the draw is the document's own difficulty with probability ``shared`` (so models
+    agree on easy and hard documents, as real ones do) and else fresh for the candidate, so
+    every document's expected outcome is exactly the true accuracy. Draws are deterministic in
+    (candidate, split, document): a candidate scores the same each time it is asked."""
+
+    def __init__(self, names, truth, *, n_search=150, n_validation=150, shared=0.5, base_score=0.5, seed=0):
+        self.names, self.truth = list(names), truth
+        self.tasks = list(truth(np.full(len(self.names), 1 / len(self.names))))
+        self.n = {"search": n_search, "validation": n_validation}
+        self.shared, self.base_score, self.seed = shared, base_score, seed
+        self.validated: list[Candidate] = []
+        rng = np.random.default_rng(seed)
+        self.difficulty = {(s, t): rng.random(n) for s, n in self.n.items() for t in self.tasks}
+
+    checkpoint_names = property(lambda self: self.names)
+    has_base = property(lambda self: True)
+    directions = property(lambda self: dict.fromkeys(self.tasks, True))
+
+    def doc_counts(self, split: str = "search") -> dict[str, int]:
+        return dict.fromkeys(self.tasks, self.n[split])
+
+    def true_scores(self, c: Candidate) -> dict[str, float]:
+        w = np.array([max(c.weights.get(n, 0.0), 0.0) for n in self.names])
+        if c.method != "linear" and c.lambda_ * w.sum() == 0 or w.sum() == 0:
+            return dict.fromkeys(self.tasks, self.base_score)
+        return self.truth(w / w.sum())
+
+    def _outcomes(self, c: Candidate, split: str) -> dict[str, np.ndarray]:
+        key = json.dumps(c.to_json(), sort_keys=True) + split
+        rng = np.random.default_rng([self.seed, zlib.crc32(key.encode())])
+        out = {}
+        for t, p in self.true_scores(c).items():
+            own = rng.random(self.n[split])
+            draw = np.where(rng.random(self.n[split]) < self.shared, self.difficulty[split, t], own)
+            out[t] = (draw < p).astype(float)
+        return out
+
+    def evaluate(self, c: Candidate, fidelity: float = 1.0) -> dict[str, float]:
+        return {t: float(v.mean()) for t, v in self._outcomes(c, "search").items()}
+
+    def validate(self, c: Candidate) -> dict[str, dict]:
+        self.validated.append(c)
+        return {t: {"score": float(v.mean()), "values": v.tolist(), "aggregation": "mean"}
+                for t, v in self._outcomes(c, "validation").items()}

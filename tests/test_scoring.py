@@ -8,6 +8,7 @@ import pytest
 from evaluators.engine import MergeEvaluator
 from evaluators.merge_spec import MergeSpec
 from evaluators.scoring import SuiteError, SuiteScorer, TaskRequest
+from evaluators.splits import prefix
 
 from tinypool import make_extra_tasks, make_pool, make_tasks
 
@@ -63,7 +64,7 @@ def test_generation_perplexity_fewshot_and_limit_match_lm_eval(setup):
     # A low-fidelity rung scores a prefix of the documents: half of limit=6 is lm-eval's limit=3.
     half = ev.evaluate(MergeSpec(method="linear", weights={"ckpt0": 1.0, "ckpt1": 0.0}), 0.5)
     assert math.isclose(half["tiny_add"], lm_eval_reference(model, tok, include, "tiny_add", "acc,none", limit=3))
-    assert ev.scorer.limit_for(1.0) == 6 and ev.scorer.limit_for(0.25) == 1
+    assert [len(prefix(ev.scorer.splits['tiny_add'].search, f)) for f in (1.0, 0.5, 0.25)] == [6, 3, 1]
 
 
 def test_other_metric_names_and_unknowns(setup):

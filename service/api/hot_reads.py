@@ -44,7 +44,7 @@ class TrialFragments:
     the trials that started or finished since the last body."""
 
     def __init__(self) -> None:
-        self._by_study: dict[str, dict[int, bytes]] = {}
+        self._by_study: dict[str, dict[tuple[int, bool], bytes]] = {}
         self._lock = threading.Lock()  # bodies of one study with different filters render at once
 
     def render(self, row: Study, url: str, state: str | None) -> bytes:
@@ -57,17 +57,19 @@ class TrialFragments:
         for r in views.trial_rows(row, url):
             if state is not None and r.state != state:
                 continue
-            part = known.get(r.number)
+            # A finished trial changes once more: when it is scored on the validation documents.
+            key = (r.number, r.validation is not None)
+            part = known.get(key)
             if part is None:
                 part = _TRIAL.dump_json(TrialOut(**r.to_json()))
                 if r.state in FINISHED:
-                    known[r.number] = part
+                    known[key] = part
             parts.append(part)
         return b"[" + b",".join(parts) + b"]"
 
 
-def _render_front(row: Study, url: str, _: str | None) -> bytes:
-    return views.front_out(row, url).model_dump_json().encode()
+def _render_front(row: Study, url: str, split: str | None) -> bytes:
+    return views.front_out(row, url, split or "validation").model_dump_json().encode()
 
 
 class HotReads:

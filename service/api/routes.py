@@ -136,8 +136,13 @@ def get_trial(key: str, number: int, session: DB, settings: Cfg):
 
 
 @router.get("/studies/{key}/front", response_model=FrontOut, dependencies=read, responses=NOT_MODIFIED)
-async def get_front(key: str, request: Request, settings: Cfg):
-    return await hot_reads.respond(request, settings.database_url, "front", key)
+async def get_front(
+    key: str, request: Request, settings: Cfg,
+    split: str = Query("validation", pattern="^(validation|search)$",
+                       description="validation: scores on documents the search never saw (what to report); "
+                                   "search: the documents the search optimized on (biased upward, for diagnosis)"),
+):
+    return await hot_reads.respond(request, settings.database_url, "front", key, split)
 
 
 @router.get("/studies/{key}/events", dependencies=read, response_class=StreamingResponse)

@@ -109,6 +109,8 @@ class TrialOut(BaseModel):
     objective: float | None
     timings: dict[str, float]
     error: str | None
+    validation: dict | None = Field(None, description="scores on the validation documents with 95% intervals "
+                                    "(null until validated: references, baselines and search-front trials are)")
 
 
 class FrontEntry(BaseModel):
@@ -119,6 +121,9 @@ class FrontEntry(BaseModel):
     merge: dict
     raw: dict[str, float]
     normalized: dict[str, float]
+    intervals: dict | None = Field(None, description="objective, raw and normalized per task: value, se, lo, hi "
+                                   "(95%), and documents per task; null on the search split")
+    search: dict | None = Field(None, description="the search documents' scores (optimistic; for diagnosis)")
 
 
 class FrontOut(BaseModel):
@@ -126,6 +131,9 @@ class FrontOut(BaseModel):
     hypervolume: float
     reference_point: list[float]
     front: list[FrontEntry]
+    split: str = Field("search", description="validation (documents the search never saw) or search")
+    verdict: dict | None = Field(None, description="the search's best merge vs the baselines, paired over "
+                                 "validation documents")
 
 
 class Problem(BaseModel):

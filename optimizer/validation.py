@@ -1,0 +1,150 @@
+"""Validation documents: where every reported score is measured.
+
+The search (sampler, pruner, warm start) only ever sees scores on the search documents. Each
+reference and baseline, and every trial that is on the search-split Pareto front when a worker
+looks, is scored once more on the validation documents, which the search never saw. Those scores
+carry intervals (documents resampled, stats.py) and make the validation front.
+
+Storage: Optuna allows no writes to a finished trial, so a trial's validation lives in the
+study's user attributes, one key per trial (``val:N``: per-document values and their summary).
+Work is claimed like trials are (``valclaim:N`` under the study lock, kept alive by a heartbeat
+thread); a claim whose heartbeat stopped for the grace period is taken over, so a killed worker's
+validation is redone once and a finished one is never redone."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from optimizer.front import hypervolume, non_dominated
+from optimizer.spec import StudySpec
+from optimizer.stats import Bootstrap, DocScores, TaskTerm
+
+VAL, CLAIM = "val:", "valclaim:"
+A_VREFS = "validation_refs"  # task -> trial number of its reference on validation documents
+A_VFRONT = "validation_front"
+
+
+def val_key(number: int) -> str:
+    return f"{VAL}{number}"
+
+
+def claim_key(number: int) -> str:
+    return f"{CLAIM}{number}"
+
+
+def stored(attrs: Mapping) -> dict[int, dict]:
+    """Trial number -> its stored validation."""
+    return {int(k[len(VAL):]): v for k, v in attrs.items() if k.startswith(VAL)}
+
+
+def to_docs(out: Mapping[str, Mapping], tasks: list[str]) -> dict[str, DocScores]:
+    """An evaluator's validation output as DocScores, checked against the score it reports."""
+    docs = {}
+    for task in tasks:
+        if task not in out:
+            raise RuntimeError(f"evaluator returned no validation documents for task '{task}'")
+        d = DocScores(out[task]["values"], out[task]["aggregation"])
+        if not math.isclose(d.score, out[task]["score"], rel_tol=1e-6, abs_tol=1e-9):
+            raise RuntimeError(f"task '{task}': per-document values aggregate to {d.score}, "
+                               f"the evaluator reports {out[task]['score']}")
+        docs[task] = d
+    return docs
+
+
+def load_docs(entry: Mapping) -> dict[str, DocScores]:
+    return {t: DocScores.from_json(d) for t, d in entry["docs"].items()}
+
+
+def reference_trials(spec: StudySpec, singles: Mapping[str, Mapping[str, float]],
+                     directions: Mapping[str, bool], label_to_number: Mapping[str, int]) -> dict[str, int | None]:
+    """Each task's reference on validation documents: its expert (the best single checkpoint on
+    the SEARCH documents, as the search normalizes) or the base; None when unnormalized."""
+    out: dict[str, int | None] = {}
+    for t in spec.suite.tasks:
+        if t.normalization == "expert":
+            pick = max if directions.get(t.task, True) else min
+            name = pick(singles, key=lambda n, task=t.task: singles[n][task])
+            out[t.task] = label_to_number[f"checkpoint:{name}"]
+        elif t.normalization == "base":
+            out[t.task] = label_to_number["base"]
+        else:
+            out[t.task] = None
+    return out
+
+
+def bootstrap(spec: StudySpec, attrs: Mapping) -> Bootstrap | None:
+    """The study's resampling (one set of document draws per task, references attached), or
+    None until every reference has its validation scores."""
+    vrefs = attrs.get(A_VREFS)
+    if vrefs is None:
+        return None
+    entries = stored(attrs)
+    if any(n is not None and n not in entries for n in vrefs.values()):
+        return None
+    directions = attrs.get("directions") or {}
+    weighted = spec.search.objective == "weighted"
+    terms, counts = [], {}
+    for t in spec.suite.tasks:
+        ref_n = vrefs.get(t.task)
+        ref = None if ref_n is None else DocScores.from_json(entries[ref_n]["docs"][t.task])
+        terms.append(TaskTerm(t.task, t.weight if weighted else 1.0, directions.get(t.task, True), ref))
+        counts[t.task] = next(iter(entries.values()))["docs"][t.task]["n"]
+    return Bootstrap(terms, counts)
+
+
+def front(spec: StudySpec, attrs: Mapping, complete: set[int]) -> dict:
+    """Non-dominated validated trials over their validation normalized scores."""
+    tasks = spec.task_names
+    done = sorted((n, e["summary"]) for n, e in stored(attrs).items() if "summary" in e and n in complete)
+    empty = {"split": "validation", "tasks": tasks, "trials": [], "hypervolume": 0.0, "reference_point": [0.0] * len(tasks)}
+    if not done:
+        return empty
+    points = np.array([[s["normalized"][t]["value"] for t in tasks] for _, s in done])
+    mask = non_dominated(points)
+    kept = sorted((d for d, keep in zip(done, mask, strict=True) if keep), key=lambda d: -d[1]["objective"]["value"])
+    return {**empty, "trials": [n for n, _ in kept], "hypervolume": hypervolume(points[mask])}
+
+
+class Claims:
+    """Validation work shared by workers: claim under the study lock, keep alive, take over when
+    the claimant's heartbeat stopped for ``grace_s``."""
+
+    def __init__(self, study, owner: str, *, heartbeat_s: float, grace_s: float) -> None:
+        self.study, self.owner = study, owner
+        self.heartbeat_s, self.grace_s = heartbeat_s, grace_s
+
+    def fresh(self, claim: Mapping | None) -> bool:
+        return claim is not None and time.time() - claim.get("at", 0) < self.grace_s
+
+    def open_work(self, attrs: Mapping, numbers: list[int]) -> tuple[list[int], list[int]]:
+        """(numbers nobody validates yet, numbers being validated by a live claimant)."""
+        todo, busy = [], []
+        for n in numbers:
+            if val_key(n) in attrs:
+                continue
+            claim = attrs.get(claim_key(n))
+            (busy if self.fresh(claim) and claim.get("by") != self.owner else todo).append(n)
+        return todo, busy
+
+    def take(self, number: int) -> Callable[[], None]:
+        """Claim ``number`` now and refresh the claim from a daemon thread; returns the stop."""
+        stop = threading.Event()
+
+        def mark() -> None:
+            self.study.set_user_attr(claim_key(number), {"by": self.owner, "at": time.time()})
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_s):
+                try:
+                    mark()
+                except Exception:  # a database blip must not kill the validation; the next beat retries
+                    pass
+
+        mark()
+        threading.Thread(target=beat, daemon=True, name=f"validation-{number}").start()
+        return stop.set

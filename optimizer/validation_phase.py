@@ -1,0 +1,151 @@
+"""The validation work of a running study (see validation.py for what is stored and why):
+references and baselines during set-up, then each new search-front trial, claimed by whichever
+worker asks first. Also the noise guidance printed when a study starts."""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import TYPE_CHECKING
+
+from optuna.trial import TrialState
+
+from optimizer import records as R
+from optimizer import validation as V
+from optimizer.candidate import Candidate
+from optimizer.stats import DocScores, expected_se
+
+if TYPE_CHECKING:
+    from optimizer.loop import Step, StudyRunner
+
+log = logging.getLogger(__name__)
+# Merge searches chase improvements of about 1% of expert level; a noisier objective cannot
+# tell such candidates apart.
+CHASED_DIFFERENCE = 0.01
+
+
+class ValidationPhase:
+    def __init__(self, runner: StudyRunner) -> None:
+        self.r = runner
+        self.claims = V.Claims(runner.study, uuid.uuid4().hex[:12], heartbeat_s=runner.heartbeat_s,
+                               grace_s=runner.grace_s)
+
+    def _complete(self) -> dict[int, dict]:
+        return {t.number: t.user_attrs for t in self.r.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+
+    def _validate(self, number: int, candidate: dict) -> dict:
+        """Score one trial's merge on the validation documents and store it."""
+        r = self.r
+        try:
+            out = r.evaluator.validate(Candidate.model_validate(candidate))
+            docs = V.to_docs(out, r.task_names)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # stored, so it is not retried forever; the trial stays off the front
+            entry = {"error": f"{type(exc).__name__}: {exc}"}
+            r.study.set_user_attr(V.val_key(number), entry)
+            r._fail_note(f"validation of trial {number} failed: {exc}")
+            return entry
+        entry = {"docs": {t: d.to_json() for t, d in docs.items()},
+                 "timings": dict(getattr(r.evaluator, "last_timings", {}) or {})}
+        boot = V.bootstrap(r.spec, r.study.user_attrs)
+        if boot is not None:
+            entry["summary"] = boot.summary(docs)
+        r.study.set_user_attr(V.val_key(number), entry)
+        r._tick(f"validated trial {number}")
+        return entry
+
+    # ------------------------------------------------------------ set-up (one worker)
+    def prepare(self, refs: dict) -> None:
+        """References first (they normalize everything else), then the merge baselines."""
+        r = self.r
+        trials = self._complete()
+        baselines = {n: ua for n, ua in trials.items() if ua.get(R.T_KIND) == "baseline"}
+        numbers = {ua.get(R.T_LABEL): n for n, ua in baselines.items()}
+        done = V.stored(r.study.user_attrs)
+        is_ref = lambda n: baselines[n][R.T_LABEL].startswith("checkpoint:") or baselines[n][R.T_LABEL] == R.BASE_LABEL  # noqa: E731
+        for n in sorted(baselines, key=lambda n: (not is_ref(n), n)):
+            if n not in done:
+                if not is_ref(n) and V.A_VREFS not in r.study.user_attrs:
+                    self._set_references(refs, numbers)
+                done[n] = self._validate(n, baselines[n][R.T_CANDIDATE])
+        if V.A_VREFS not in r.study.user_attrs:
+            self._set_references(refs, numbers)
+        boot = V.bootstrap(r.spec, r.study.user_attrs)
+        for n, entry in V.stored(r.study.user_attrs).items():
+            if "docs" in entry and "summary" not in entry and boot is not None:
+                r.study.set_user_attr(V.val_key(n), {**entry, "summary": boot.summary(V.load_docs(entry))})
+        self._update_front()
+        self._noise_guidance(numbers)
+
+    def _set_references(self, refs: dict, numbers: dict[str, int]) -> None:
+        r = self.r
+        r.study.set_user_attr(V.A_VREFS, V.reference_trials(r.spec, refs["singles"], r.directions, numbers))
+
+    # ------------------------------------------------------------ during the search (any worker)
+    def step(self) -> Step | None:
+        """Validate one search-front trial nobody has validated; None when there is nothing to do."""
+        from optimizer.loop import Step
+
+        r = self.r
+        front = (r.study.user_attrs.get(R.A_FRONT) or {}).get("trials", [])
+        with r.claim():
+            attrs = r.study.user_attrs
+            todo, busy = self.claims.open_work(attrs, front)
+            if not todo:
+                return Step.WAIT if busy and r.budget_done() else None
+            number = todo[0]
+            stop = self.claims.take(number)
+        try:
+            entry = self._validate(number, self._complete()[number][R.T_CANDIDATE])
+        finally:
+            stop()
+        vfront = self._update_front()
+        listener = getattr(r.listener, "trial_validated", None)
+        if listener is not None:
+            listener(number, {"summary": entry.get("summary"), "error": entry.get("error"), "front": vfront})
+        return Step.VALIDATED
+
+    def _update_front(self) -> dict:
+        r = self.r
+        front = V.front(r.spec, r.study.user_attrs, set(self._complete()))
+        if front != r.study.user_attrs.get(V.A_VFRONT):
+            r.study.set_user_attr(V.A_VFRONT, front)
+        return front
+
+    # ------------------------------------------------------------ noise guidance
+    def _noise_guidance(self, numbers: dict[str, int]) -> None:
+        """Each task's standard error at the search's document count, on the normalized scale,
+        from the references' per-document spread; a warning when the objective's is larger than
+        the differences the search chases."""
+        r = self.r
+        counts = r.evaluator.doc_counts("search") if hasattr(r.evaluator, "doc_counts") else None
+        entries = V.stored(r.study.user_attrs)
+        vrefs = r.study.user_attrs.get(V.A_VREFS) or {}
+        if not counts:
+            return
+        any_single = next(n for label, n in numbers.items() if label.startswith("checkpoint:"))
+        per_task, total_w, var = {}, 0.0, 0.0
+        weighted = r.spec.search.objective == "weighted"
+        for t in r.spec.suite.tasks:
+            ref_n = vrefs.get(t.task) if vrefs.get(t.task) is not None else any_single
+            if "docs" not in entries.get(ref_n, {}):
+                return
+            docs = DocScores.from_json(entries[ref_n]["docs"][t.task])
+            scale = abs(docs.score) if vrefs.get(t.task) is not None and docs.score else 1.0
+            se = expected_se(docs, counts[t.task]) / scale
+            per_task[t.task] = {"documents": counts[t.task], "se": se}
+            w = t.weight if weighted else 1.0
+            total_w, var = total_w + w, var + (w * se) ** 2
+        se_obj = math.sqrt(var) / (total_w or 1.0)
+        # Two independent candidates' objectives differ by noise alone with SE sqrt(2)*se_obj.
+        resolvable = 1.96 * math.sqrt(2) * se_obj
+        r.study.set_user_attr("noise", {"tasks": per_task, "objective_se": se_obj, "resolvable": resolvable})
+        lines = ", ".join(f"{task} {v['se']:.3f} ({v['documents']} docs)" for task, v in per_task.items())
+        r._note(f"noise on search documents: standard error per task (normalized) {lines}; objective "
+                f"{se_obj:.4f}, so candidates closer than ~{resolvable:.3f} cannot be told apart")
+        if resolvable > CHASED_DIFFERENCE:
+            r._warn(f"the search's objective cannot resolve differences below ~{resolvable:.3f}, larger than the "
+                    f"~{CHASED_DIFFERENCE} improvements merging usually finds: raise suite.limit (more documents) "
+                    "for a search that ranks candidates by more than noise")
