@@ -26,52 +26,59 @@ def _by_search(rows: list[TrialRow]) -> TrialRow | None:
     return max(rows, key=lambda r: r.objective if r.objective is not None else float("-inf"), default=None)
 
 
+def _headline(role: str, pick: TrialRow, other: TrialRow, c: dict) -> str:
+    who = f"{shown(other.label)} (trial {other.number})"
+    ci = f"95% CI [{c['lo']:+.4f}, {c['hi']:+.4f}]"
+    if c["significant"] and c["diff"] > 0:
+        return f"best merge: trial {pick.number} beats the {role} {who} by {c['diff']:+.4f} ({ci})"
+    if c["significant"]:
+        return f"the {role} {who} beats the search's best merge (trial {pick.number}) by {-c['diff']:+.4f} ({ci})"
+    return f"no merge is significantly better than the {role} {who}: trial {pick.number} differs by {c['diff']:+.4f} ({ci})"
+
+
 def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | None:
-    """None when the study has no validation documents; else the comparisons and their text."""
+    """None when the study has no validation documents; else the comparisons and their text.
+
+    Two questions, each answered by a paired comparison: does merging beat every single model
+    (each checkpoint alone and the base)? Does the search beat the merge baselines (uniform,
+    TA, TIES, DARE-TIES)?"""
     boot = V.bootstrap(spec, attrs)
     if boot is None:
         return None
     entries = V.stored(attrs)
     ok = [r for r in rows if r.state == "COMPLETE" and r.validation and "objective" in r.validation]
     baselines = [r for r in ok if r.kind == "baseline"]
+    singles = [r for r in baselines if r.label.startswith("checkpoint:") or r.label == BASE_LABEL]
     pick = _by_search([r for r in ok if r.kind == "search"])
-    best_baseline = _by_search(baselines)
-    out = {"pick": None, "best_baseline": None, "comparisons": [],
-           "documents": {t: int(i.shape[1]) for t, i in boot.idx.items()}}
-    if pick is None or best_baseline is None:
+    out = {"pick": None, "comparisons": [], "documents": {t: int(i.shape[1]) for t, i in boot.idx.items()}}
+    if pick is None or not singles:
         out["text"] = "no search trial has been scored on the validation documents yet"
         return out
-    against = {"best baseline": best_baseline,
-               "best single checkpoint": _by_search([r for r in baselines if r.label.startswith("checkpoint:")]),
+    against = {"best single model": _by_search(singles),
+               "best merge baseline": _by_search([r for r in baselines if r not in singles]),
+               "best single checkpoint": _by_search([r for r in singles if r.label != BASE_LABEL]),
                "uniform average": next((r for r in baselines if r.label == "uniform"), None),
-               "base model": next((r for r in baselines if r.label == BASE_LABEL), None)}
+               "base model": next((r for r in singles if r.label == BASE_LABEL), None)}
     docs = lambda r: V.load_docs(entries[r.number])  # noqa: E731
     mine = docs(pick)
-    lines, seen = [], set()
+    heads, lines, seen = [], [], set()
     for role, other in against.items():
         if other is None or other.number in seen:
             continue
         seen.add(other.number)
-        c = compare(boot, mine, docs(other))
-        out["comparisons"].append({"against": role, "trial": other.number, "label": other.label, **c.to_json()})
-        lines.append(f"  vs {role} ({shown(other.label)}, trial {other.number}): {c}"
-                     f"{'  significant' if c.significant else '  not significant'}")
-    head = out["comparisons"][0]
-    out["pick"], out["best_baseline"] = pick.number, best_baseline.number
-    b = f"{shown(best_baseline.label)} (trial {best_baseline.number})"
-    ci = f"95% CI [{head['lo']:+.4f}, {head['hi']:+.4f}]"
-    if head["significant"] and head["diff"] > 0:
-        first = f"best merge: trial {pick.number} beats the best baseline {b} by {head['diff']:+.4f} ({ci})"
-    elif head["significant"]:
-        first = (f"the best baseline {b} beats the search's best merge (trial {pick.number}) by "
-                 f"{-head['diff']:+.4f} ({ci}): the search found nothing better")
-    else:
-        first = (f"no merge is significantly better than the best baseline {b}: trial {pick.number} "
-                 f"differs by {head['diff']:+.4f} ({ci})")
+        c = compare(boot, mine, docs(other)).to_json()
+        out["comparisons"].append({"against": role, "trial": other.number, "label": other.label, **c})
+        if role in ("best single model", "best merge baseline"):
+            heads.append(_headline(role, pick, other, c))
+        lines.append(f"  vs {role} ({shown(other.label)}, trial {other.number}): {c['diff']:+.4f} "
+                     f"(95% CI [{c['lo']:+.4f}, {c['hi']:+.4f}], p={c['p']:.3f})"
+                     f"{'  significant' if c['significant'] else '  not significant'}")
+    out["pick"] = pick.number
     n = sorted(set(out["documents"].values()))
     per = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
-    out["text"] = "\n".join([f"on validation documents ({per} per task, never seen by the search; mean "
-                             f"normalized score, paired bootstrap over documents):", first, *lines])
+    out["text"] = "\n".join([f"verdict on validation documents ({per} per task, never seen by the search; "
+                             "mean normalized score, paired bootstrap over documents; the best merge is "
+                             "the search trial best on search documents):", *heads, *lines])
     return out
 
 

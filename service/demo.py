@@ -9,9 +9,10 @@ from pathlib import Path
 import optuna
 import torch
 
-from optimizer.records import TrialRow, trial_rows
+from optimizer.records import stored_front, trial_rows
 from optimizer.spec import parse_spec
-from service.plots import plot_front
+from optimizer.verdict import study_verdict
+from service.plots import plot_study
 from service.report import front_table
 from service.studies import run_study
 
@@ -25,29 +26,6 @@ def demo_spec(pool, workdir: Path, n_trials: int) -> dict:
         "storage": f"sqlite:///{(workdir / 'demo.db').resolve()}",
         "device": "cpu",
     }
-
-
-def verdict(rows: list[TrialRow]) -> tuple[bool, str]:
-    """Did the best searched merge beat the uniform average and every single checkpoint?"""
-    done = [r for r in rows if r.state == "COMPLETE"]
-    singles = [r for r in done if r.label.startswith("checkpoint:")]
-    uniform = next((r for r in done if r.label == "uniform"), None)
-    search = [r for r in done if r.kind == "search"]
-    if not search or uniform is None or not singles:
-        return False, "not enough trials to compare (raise --trials)"
-    best = max(search, key=lambda r: r.objective)
-    best_single = max(singles, key=lambda r: r.objective)
-    ok = best.objective > uniform.objective and best.objective > best_single.objective
-    lines = [
-        f"best optimized merge: trial {best.number}, mean normalized score {best.objective:.4f}",
-        f"uniform average:      {uniform.objective:.4f} ({best.objective - uniform.objective:+.4f})",
-        f"best single ({best_single.label.removeprefix('checkpoint:')}): {best_single.objective:.4f} "
-        f"({best.objective - best_single.objective:+.4f})",
-        "=> the optimized merge beats the uniform average and every single checkpoint"
-        if ok else
-        "=> the optimized merge did NOT beat every baseline on this run; the front above shows what did",
-    ]
-    return ok, "\n".join(lines)
 
 
 def run_demo(workdir: Path, *, n_trials: int = 80, fresh: bool = False, progress: bool = True) -> int:
@@ -67,12 +45,13 @@ def run_demo(workdir: Path, *, n_trials: int = 80, fresh: bool = False, progress
             pass
     print(f"[2/3] CMA-ES study '{spec.name}' ({n_trials} trials incl. baselines) in {spec.storage}")
     study = run_study(spec, progress=progress)
-    rows, front = trial_rows(study), study.user_attrs["front"]
-    print("\nPareto front (normalized per task: held-in / best single checkpoint, held-out / base):")
-    print(front_table(rows, front))
-    png = plot_front(rows, front, workdir / "front.png", title=f"mergeopt demo: {len(rows)} trials")
-    ok, text = verdict(rows)
-    print("\n[3/3] " + text)
+    rows, front = trial_rows(study), stored_front(study)
+    verdict = study_verdict(study, rows)
+    png = plot_study(rows, front, workdir / "front.png", title=f"mergeopt demo: {len(rows)} trials",
+                     pick=verdict and verdict["pick"])
+    print("\n[3/3] the front and the verdict (normalized per task: held-in / best single checkpoint, "
+          "held-out / base)")
+    print(front_table(rows, front, verdict))
     total = time.perf_counter() - t0
     print(f"\nplot: {png}\nwall time: {total:.0f} s (pool {t_pool:.0f} s)")
     print(f"inspect: mergeopt front demo --storage {spec.storage}")

@@ -129,14 +129,17 @@ def test_paired_verdict_is_not_significant_when_the_truth_is_equal():
 def test_verdicts_say_not_significant_at_zero_and_beats_when_large(tmp_path):
     runner, _ = run(tmp_path, flat, 3, normalize="expert", baselines=True, n_trials=20)
     v = study_verdict(runner.study, trial_rows(runner.study))
-    assert v["text"].splitlines()[1].startswith("no merge is significantly better than the best baseline")
-    assert not v["comparisons"][0]["significant"]
+    assert v["text"].splitlines()[1].startswith("no merge is significantly better than the best single model")
+    assert v["text"].splitlines()[2].startswith("no merge is significantly better than the best merge baseline")
+    by_role = {c["against"]: c for c in v["comparisons"]}
+    assert not by_role["best single model"]["significant"] and not by_role["best merge baseline"]["significant"]
+    assert by_role["base model"]["significant"]  # the base is truly worse (0.5 vs 0.6)
     runner, _ = run(tmp_path, big_win, 4, normalize="expert", baselines=False, n_trials=20)
     rows = trial_rows(runner.study)
     v = study_verdict(runner.study, rows)
     head = v["comparisons"][0]
     assert head["significant"] and head["diff"] > 0.1 and head["lo"] > 0
-    assert v["text"].splitlines()[1].startswith(f"best merge: trial {v['pick']} beats the best baseline")
+    assert v["text"].splitlines()[1].startswith(f"best merge: trial {v['pick']} beats the best single model")
     assert v["pick"] == pick(rows).number
 
 
