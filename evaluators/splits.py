@@ -37,6 +37,11 @@ def split_documents(docs: Iterable, validation: float | int, limit: int | float 
         held = set()
     elif isinstance(validation, float) and validation < 1:
         held = {i for i, h in enumerate(hashes) if h < validation}
+        by_hash = sorted(range(len(hashes)), key=hashes.__getitem__)
+        if len(hashes) >= 2 and not held:  # a tiny task: each split gets at least one document
+            held = {by_hash[0]}
+        elif len(hashes) >= 2 and len(held) == len(hashes):
+            held.discard(by_hash[-1])
     else:
         held = set(sorted(range(len(hashes)), key=hashes.__getitem__)[: int(validation)])
     search = [i for i in range(len(hashes)) if i not in held]

@@ -241,9 +241,7 @@ class StudyRunner:
         return self.space.embed(Candidate.model_validate(best.user_attrs[R.T_CANDIDATE]))
 
     def _budget_left(self, states: tuple[TrialState, ...] = DONE) -> int:
-        # The base's trial takes none: it is scored anyway, as the held-out reference.
-        used = [t for t in self._rows(states) if t.user_attrs.get(R.T_LABEL) != R.BASE_LABEL]
-        return self.spec.search.n_trials - len(used)
+        return self.spec.search.n_trials - len(self._rows(states))
 
     def budget_done(self) -> bool:
         return self._budget_left(DONE) <= 0

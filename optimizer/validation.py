@@ -1,8 +1,8 @@
 """Validation documents: where every reported score is measured.
 
 The search (sampler, pruner, warm start) only ever sees scores on the search documents. Each
-reference and baseline, and every trial that is on the search-split Pareto front when a worker
-looks, is scored once more on the validation documents, which the search never saw. Those scores
+reference and baseline, every trial that is on the search-split Pareto front when a worker
+looks, and the search trial best on search documents (the verdict's pick), is scored once more on the validation documents, which the search never saw. Those scores
 carry intervals (documents resampled, stats.py) and make the validation front.
 
 Storage: Optuna allows no writes to a finished trial, so a trial's validation lives in the

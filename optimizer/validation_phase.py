@@ -85,14 +85,13 @@ class ValidationPhase:
 
     # ------------------------------------------------------------ during the search (any worker)
     def step(self) -> Step | None:
-        """Validate one search-front trial nobody has validated; None when there is nothing to do."""
+        """Validate one wanted trial nobody has validated; None when there is nothing to do."""
         from optimizer.loop import Step
 
         r = self.r
-        front = (r.study.user_attrs.get(R.A_FRONT) or {}).get("trials", [])
         with r.claim():
             attrs = r.study.user_attrs
-            todo, busy = self.claims.open_work(attrs, front)
+            todo, busy = self.claims.open_work(attrs, self._wanted(attrs))
             if not todo:
                 return Step.WAIT if busy and r.budget_done() else None
             number = todo[0]
@@ -106,6 +105,16 @@ class ValidationPhase:
         if listener is not None:
             listener(number, {"summary": entry.get("summary"), "error": entry.get("error"), "front": vfront})
         return Step.VALIDATED
+
+    def _wanted(self, attrs) -> list[int]:
+        """The search front, and the search's best merge (the verdict's pick) even when a
+        baseline dominates it."""
+        wanted = list((attrs.get(R.A_FRONT) or {}).get("trials", []))
+        search = [(ua.get(R.T_OBJ), n) for n, ua in self._complete().items()
+                  if ua.get(R.T_KIND) == "search" and ua.get(R.T_OBJ) is not None]
+        if search and (best := max(search)[1]) not in wanted:
+            wanted.append(best)
+        return wanted
 
     def _update_front(self) -> dict:
         r = self.r

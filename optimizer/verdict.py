@@ -52,7 +52,8 @@ def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | Non
     pick = _by_search([r for r in ok if r.kind == "search"])
     out = {"pick": None, "comparisons": [], "documents": {t: int(i.shape[1]) for t, i in boot.idx.items()}}
     if pick is None or not singles:
-        out["text"] = "no search trial has been scored on the validation documents yet"
+        out["text"] = ("no verdict yet: no search trial has validation scores (each is scored once it reaches "
+                       "the search documents' front)")
         return out
     against = {"best single model": _by_search(singles),
                "best merge baseline": _by_search([r for r in baselines if r not in singles]),

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from optimizer.records import BASE_LABEL, TrialRow  # noqa: E402
 from optimizer.verdict import shown  # noqa: E402
@@ -55,7 +56,7 @@ def _bars(ax, rows: list[TrialRow], tasks: list[str], pick: int | None) -> None:
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylabel("normalized score (validation)")
     ax.set_title("per task, 95% intervals")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -70,6 +71,8 @@ def _curve(ax, rows: list[TrialRow]) -> None:
                 yerr=np.clip([[r.validation["objective"]["value"] - r.validation["objective"]["lo"] for r in ok],
                               [r.validation["objective"]["hi"] - r.validation["objective"]["value"] for r in ok]], 0, None),
                 fmt="o", ms=3, color=COLORS["merge"], elinewidth=0.8, label="validated trials (validation)")
+    ax.set_xlim(-0.5, done[-1].number + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("mean normalized score")
     ax.set_title("search progress")
@@ -102,13 +105,18 @@ def _curse(ax, rows: list[TrialRow], front: dict) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_study(rows: list[TrialRow], front: dict, out: str | Path, title: str = "", pick: int | None = None) -> Path:
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+def figure_study(rows: list[TrialRow], front: dict, title: str = "", pick: int | None = None):
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.8))
     _bars(axes[0], rows, front["tasks"], pick)
     _curve(axes[1], rows)
     _curse(axes[2], rows, front)
     fig.suptitle(title or f"hypervolume {front['hypervolume']:.3f}")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return fig
+
+
+def plot_study(rows: list[TrialRow], front: dict, out: str | Path, title: str = "", pick: int | None = None) -> Path:
+    fig = figure_study(rows, front, title, pick)
     out = Path(out)
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -39,11 +39,11 @@ def test_pool_builds_loads_and_is_reused(tmp_path):
 def test_demo_runs_and_reports_honestly(tmp_path, monkeypatch, capsys):
     small = functools.partial(demo_pool.build_demo_pool, steps_scale=0.02, n_docs=10)
     monkeypatch.setattr(demo_pool, "build_demo_pool", lambda root, **kw: small(root, **kw))
-    assert run_demo(tmp_path, n_trials=14, progress=False) == 0
+    assert run_demo(tmp_path, n_trials=24, progress=False) == 0
     out = capsys.readouterr().out
     assert "Pareto front" in out and "hypervolume" in out and "wall time" in out
     assert "Pareto front on VALIDATION documents" in out and "verdict on validation documents" in out
     assert "best merge: trial" in out or "no merge is significantly better" in out
     assert (tmp_path / "front.png").stat().st_size > 10_000
-    assert run_demo(tmp_path, n_trials=14, progress=False) == 0  # resumes: nothing left to do
+    assert run_demo(tmp_path, n_trials=24, progress=False) == 0  # resumes: nothing left to do
     assert "[3/3]" in capsys.readouterr().out

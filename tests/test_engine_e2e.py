@@ -61,15 +61,26 @@ def test_run_front_export_and_lm_eval_agreement(study_file, capsys, tmp_path):
 
     # Scores recorded by the study equal lm-eval's own run on the exported checkpoint.
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager, get_task_dict
 
-    res = simple_evaluate(
-        model="hf", model_args=f"pretrained={out}", tasks=["tiny_add", "tiny_sub"],
-        task_manager=TaskManager(include_path=spec["suite"]["include_path"], include_defaults=False),
-        bootstrap_iters=0, batch_size=8, device="cpu",
-    )
-    for task in ("tiny_add", "tiny_sub"):
-        assert math.isclose(res["results"][task]["acc,none"], entry["raw"][task], abs_tol=1e-9)
+    from evaluators.splits import split_documents
+    from optimizer.spec import DEFAULT_VALIDATION
+
+    # The front reports validation documents; the search documents' scores come along. Both
+    # equal lm-eval's own run on the same documents (the split is recomputed from the task).
+    manager = TaskManager(include_path=spec["suite"]["include_path"], include_defaults=False)
+    tasks = get_task_dict(["tiny_add", "tiny_sub"], manager)
+    splits = {t: split_documents(tasks[t].eval_docs, DEFAULT_VALIDATION) for t in ("tiny_add", "tiny_sub")}
+    assert front["split"] == "validation" and entry["intervals"]["documents"] == {t: len(s.validation) for t, s in splits.items()}
+    for split, scores in (("validation", entry["raw"]), ("search", entry["search"]["raw"])):
+        res = simple_evaluate(
+            model="hf", model_args=f"pretrained={out}", tasks=["tiny_add", "tiny_sub"], task_manager=manager,
+            samples={t: s.indices(split) for t, s in splits.items()}, bootstrap_iters=0, batch_size=8, device="cpu",
+        )
+        for task in ("tiny_add", "tiny_sub"):
+            assert math.isclose(res["results"][task]["acc,none"], scores[task], abs_tol=1e-9), (split, task)
+    iv = entry["intervals"]["raw"]["tiny_add"]
+    assert iv["lo"] <= entry["raw"]["tiny_add"] <= iv["hi"]
     assert model is not None
 
 

@@ -35,11 +35,11 @@ def best(study):
 
 def test_cmaes_beats_every_baseline_when_merging_helps(tmp_path):
     ev = QuadraticPool(NAMES, HELPS, k=2.0)
-    runner = StudyRunner(spec_for(tmp_path), ev, progress=False)
+    # 41: every trial counts, the base's too: 32 search trials, as before the base was a trial.
+    runner = StudyRunner(spec_for(tmp_path, n_trials=41), ev, progress=False)
     runner.run()
     rows = trial_rows(runner.study)
-    # The budget (40) counts every trial but the base's, a point shown like each checkpoint.
-    assert sum(r.state == "COMPLETE" and r.label != "base" for r in rows) == 40
+    assert sum(r.state == "COMPLETE" for r in rows) == 41
     assert [r.kind for r in rows if r.label == "base"] == ["baseline"]
     baselines = [r for r in rows if r.kind == "baseline"]
     assert {r.label for r in baselines} >= {"checkpoint:a", "uniform", "task_arithmetic", "ties", "dare_ties"}
@@ -98,17 +98,17 @@ def test_resume_after_interrupt_does_not_redo_finished_trials(tmp_path, storage_
         StudyRunner(spec, ev, progress=False).run()
     study = optuna.load_study(study_name=study_name, storage=spec.storage)
     done_before = {t.number: t.params for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])}
-    # 11 evaluations before the interrupt: 5 references (4 singles + base, each recorded as a
-    # trial), 4 merge baselines, 1 search trial completed, the 11th interrupted.
+    # 11 evaluations before the interrupt: 5 references (4 singles + base, each a trial), 4 merge
+    # baselines, 1 search trial completed, the 11th interrupted.
     assert len(done_before) == 5 + 4 + 1
     ev2 = QuadraticPool(NAMES, HELPS)
     runner = StudyRunner(spec, ev2, progress=False)
     runner.run()
     done_after = {t.number: t.params for t in runner.study.get_trials(states=[optuna.trial.TrialState.COMPLETE])}
-    assert len(done_after) == 14 + 1  # the budget, and the base's trial (it takes none)
+    assert len(done_after) == 14
     assert all(done_after[n] == p for n, p in done_before.items())
     # Only the missing trials were evaluated: no reference or baseline was redone.
-    assert len(ev2.calls) == len(done_after) - len(done_before)
+    assert len(ev2.calls) == 14 - len(done_before)
     failed = runner.study.get_trials(states=[optuna.trial.TrialState.FAIL])
     assert [t.user_attrs["error"] for t in failed] == ["interrupted"]
     optuna.delete_study(study_name=study_name, storage=spec.storage)
@@ -120,7 +120,7 @@ def test_failed_trials_store_the_error_and_the_study_goes_on(tmp_path):
     runner = StudyRunner(spec_for(tmp_path, n_trials=15), ev, progress=False)
     runner.run()
     rows = trial_rows(runner.study)
-    assert sum(r.state == "COMPLETE" and r.label != "base" for r in rows) == 15
+    assert sum(r.state == "COMPLETE" for r in rows) == 15
     assert [r.error for r in rows if r.state == "FAIL"] == ["RuntimeError: CUDA out of memory (simulated)"] * 2
 
 
@@ -142,7 +142,7 @@ def test_resuming_with_a_different_pool_is_refused(tmp_path):
 def test_other_samplers_complete(tmp_path, sampler):
     runner = StudyRunner(spec_for(tmp_path, sampler=sampler, n_trials=13), QuadraticPool(NAMES, HELPS), progress=False)
     front = runner.run()
-    assert len(runner.study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 13 + 1  # + the base
+    assert len(runner.study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 13
     assert front["trials"]
 
 
@@ -213,7 +213,7 @@ def test_multi_fidelity_prunes_weak_trials_and_keeps_them_off_the_front(tmp_path
     front = runner.run()
     rows = trial_rows(runner.study)
     pruned = [r for r in rows if r.state == "PRUNED"]
-    done = [r for r in rows if r.state == "COMPLETE" and r.label != "base"]
+    done = [r for r in rows if r.state == "COMPLETE"]
     assert pruned and len(pruned) + len(done) == 40  # pruned trials use budget
     assert not {r.number for r in pruned} & set(front["trials"])
     # Partial scores are kept, recorded with the fidelity they were measured at.
