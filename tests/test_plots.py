@@ -2,13 +2,14 @@
 
 import itertools
 
+from test_validation import NAMES, spec, trade_off
+
 from optimizer.loop import StudyRunner
 from optimizer.records import stored_front, trial_rows
 from optimizer.verdict import study_verdict
 from service.plots import figure_study, plot_study
 
 from fakes import NoisyPool
-from test_validation import NAMES, spec, trade_off
 
 
 def texts(fig):
