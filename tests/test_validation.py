@@ -211,3 +211,65 @@ def test_validation_claims_survive_a_dead_worker_and_a_resume(tmp_path, storage_
     assert len(resumed.validated) == len(after) - len(before)  # nothing redone
     assert set(again.study.user_attrs["front"]["trials"]) <= set(after)
     optuna.delete_study(study_name=study_name, storage=storage_url)
+
+
+CHILD = """
+import sys, pathlib, time
+sys.path.insert(0, {tests!r})
+from fakes import NoisyPool
+from optimizer.loop import StudyRunner
+from optimizer.spec import parse_spec
+from optimizer.storage import open_storage
+import test_validation as T
+
+class Blocking(NoisyPool):
+    def validate(self, c):
+        if len(self.validated) == {block_at}:  # a search trial's validation: die in the middle of it
+            pathlib.Path({flag!r}).write_text("validating")
+            time.sleep(600)
+        return super().validate(c)
+
+spec = parse_spec({spec!r})
+StudyRunner(spec, Blocking(T.NAMES, T.trade_off, seed=7), progress=False,
+            storage=open_storage(spec.storage, heartbeat_s=1, grace_s=2)).run()
+"""
+
+
+def test_validation_survives_a_sigkilled_process_and_a_resume(tmp_path, storage_url, study_name):
+    """A process is SIGKILLed while it validates a search trial; a resumed run takes the work
+    over once the claim's heartbeat is 2 s old, and neither redoes nor loses any validation."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from optimizer.storage import open_storage
+
+    s = spec(tmp_path, "x", n_trials=14, normalize="expert").model_copy(update={"name": study_name, "storage": storage_url})
+    flag = tmp_path / "validating"
+    code = CHILD.format(tests=str(Path(__file__).parent), block_at=7, flag=str(flag), spec=s.model_dump(mode="json"))
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.time() + 120
+        while not flag.exists():
+            assert child.poll() is None and time.time() < deadline, "the child died before validating"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    storage = open_storage(storage_url, heartbeat_s=1, grace_s=2)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    before = V.stored(study.user_attrs)
+    claimed = [int(k.split(":")[1]) for k in study.user_attrs if k.startswith(V.CLAIM)]
+    orphan = [n for n in claimed if n not in before]
+    assert len(before) == 7 and len(orphan) == 1  # one claimed and never finished
+    time.sleep(2.5)  # the dead claimant's heartbeat is now older than the grace period
+    resumed = NoisyPool(NAMES, trade_off, seed=7)
+    runner = StudyRunner(s, resumed, progress=False, storage=storage)
+    runner.run()
+    after = V.stored(runner.study.user_attrs)
+    assert all(after[n] == e for n, e in before.items())  # nothing lost or rewritten
+    assert orphan[0] in after and "summary" in after[orphan[0]]
+    assert len(resumed.validated) == len(after) - len(before)  # only the missing work was done
+    optuna.delete_study(study_name=study_name, storage=storage_url)
