@@ -49,9 +49,15 @@ def wait_for(predicate, timeout: float = 120, every: float = 0.3):
 
 
 def check_front_consistent(front: dict, trials: list[dict]) -> None:
-    """The front is exactly the non-dominated set of the completed trials."""
+    """The front is exactly the non-dominated set of the completed trials: over their validation
+    scores (the trials that have them) for the validation front, else over search scores."""
     tasks = front["tasks"]
-    done = {t["number"]: [t["normalized"][k] for k in tasks] for t in trials if t["state"] == "COMPLETE"}
+    if front.get("split") == "validation":
+        done = {t["number"]: [t["validation"]["normalized"][k]["value"] for k in tasks] for t in trials
+                if t["state"] == "COMPLETE" and t.get("validation") and "normalized" in t["validation"]}
+        assert all(e["normalized"] == dict(zip(tasks, done[e["trial"]], strict=True)) for e in front["front"])
+    else:
+        done = {t["number"]: [t["normalized"][k] for k in tasks] for t in trials if t["state"] == "COMPLETE"}
     on = {e["trial"] for e in front["front"]}
 
     def dominated(n):

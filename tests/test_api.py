@@ -63,6 +63,12 @@ def test_full_flow(client, assets):
     assert client.get("/v1/studies/flow/trials", params={"state": "fail"}).json() == []
     front = client.get("/v1/studies/flow/front").json()
     check_front_consistent(front, trials)
+    assert front["split"] == "validation" and front["verdict"]["text"].startswith("verdict on validation documents")
+    assert all(e["intervals"]["objective"]["lo"] <= e["objective"] <= e["intervals"]["objective"]["hi"] for e in front["front"])
+    search_front = client.get("/v1/studies/flow/front", params={"split": "search"}).json()
+    assert search_front["split"] == "search" and search_front["verdict"] is None
+    check_front_consistent(search_front, trials)
+    assert client.get("/v1/studies/flow/front", params={"split": "train"}).status_code == 422
 
     events = parse_sse(client.get("/v1/studies/flow/events").text)  # ends: the study is finished
     types = [e["type"] for e in events]
