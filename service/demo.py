@@ -55,5 +55,6 @@ def run_demo(workdir: Path, *, n_trials: int = 80, fresh: bool = False, progress
     total = time.perf_counter() - t0
     print(f"\nplot: {png}\nwall time: {total:.0f} s (pool {t_pool:.0f} s)")
     print(f"inspect: mergeopt front demo --storage {spec.storage}")
-    print(f"export:  mergeopt export demo TRIAL OUT_DIR --storage {spec.storage}")
+    trial = verdict["pick"] if verdict and verdict.get("pick") is not None else "TRIAL"
+    print(f"export the best merge: mergeopt export demo {trial} OUT_DIR --storage {spec.storage}")
     return 0
