@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import TrialState, create_trial
 from tqdm.auto import tqdm
 
+from optimizer import greedy
 from optimizer import records as R
 from optimizer.baselines import Baseline, merge_baselines, single_checkpoints
 from optimizer.candidate import Candidate, Evaluator, base_only
@@ -202,16 +203,20 @@ class StudyRunner:
         for b in merge_baselines(self.spec.checkpoint_names, self.evaluator.has_base):
             if b.label not in have and self._budget_left() > 0:
                 self._run_baseline(b)
+        if self.spec.search.greedy_soup and len(self.spec.checkpoint_names) > 2:
+            greedy.run(self)
 
-    def _run_baseline(self, b: Baseline) -> None:
+    def _run_baseline(self, b: Baseline) -> float | None:
+        """Evaluate and record a baseline; its objective, or None when it failed."""
         try:
             raw, timings = self._evaluate(b.candidate)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # a failing baseline is reported, not fatal
             self._fail_note(f"baseline {b.label} failed: {exc}")
-            return
+            return None
         self._add_done(b.candidate, b.label, raw, timings)
+        return self._scored(raw)[2]
 
     def prepare(self) -> None:
         """References and baselines (idempotent: what is stored is not redone), then the sampler."""

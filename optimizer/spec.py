@@ -101,6 +101,7 @@ class SearchSpec(_Strict):
     objective: Literal["mean", "weighted"] = "mean"
     n_trials: int = Field(default=60, ge=1, description="all trials, baselines included")
     baselines: bool = True
+    greedy_soup: bool = Field(default=True, description="with baselines: greedy soup (N-1 evaluations)")
     seed: int = 0
     normalize: bool | None = Field(default=None, description="None: mergekit's method default")
     weight_range: tuple[float, float] = (0.0, 1.0)

@@ -91,24 +91,24 @@ def test_front_is_exactly_the_non_dominated_set(tmp_path):
 
 
 def test_resume_after_interrupt_does_not_redo_finished_trials(tmp_path, storage_url, study_name):
-    spec = spec_for(tmp_path, name=study_name, storage=storage_url, n_trials=14)
+    spec = spec_for(tmp_path, name=study_name, storage=storage_url, n_trials=17)
     ev = QuadraticPool(NAMES, HELPS)
-    ev.interrupt_on = 11
+    ev.interrupt_on = 14
     with pytest.raises(KeyboardInterrupt):
         StudyRunner(spec, ev, progress=False).run()
     study = optuna.load_study(study_name=study_name, storage=spec.storage)
     done_before = {t.number: t.params for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])}
-    # 11 evaluations before the interrupt: 5 references (4 singles + base, each a trial), 4 merge
-    # baselines, 1 search trial completed, the 11th interrupted.
-    assert len(done_before) == 5 + 4 + 1
+    # 14 evaluations before the interrupt: 5 references (4 singles + base, each a trial), 4 merge
+    # baselines, 3 greedy soups, 1 search trial completed, the 14th interrupted.
+    assert len(done_before) == 5 + 4 + 3 + 1
     ev2 = QuadraticPool(NAMES, HELPS)
     runner = StudyRunner(spec, ev2, progress=False)
     runner.run()
     done_after = {t.number: t.params for t in runner.study.get_trials(states=[optuna.trial.TrialState.COMPLETE])}
-    assert len(done_after) == 14
+    assert len(done_after) == 17
     assert all(done_after[n] == p for n, p in done_before.items())
     # Only the missing trials were evaluated: no reference or baseline was redone.
-    assert len(ev2.calls) == 14 - len(done_before)
+    assert len(ev2.calls) == 17 - len(done_before)
     failed = runner.study.get_trials(states=[optuna.trial.TrialState.FAIL])
     assert [t.user_attrs["error"] for t in failed] == ["interrupted"]
     optuna.delete_study(study_name=study_name, storage=spec.storage)
@@ -116,11 +116,11 @@ def test_resume_after_interrupt_does_not_redo_finished_trials(tmp_path, storage_
 
 def test_failed_trials_store_the_error_and_the_study_goes_on(tmp_path):
     ev = QuadraticPool(NAMES, HELPS)
-    ev.fail_on = {12, 13}
-    runner = StudyRunner(spec_for(tmp_path, n_trials=15), ev, progress=False)
+    ev.fail_on = {15, 16}  # two search trials (after 5 references, 4 merge baselines, 3 greedy soups)
+    runner = StudyRunner(spec_for(tmp_path, n_trials=18), ev, progress=False)
     runner.run()
     rows = trial_rows(runner.study)
-    assert sum(r.state == "COMPLETE" for r in rows) == 15
+    assert sum(r.state == "COMPLETE" for r in rows) == 18
     assert [r.error for r in rows if r.state == "FAIL"] == ["RuntimeError: CUDA out of memory (simulated)"] * 2
 
 
@@ -148,7 +148,7 @@ def test_other_samplers_complete(tmp_path, sampler):
 
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "dare_linear"])
 def test_every_method_space_runs_and_records_its_parameters(tmp_path, method):
-    runner = StudyRunner(spec_for(tmp_path, method=method, n_trials=12), QuadraticPool(NAMES, HELPS), progress=False)
+    runner = StudyRunner(spec_for(tmp_path, method=method, n_trials=15), QuadraticPool(NAMES, HELPS), progress=False)
     runner.run()
     search = [r for r in trial_rows(runner.study) if r.kind == "search"]
     assert search and all(r.candidate["method"] == method for r in search)
@@ -231,3 +231,22 @@ def test_pruner_needs_a_single_objective_sampler():
         spec_for("/tmp", sampler="nsga2", pruner="hyperband")
     with pytest.raises(SpecError, match="fidelities"):
         spec_for("/tmp", pruner="hyperband", fidelities=[0.5, 0.25, 1.0])
+
+
+def test_greedy_soup_picks_the_known_best_soup(tmp_path):
+    """Every task wants the even mix of a and b: a is best alone (it is a little closer), b
+    joins, c and d only hurt and stay out. Resuming re-evaluates none of it."""
+    targets = dict.fromkeys(["x", "y", "z"], [0.55, 0.45, 0.0, 0.0])
+    runner = StudyRunner(spec_for(tmp_path, n_trials=14), QuadraticPool(NAMES, targets, k=2.0), progress=False)
+    runner.prepare()
+    rows = {r.label: r for r in trial_rows(runner.study) if r.label.startswith("greedy")}
+    assert list(rows) == ["greedy soup +b", "greedy soup +c", "greedy soup +d"]  # best single first: a
+    assert rows["greedy soup +b"].candidate["weights"] == {"a": 1.0, "b": 1.0, "c": 0.0, "d": 0.0}
+    assert rows["greedy soup +c"].candidate["weights"] == {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.0}
+    # c was refused, so d is tried with the soup {a, b}, not {a, b, c}
+    assert rows["greedy soup +d"].candidate["weights"] == {"a": 1.0, "b": 1.0, "c": 0.0, "d": 1.0}
+    best = max(rows.values(), key=lambda r: r.objective)
+    assert best.label == "greedy soup +b" and best.kind == "baseline"
+    ev = QuadraticPool(NAMES, targets, k=2.0)
+    StudyRunner(spec_for(tmp_path, n_trials=14), ev, progress=False).prepare()
+    assert ev.calls == []

@@ -49,8 +49,8 @@ def spec(tmp_path, name, *, n_trials=16, sampler="random", normalize="none", see
     })
 
 
-def run(tmp_path, truth, seed, **kw):
-    ev = NoisyPool(NAMES, truth, seed=seed)
+def run(tmp_path, truth, seed, base_score=0.5, **kw):
+    ev = NoisyPool(NAMES, truth, seed=seed, base_score=base_score)
     runner = StudyRunner(spec(tmp_path, f"s{seed}", seed=seed, **kw), ev, progress=False)
     runner.run()
     return runner, ev
@@ -127,13 +127,13 @@ def test_paired_verdict_is_not_significant_when_the_truth_is_equal():
 
 
 def test_verdicts_say_not_significant_at_zero_and_beats_when_large(tmp_path):
-    runner, _ = run(tmp_path, flat, 3, normalize="expert", baselines=True, n_trials=20)
+    runner, _ = run(tmp_path, flat, 3, normalize="expert", baselines=True, n_trials=20, base_score=0.4)
     v = study_verdict(runner.study, trial_rows(runner.study))
     assert v["text"].splitlines()[1].startswith("no merge is significantly better than the best single model")
     assert v["text"].splitlines()[2].startswith("no merge is significantly better than the best merge baseline")
     by_role = {c["against"]: c for c in v["comparisons"]}
     assert not by_role["best single model"]["significant"] and not by_role["best merge baseline"]["significant"]
-    assert by_role["base model"]["significant"]  # the base is truly worse (0.5 vs 0.6)
+    assert by_role["base model"]["significant"]  # the base is truly worse (0.4 vs 0.6)
     runner, _ = run(tmp_path, big_win, 4, normalize="expert", baselines=False, n_trials=20)
     rows = trial_rows(runner.study)
     v = study_verdict(runner.study, rows)
