@@ -38,9 +38,11 @@ class MergeEvaluator:
         device: str = "auto",
         progress: bool = False,
         validation: float | int = 0,
+        roots: list[Path] | None = None,
     ) -> None:
         quiet_libraries()
-        self.pool_info = validate_pool(checkpoints, base)
+        # roots (the service's allowed roots): pool files are re-checked as they are opened.
+        self.pool_info = validate_pool(checkpoints, base, roots=roots)
         self.scorer = SuiteScorer(tasks, include_path, limit=limit, batch_size=batch_size, validation=validation)
         ref = self.pool_info.reference
         self.tokenizer = load_tokenizer(ref.path, f"checkpoint '{ref.name}'")

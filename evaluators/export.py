@@ -1,40 +1,101 @@
 """Writing a merge as a Hugging Face checkpoint (safetensors in the pool's own tensor layout,
 config, tokenizer) plus the mergekit config that reproduces it. Used by `mergeopt merge` and
-`mergeopt export`; never on the per-trial path."""
+`mergeopt export`; never on the per-trial path.
+
+Side files are read through fileguard (regular files inside the pool's roots, checked as they
+are opened), and everything is written into a fresh folder through its descriptor, then renamed
+to ``out_dir``: a link planted at the target, or anywhere on the way, is refused, never followed."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from tqdm.auto import tqdm
 
+from evaluators import fileguard
+from evaluators.fileguard import SIDE_FILES, FileRefused, Roots
 from evaluators.merge_spec import MergeSpec
 from evaluators.mergekit_yaml import to_mergekit_yaml
+from evaluators.pool import PoolFileRefused
 from evaluators.resident import ResidentPool
 
+__all__ = ["SIDE_FILES", "write_merge"]
 SHARD_BYTES = 4 * 1024**3
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-# Files that travel with the weights so the folder loads on its own.
-SIDE_FILES = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-    "chat_template.jinja", "chat_template.json",
-)
+# safetensors' names for the dtypes a checkpoint holds (others go through safetensors' save()).
+ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+# Called after the target was checked and before anything is written (tests widen the race here).
+before_write: Callable[[Path], None] | None = None
 
 
 def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
+def _write_safetensors(dir_fd: int, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    """The safetensors format (8-byte header length, JSON header padded to 8, raw bytes),
+    streamed tensor by tensor into a new file: safetensors' save_file writes by name."""
+    if any(t.dtype not in ST_DTYPES for t in tensors.values()):
+        fileguard.write_file(dir_fd, name, save(tensors, metadata={"format": "pt"}))
+        return
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for k in order:
+        t = tensors[k]
+        n = t.numel() * t.element_size()
+        header[k] = {"dtype": ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with os.fdopen(fileguard.new_file(dir_fd, name), "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        for k in order:
+            fh.write(tensors[k].contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
+def _copy_side_file(src: Path, roots: Roots, dir_fd: int, name: str, config_dtype: str | None) -> None:
+    try:
+        fd = fileguard.open_file(src, roots, "side file")
+    except FileNotFoundError:
+        return
+    except FileRefused as exc:
+        raise PoolFileRefused(f"export: {exc}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        if name == "config.json" and config_dtype is not None:
+            cfg = json.loads(fh.read())
+            cfg["dtype"] = config_dtype
+            cfg.pop("torch_dtype", None)
+            fileguard.write_file(dir_fd, name, json.dumps(cfg, indent=2).encode())
+            return
+        with os.fdopen(fileguard.new_file(dir_fd, name), "wb") as dst:
+            shutil.copyfileobj(fh, dst, 1 << 20)
+
+
 def write_merge(
-    pool: ResidentPool, spec: MergeSpec, out_dir: str | Path, *, out_dtype: str | None = None, progress: bool = False
+    pool: ResidentPool, spec: MergeSpec, out_dir: str | Path, *, out_dtype: str | None = None, progress: bool = False,
+    out_roots: Roots = None,
 ) -> Path:
+    """Merge and write to ``out_dir`` (missing or an empty folder; with ``out_roots``, inside
+    them). Side files are copied only as regular files inside the pool's roots."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with fileguard.fresh_dir(out, out_roots, before_write) as dir_fd:
+        _write_merge(pool, spec, dir_fd, out_dtype, progress)
+    return out
+
+
+def _write_merge(pool: ResidentPool, spec: MergeSpec, dir_fd: int, out_dtype: str | None, progress: bool) -> None:
     ref = pool.pool.reference
     target = DTYPES[out_dtype] if out_dtype else None
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -48,27 +109,19 @@ def write_merge(
         shards[-1][name] = t
         size += t.numel() * t.element_size()
     if len(shards) == 1:
-        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+        _write_safetensors(dir_fd, "model.safetensors", shards[0])
     else:
         weight_map = {}
         for i, shard in enumerate(shards, 1):
             fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(out / fname), metadata={"format": "pt"})
+            _write_safetensors(dir_fd, fname, shard)
             weight_map.update(dict.fromkeys(shard, fname))
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())}, "weight_map": weight_map}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        fileguard.write_file(dir_fd, "model.safetensors.index.json", json.dumps(index, indent=2).encode())
     for fname in SIDE_FILES:
-        src = ref.path / fname
-        if src.exists():
-            shutil.copyfile(src, out / fname)
-    if target is not None:
-        cfg_path = out / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["dtype"] = out_dtype
-        cfg.pop("torch_dtype", None)
-        cfg_path.write_text(json.dumps(cfg, indent=2))
+        _copy_side_file(ref.path / fname, ref.roots, dir_fd, fname, out_dtype if target is not None else None)
     first = shards[0][next(iter(shards[0]))]
     checkpoints = [(c.name, c.path) for c in pool.pool.checkpoints]
     base = pool.pool.base.path if pool.pool.base else None
-    (out / "mergekit_config.yml").write_text(to_mergekit_yaml(spec, checkpoints, base, out_dtype or _dtype_name(first)))
-    return out
+    yml = to_mergekit_yaml(spec, checkpoints, base, out_dtype or _dtype_name(first))
+    fileguard.write_file(dir_fd, "mergekit_config.yml", yml.encode())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,11 +15,41 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from evaluators import fileguard
+from evaluators.fileguard import SIDE_FILES, FileRefused, Roots
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 
 class PoolError(ValueError):
     """A problem with the pool that the user can fix (bad path, mismatch, corrupt file)."""
+
+
+class PoolFileRefused(PoolError):
+    """A pool file that now leads outside the allowed roots, or is not a regular file."""
+
+
+def _read(file: Path, who: str, roots: Roots) -> bytes:
+    """A pool file's bytes, checked as it is opened (see fileguard)."""
+    try:
+        return fileguard.read_bytes(file, roots, "file")
+    except FileRefused as exc:
+        raise PoolFileRefused(f"{who}: {exc}") from exc
+
+
+def _check_side_files(path: Path, who: str, roots: Roots) -> None:
+    """The tokenizer loader and the export open these later: refuse a link out of the roots now."""
+    for side in SIDE_FILES:
+        if os.path.lexists(path / side):
+            try:
+                with fileguard.opened(path / side, roots, "file"):
+                    pass
+            except FileNotFoundError:
+                continue  # a dangling link inside the roots: nothing to read, the export skips it
+            except FileRefused as exc:
+                raise PoolFileRefused(f"{who}: {exc}") from exc
+            except OSError as exc:
+                raise PoolError(f"{who}: cannot read {side}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -34,6 +65,8 @@ class CheckpointInfo:
     path: Path
     config: dict
     tensors: dict[str, TensorInfo] = field(repr=False)
+    # Where its files may lead when they are opened again (loading, export); None: anywhere.
+    roots: tuple[Path, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def architecture(self) -> tuple[str, tuple[str, ...]]:
@@ -83,10 +116,16 @@ class PoolInfo:
         }
 
 
-def _read_header(file: Path, who: str) -> dict[str, dict]:
+def _read_header(file: Path, who: str, roots: Roots = None) -> dict[str, dict]:
     try:
-        size = file.stat().st_size
-        with file.open("rb") as fh:
+        fd = fileguard.open_file(file, roots, "file")
+    except FileRefused as exc:
+        raise PoolFileRefused(f"{who}: {exc}") from exc
+    except OSError as exc:
+        raise PoolError(f"{who}: cannot read {file.name}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
             raw_len = fh.read(8)
             if len(raw_len) < 8:
                 raise PoolError(f"{who}: {file.name} is not a safetensors file (too short)")
@@ -114,11 +153,11 @@ def _read_header(file: Path, who: str) -> dict[str, dict]:
     return header
 
 
-def _weight_files(path: Path, who: str) -> list[Path]:
+def _weight_files(path: Path, who: str, roots: Roots = None) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = json.loads(_read(index, who, roots))["weight_map"]
         except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise PoolError(f"{who}: unreadable {index.name}: {exc}") from exc
         if not isinstance(weight_map, dict):
@@ -138,16 +177,20 @@ def _weight_files(path: Path, who: str) -> list[Path]:
     return files
 
 
-def inspect_checkpoint(name: str, path: str | Path) -> CheckpointInfo:
-    """Read config.json and every safetensors header of one HF checkpoint directory."""
+def inspect_checkpoint(name: str, path: str | Path, roots: Roots = None) -> CheckpointInfo:
+    """Read config.json and every safetensors header of one HF checkpoint directory. With
+    ``roots``, every file read, and every side file the export copies, must lie inside them."""
     p = Path(path).expanduser()
     who = f"checkpoint '{name}' ({p})"
+    roots = tuple(roots) if roots is not None else None
+    if roots is not None and not fileguard.within(Path(os.path.realpath(p)), roots):
+        raise PoolFileRefused(f"{who}: resolves to {os.path.realpath(p)}, outside the allowed roots")
     if not p.exists():
         raise PoolError(f"{who}: path does not exist")
     if not p.is_dir():
         raise PoolError(f"{who}: not a directory (expected a Hugging Face checkpoint folder)")
     try:
-        config = json.loads((p / "config.json").read_text())
+        config = json.loads(_read(p / "config.json", who, roots))
     except FileNotFoundError as exc:
         raise PoolError(f"{who}: no config.json") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -158,12 +201,14 @@ def inspect_checkpoint(name: str, path: str | Path) -> CheckpointInfo:
     if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
         raise PoolError(f"{who}: config.json 'architectures' is not a list of names")
     tensors: dict[str, TensorInfo] = {}
-    for file in _weight_files(p, who):
-        for tname, entry in _read_header(file, who).items():
+    for file in _weight_files(p, who, roots):
+        for tname, entry in _read_header(file, who, roots).items():
             tensors[tname] = TensorInfo(entry["dtype"], tuple(entry["shape"]), file)
     if not tensors:
         raise PoolError(f"{who}: holds no tensors")
-    return CheckpointInfo(name=name, path=p, config=config, tensors=tensors)
+    if roots is not None:
+        _check_side_files(p, who, roots)
+    return CheckpointInfo(name=name, path=p, config=config, tensors=tensors, roots=roots)
 
 
 def _check_same_layout(ref: CheckpointInfo, other: CheckpointInfo) -> None:
@@ -192,16 +237,17 @@ def _check_same_layout(ref: CheckpointInfo, other: CheckpointInfo) -> None:
 
 
 def validate_pool(
-    checkpoints: list[tuple[str, str | Path]], base: str | Path | None = None
+    checkpoints: list[tuple[str, str | Path]], base: str | Path | None = None, *, roots: Roots = None
 ) -> PoolInfo:
-    """Inspect and cross-check a pool; raises PoolError naming the first offender."""
+    """Inspect and cross-check a pool; raises PoolError naming the first offender. With
+    ``roots`` (the service), files must lie inside them now and whenever they are opened later."""
     if not checkpoints:
         raise PoolError("the pool is empty: list at least one checkpoint")
     dupes = sorted(n for n, k in Counter(n for n, _ in checkpoints).items() if k > 1)
     if dupes:
         raise PoolError(f"checkpoint name '{dupes[0]}' is used twice")
-    infos = [inspect_checkpoint(n, p) for n, p in checkpoints]
-    base_info = inspect_checkpoint("base", base) if base is not None else None
+    infos = [inspect_checkpoint(n, p, roots) for n, p in checkpoints]
+    base_info = inspect_checkpoint("base", base, roots) if base is not None else None
     pool = PoolInfo(checkpoints=infos, base=base_info)
     for other in ([*infos] if base_info else infos[1:]):
         _check_same_layout(pool.reference, other)
@@ -215,7 +261,7 @@ def _vocab(info: CheckpointInfo) -> dict[str, int] | None:
     if not file.is_file():
         return None
     try:
-        tok = json.loads(file.read_bytes())
+        tok = json.loads(_read(file, f"checkpoint '{info.name}'", info.roots))
         model = tok.get("model") or {}
         vocab = model.get("vocab") or {}
         if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
@@ -234,10 +280,10 @@ def _check_same_tokenizer(ref: CheckpointInfo, others: list[CheckpointInfo]) -> 
     ref_file = ref.path / "tokenizer.json"
     if not ref_file.is_file():
         return
-    ref_bytes, mine = ref_file.read_bytes(), None
+    ref_bytes, mine = _read(ref_file, f"checkpoint '{ref.name}'", ref.roots), None
     for other in others:
         file = other.path / "tokenizer.json"
-        if not file.is_file() or file.read_bytes() == ref_bytes:
+        if not file.is_file() or _read(file, f"checkpoint '{other.name}'", other.roots) == ref_bytes:
             continue
         mine = mine if mine is not None else _vocab(ref)
         theirs = _vocab(other)
@@ -259,13 +305,20 @@ def load_checkpoint_tensors(
     out: dict[str, torch.Tensor] = {}
     for file, wanted in by_file.items():
         try:
-            with safe_open(str(file), framework="pt", device=str(device)) as fh:
+            # The file checked as it is opened, then read through that descriptor's name.
+            with fileguard.by_name(file, info.roots, "file") as name, \
+                    safe_open(name, framework="pt", device=str(device)) as fh:
                 for n in wanted:
                     out[n] = fh.get_tensor(n)
+        except FileRefused as exc:
+            raise PoolFileRefused(f"checkpoint '{info.name}': {exc}") from exc
         except Exception as exc:  # safetensors raises its own error types
             raise PoolError(f"checkpoint '{info.name}': cannot load {file.name}: {exc}") from exc
     for n in names:
         t = out[n]
+        if tuple(t.shape) != info.tensors[n].shape:  # the file changed since it was validated
+            raise PoolError(f"checkpoint '{info.name}': tensor '{n}' has shape {list(t.shape)}, "
+                            f"{list(info.tensors[n].shape)} when the pool was validated")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise PoolError(f"checkpoint '{info.name}': tensor '{n}' contains NaN or Inf values")
     return [out[n] for n in names]

@@ -20,7 +20,7 @@ from optimizer.storage import open_storage
 DEFAULT_STORAGE = "sqlite:///mergeopt.db"
 
 
-def build_evaluator(spec: StudySpec, progress: bool = True) -> MergeEvaluator:
+def build_evaluator(spec: StudySpec, progress: bool = True, roots: list[Path] | None = None) -> MergeEvaluator:
     tasks = [TaskRequest(t.task, t.metric, t.num_fewshot, t.higher_is_better) for t in spec.suite.tasks]
     return MergeEvaluator(
         [(c.name, c.path) for c in spec.pool.checkpoints],
@@ -32,6 +32,7 @@ def build_evaluator(spec: StudySpec, progress: bool = True) -> MergeEvaluator:
         device=spec.device,
         progress=progress,
         validation=spec.suite.validation,
+        roots=roots,
     )
 
 
@@ -58,7 +59,11 @@ def open_study(ref: str, storage: str | None = None) -> tuple[optuna.Study, Stud
     return study, parse_spec(stored)
 
 
-def export_trial(study: optuna.Study, spec: StudySpec, number: int, out_dir: str | Path, progress: bool = True) -> Path:
+def export_trial(study: optuna.Study, spec: StudySpec, number: int, out_dir: str | Path, progress: bool = True,
+                 *, roots: list[Path] | None = None, out_roots: list[Path] | None = None,
+                 device: str | None = None) -> Path:
+    """``roots``: where pool files may lead (checked as they are opened); ``out_roots``: where
+    ``out_dir`` may be; ``device``: the API passes "cpu", never the workers' device."""
     from evaluators.export import write_merge
 
     rows = {r.number: r for r in R.trial_rows(study)}
@@ -67,6 +72,6 @@ def export_trial(study: optuna.Study, spec: StudySpec, number: int, out_dir: str
     row = rows[number]
     if not row.candidate:
         raise SpecError(f"trial {number} has no recorded merge")
-    pool = validate_pool([(c.name, c.path) for c in spec.pool.checkpoints], spec.pool.base)
-    resident = ResidentPool(pool, pick_device(spec.device), progress=progress)
-    return write_merge(resident, MergeSpec.model_validate(row.candidate), out_dir, progress=progress)
+    pool = validate_pool([(c.name, c.path) for c in spec.pool.checkpoints], spec.pool.base, roots=roots)
+    resident = ResidentPool(pool, pick_device(device or spec.device), progress=progress)
+    return write_merge(resident, MergeSpec.model_validate(row.candidate), out_dir, progress=progress, out_roots=out_roots)
