@@ -4,12 +4,21 @@ Everything a user can get wrong is checked here, before any model is loaded."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 MethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
 SamplerName = Literal["cmaes", "nsga2", "tpe", "gp", "random"]
@@ -18,6 +27,20 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 # Share of each task's documents kept from the search for the reported scores. Less leaves the
 # reported intervals wide; more leaves the search's own scores too noisy to rank candidates.
 DEFAULT_VALIDATION = 0.4
+# Bounds on every number and list a client sends: past them a value is a mistake or an attack
+# (a population of 1e10 allocates hundreds of GB, a seed >= 2**32 fails in NumPy on every pick).
+MAX_CHECKPOINTS = 128
+MAX_TASKS = 256
+MAX_TRIALS = 100_000
+MAX_POPULATION = 1_000
+MAX_SEED = 2**32 - 1
+MAX_PRIORITY = 1_000_000
+MAX_DOCS = 10_000_000
+MAX_RANGE = 1_000.0
+MAX_PATH = 4096  # PATH_MAX; a component is at most NAME_MAX (255) bytes
+# What torch.device accepts for the devices mergeopt runs on; whether it exists is the worker's
+# question (the API may run on another machine), answered when it sets the study up.
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$"
 
 
 class SpecError(ValueError):
@@ -36,30 +59,48 @@ def _no_duplicates(items: list, key, message: str) -> list:
     return items
 
 
+def _sane_path(p: str) -> str:
+    """Refused here, not by the file system later: a NUL byte (ValueError in every os call) and
+    over-long names (ENAMETOOLONG), which would otherwise surface as a 500."""
+    if "\x00" in p:
+        raise ValueError("a path must not contain a NUL byte")
+    if len(p) > MAX_PATH:
+        raise ValueError(f"a path is at most {MAX_PATH} characters")
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in p.split("/")):
+        raise ValueError("a path component is at most 255 bytes")
+    return p
+
+
+ServerPath = Annotated[str, AfterValidator(_sane_path)]
+Coefficient = Annotated[float, Field(ge=-MAX_RANGE, le=MAX_RANGE)]
+
+
 class CheckpointSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
-    path: str
+    path: ServerPath
 
 
 class PoolSpec(_Strict):
-    base: str | None = None
-    checkpoints: list[CheckpointSpec] = Field(min_length=1)
+    base: ServerPath | None = None
+    checkpoints: list[CheckpointSpec] = Field(min_length=1, max_length=MAX_CHECKPOINTS)
 
     @field_validator("checkpoints")
     @classmethod
     def _unique(cls, v: list[CheckpointSpec]) -> list[CheckpointSpec]:
-        return _no_duplicates(v, lambda c: c.name, "checkpoint name '{}' is used twice")
+        _no_duplicates(v, lambda c: c.name, "checkpoint name '{}' is used twice")
+        # The same folder twice is the same model twice: no merge needs it.
+        return _no_duplicates(v, lambda c: os.path.normpath(c.path), "checkpoint path '{}' is used twice")
 
 
 class TaskSpec(_Strict):
-    task: str = Field(min_length=1)
-    metric: str = "acc,none"
+    task: str = Field(min_length=1, max_length=256)
+    metric: str = Field(default="acc,none", max_length=256)
     split: Literal["held_in", "held_out"] = "held_in"
     normalize: Literal["expert", "base", "none"] | None = Field(
         default=None, description="None: expert for held_in, base for held_out"
     )
-    weight: float = Field(default=1.0, ge=0, description="weight in the 'weighted' objective")
-    num_fewshot: int | None = Field(default=None, ge=0)
+    weight: float = Field(default=1.0, ge=0, le=1e6, description="weight in the 'weighted' objective")
+    num_fewshot: int | None = Field(default=None, ge=0, le=128)
     higher_is_better: bool | None = None
 
     @property
@@ -70,12 +111,12 @@ class TaskSpec(_Strict):
 
 
 class SuiteSpec(_Strict):
-    include_path: str | None = None
-    tasks: list[TaskSpec] = Field(min_length=1)
-    limit: int | float | None = Field(default=None, gt=0, description="documents per task and split")
-    batch_size: int = Field(default=32, ge=1)
+    include_path: ServerPath | None = None
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS)
+    limit: int | float | None = Field(default=None, gt=0, le=MAX_DOCS, description="documents per task and split")
+    batch_size: int = Field(default=32, ge=1, le=4096)
     validation: float | int = Field(
-        default=DEFAULT_VALIDATION, ge=0,
+        default=DEFAULT_VALIDATION, ge=0, le=MAX_DOCS,
         description="documents held out from the search and used for every reported score: a fraction "
                     "(0 < f < 1) or a count (>= 1) of each task's documents; 0 turns it off",
     )
@@ -99,22 +140,22 @@ class SearchSpec(_Strict):
     method: MethodName = "linear"
     sampler: SamplerName = "cmaes"
     objective: Literal["mean", "weighted"] = "mean"
-    n_trials: int = Field(default=60, ge=1, description="all trials, baselines included")
+    n_trials: int = Field(default=60, ge=1, le=MAX_TRIALS, description="all trials, baselines included")
     baselines: bool = True
     greedy_soup: bool = Field(default=True, description="with baselines: greedy soup (N-1 evaluations)")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     normalize: bool | None = Field(default=None, description="None: mergekit's method default")
-    weight_range: tuple[float, float] = (0.0, 1.0)
+    weight_range: tuple[Coefficient, Coefficient] = (0.0, 1.0)
     density_range: tuple[float, float] = (0.1, 1.0)
-    lambda_range: tuple[float, float] = (0.2, 1.5)
+    lambda_range: tuple[Coefficient, Coefficient] = (0.2, 1.5)
     sigma0: float = Field(default=0.3, gt=0, le=1, description="CMA-ES step, as a fraction of each range")
     warm_start: bool = Field(default=True, description="start CMA-ES at the best baseline")
-    population_size: int | None = Field(default=None, ge=2)
-    max_failures: int = Field(default=10, ge=1, description="stop after this many failed trials")
+    population_size: int | None = Field(default=None, ge=2, le=MAX_POPULATION)
+    max_failures: int = Field(default=10, ge=1, le=MAX_TRIALS, description="stop after this many failed trials")
     pruner: Literal["none", "successive_halving", "hyperband"] = Field(
         default="none", description="multi-fidelity: score growing document subsets, stop weak trials early"
     )
-    fidelities: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0],
+    fidelities: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0], max_length=16,
                                     description="fractions of each task's documents, one rung each")
 
     @model_validator(mode="after")
@@ -142,7 +183,7 @@ class StudySpec(_Strict):
     suite: SuiteSpec
     search: SearchSpec = Field(default_factory=SearchSpec)
     storage: str = "sqlite:///mergeopt.db"
-    device: str = "auto"
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="auto, cpu, mps, cuda or cuda:N")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StudySpec:

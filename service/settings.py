@@ -35,6 +35,32 @@ class Settings(BaseSettings):
         description="CPU niceness of worker threads: where they share cores with the API and the "
                     "database, polls stay fast and trials take the spare cycles (0: no change)",
     )
+    max_streams: int = Field(
+        default=1000, ge=1,
+        description="open event streams (GET .../events) in all; more are refused with 429 (each holds "
+                    "a socket, never a database connection)",
+    )
+    max_streams_per_client: int = Field(
+        default=32, ge=1, description="open event streams per client address; more are refused with 429",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="a request body not received in full this long after it started is refused with 408",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header values served (comma-separated; '*.example.org' matches subdomains); "
+                    "others get 400, against DNS rebinding. Empty: any host",
+    )
+    export_concurrency: int = Field(
+        default=1, ge=1, le=64,
+        description="exports (GET and POST .../export) built at once by the API process, on its CPU; "
+                    "more are refused with 429",
+    )
+    export_per_client_per_min: int = Field(
+        default=6, ge=0, le=10_000,
+        description="exports one client address may start per minute; more get 429 (0: no limit)",
+    )
 
     @field_validator("allowed_roots", mode="before")
     @classmethod
@@ -42,6 +68,13 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             v = [p for p in v.split(",") if p.strip()]
         return [Path(p).expanduser().resolve() for p in v]
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, v):
+        if isinstance(v, str):
+            v = [h.strip() for h in v.split(",") if h.strip()]
+        return [h.lower() for h in v]
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -17,6 +17,8 @@ from evaluators.mergekit_yaml import MergeConfigError
 from evaluators.pool import PoolError
 from evaluators.scoring import SuiteError
 from optimizer.spec import SpecError
+from service.api.events import EventHub
+from service.api.guards import RequestGuard
 from service.api.routes import router
 from service.dashboard import STATIC_DIR
 from service.dashboard import router as dashboard_router
@@ -70,6 +72,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = False, migrat
         max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
+    app.state.events = EventHub(settings)  # open event streams: their caps and their one poll loop
+    app.add_middleware(RequestGuard, settings=settings)  # Host, token, then the body (guards.py)
     app.include_router(router)
     app.include_router(dashboard_router)  # the web dashboard: / and /studies/{key}
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -34,16 +34,23 @@ DB = Annotated[Session, Depends(db)]
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def _check(creds: HTTPAuthorizationCredentials | None, settings: Settings) -> None:
-    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
-        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    given = creds.credentials.encode()
+def token_error(scheme: str | None, credentials: str | None, settings: Settings) -> HTTPException | None:
+    """Why a request without a valid bearer token is refused (401 none, 403 wrong), or None.
+    Also called by guards.py on the raw header, before the body is read."""
+    if not scheme or scheme.lower() != "bearer" or not credentials:
+        return HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    given = credentials.encode()
     # Constant time, and every token compared, so timing says nothing about which one matched.
     ok = False
     for token in settings.tokens:
         ok |= hmac.compare_digest(given, token.encode())
-    if not ok:
-        raise HTTPException(403, "invalid token")
+    return None if ok else HTTPException(403, "invalid token")
+
+
+def _check(creds: HTTPAuthorizationCredentials | None, settings: Settings) -> None:
+    error = token_error(creds.scheme if creds else None, creds.credentials if creds else None, settings)
+    if error is not None:
+        raise error
 
 
 async def require_write(creds: Creds, settings: Cfg) -> None:

@@ -17,7 +17,8 @@ from optimizer.spec import parse_spec
 from service import registry, views
 from service.api import hot_reads
 from service.api.deps import DB, Cfg, require_read, require_write
-from service.api.events import event_stream
+from service.api.events import MAX_EVENT_ID, open_stream
+from service.api.export_gate import client_of, export_gate
 from service.api.schemas import (
     ExportOut,
     ExportRequest,
@@ -32,7 +33,7 @@ from service.api.schemas import (
     TrialOut,
 )
 from service.db.models import Event, Pool, Study, Suite
-from service.paths import guard_path
+from service.paths import PathNotAllowed, guard_path
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1", responses={422: {"model": Problem, "description": "Invalid request"}})
@@ -145,56 +146,78 @@ async def get_front(
     return await hot_reads.respond(request, settings.database_url, "front", key, split)
 
 
-@router.get("/studies/{key}/events", dependencies=read, response_class=StreamingResponse)
-def events(
+@router.get("/studies/{key}/events", dependencies=read, response_class=StreamingResponse,
+            responses={429: {"model": Problem, "description": "Too many open event streams (in all or from this client)"}})
+async def events(
     key: str,
-    session: DB,
-    settings: Cfg,
+    request: Request,
     follow: bool = True,
-    after: int = Query(0, ge=0, description="stream events with a larger id"),
-    last_event_id: int | None = Header(None, ge=0, description="sent by EventSource on reconnect; wins over ?after="),
+    after: int = Query(0, ge=0, le=MAX_EVENT_ID, description="stream events with a larger id"),
+    last_event_id: int | None = Header(None, ge=0, le=MAX_EVENT_ID,
+                                       description="sent by EventSource on reconnect; wins over ?after="),
 ):
-    row = _study(session, key)
-    return StreamingResponse(
-        event_stream(settings, row.id, after=after if last_event_id is None else last_event_id, follow=follow),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    # No database session here: a stream lives for hours, a pooled connection must not (events.py).
+    return await open_stream(request, key, after=after if last_event_id is None else last_event_id, follow=follow)
 
 
-def _export(session: Session, settings: Settings, key: str, number: int, out_dir: Path) -> Path:
+def _export(settings: Settings, key: str, number: int, out_dir: Path, out_roots: list[Path]) -> Path:
+    """The merge of a completed trial, on the API's CPU (never a worker's device), reading pool
+    files only inside the allowed roots and writing only under ``out_roots`` (both checked as
+    the files are opened). The database session is closed before the merge: it takes minutes."""
+    from evaluators.fileguard import FileRefused, TargetExists
+    from evaluators.pool import PoolFileRefused
+    from service.db.session import session_factory
     from service.studies import export_trial
 
-    row = _study(session, key)
+    with session_factory(settings.database_url)() as session:
+        row = _study(session, key)
     study = views.optuna_study(row, settings.database_url)
     state = next((t.state.name for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if state is None:
         raise HTTPException(404, f"study '{key}' has no trial {number}")
     if state != "COMPLETE":
         raise HTTPException(409, f"trial {number} is {state}, only completed trials are exported")
-    return export_trial(study, parse_spec(row.spec), number, out_dir, progress=False)
+    try:
+        return export_trial(study, parse_spec(row.spec), number, out_dir, progress=False,
+                            roots=settings.allowed_roots, out_roots=out_roots, device="cpu")
+    except (FileRefused, PoolFileRefused) as exc:
+        raise PathNotAllowed(str(exc)) from exc
+    except TargetExists as exc:
+        raise HTTPException(409, str(exc)) from exc
 
 
-@router.post("/studies/{key}/trials/{number}/export", status_code=201, response_model=ExportOut, dependencies=write)
-def export_to_path(key: str, number: int, body: ExportRequest, session: DB, settings: Cfg):
+EXPORT_RESPONSES = {429: {"model": Problem, "description": "Too many exports at once, or from this client this minute"}}
+
+
+@router.post("/studies/{key}/trials/{number}/export", status_code=201, response_model=ExportOut, dependencies=write,
+             responses=EXPORT_RESPONSES)
+def export_to_path(key: str, number: int, body: ExportRequest, request: Request, settings: Cfg):
     out = guard_path(body.out_dir, settings.allowed_roots, what="out_dir")
+    if out.exists() and not out.is_dir():
+        raise HTTPException(409, f"out_dir {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         raise HTTPException(409, f"out_dir {out} exists and is not empty")
-    path = _export(session, settings, key, number, out)
+    # Checked again where it is written (evaluators/fileguard.py): a link swapped in meanwhile is refused.
+    with export_gate(request).slot(client_of(request)):
+        path = _export(settings, key, number, out, settings.allowed_roots)
+    path = guard_path(path, settings.allowed_roots, what="out_dir")  # the listing stays inside the roots too
     return ExportOut(path=str(path), files=sorted(p.name for p in path.iterdir()))
 
 
-@router.get("/studies/{key}/trials/{number}/export", dependencies=read, response_class=FileResponse)
-def export_archive(key: str, number: int, session: DB, settings: Cfg):
-    tmp = Path(tempfile.mkdtemp(prefix="mergeopt-export-"))
-    name = f"{key}-trial{number}"
-    try:
-        path = _export(session, settings, key, number, tmp / name)
-        archive = tmp / f"{name}.tar.gz"
-        with tarfile.open(archive, "w:gz") as tar:
-            tar.add(path, arcname=name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+@router.get("/studies/{key}/trials/{number}/export", dependencies=read, response_class=FileResponse,
+            responses=EXPORT_RESPONSES)
+def export_archive(key: str, number: int, request: Request, settings: Cfg):
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"{key}-trial{number}")
+    with export_gate(request).slot(client_of(request)):
+        tmp = Path(tempfile.mkdtemp(prefix="mergeopt-export-"))
+        try:
+            path = _export(settings, key, number, tmp / name, [tmp])
+            archive = tmp / f"{name}.tar.gz"
+            # Level 1: safetensors floats barely compress, and level 9 costs the CPU minutes per GB.
+            with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+                tar.add(path, arcname=name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return FileResponse(archive, media_type="application/gzip", filename=archive.name,
                         background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))

@@ -7,7 +7,15 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from optimizer.spec import NAME_PATTERN, PoolSpec, SearchSpec, SuiteSpec
+from optimizer.spec import (
+    DEVICE_PATTERN,
+    MAX_PRIORITY,
+    NAME_PATTERN,
+    PoolSpec,
+    SearchSpec,
+    ServerPath,
+    SuiteSpec,
+)
 
 # Stored as UTC; SQLite hands them back naive. Responses always carry the offset (RFC 3339).
 Timestamp = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
@@ -51,13 +59,14 @@ class StudyCreate(_In):
 
     name: str = Field(pattern=NAME_PATTERN)
     pool: PoolSpec | None = None
-    pool_id: str | None = None
+    pool_id: str | None = Field(None, max_length=64)
     suite: SuiteSpec | None = None
-    suite_id: str | None = None
+    suite_id: str | None = Field(None, max_length=64)
     search: SearchSpec = Field(default_factory=SearchSpec)
-    priority: int = 0
-    device: str = "auto"
-    storage: str | None = None
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher first; workers take "
+                          "the highest-priority study they can work on")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, mps, cuda or cuda:N")
+    storage: str | None = Field(None, max_length=4096)
 
     @model_validator(mode="after")
     def _one_of(self) -> StudyCreate:
@@ -144,7 +153,7 @@ class Problem(BaseModel):
 
 
 class ExportRequest(_In):
-    out_dir: str = Field(description="server-side folder under an allowed root")
+    out_dir: ServerPath = Field(description="server-side folder under an allowed root")
 
 
 class ExportOut(BaseModel):
