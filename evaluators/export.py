@@ -29,12 +29,13 @@ from evaluators.resident import ResidentPool
 __all__ = ["SIDE_FILES", "write_merge"]
 SHARD_BYTES = 4 * 1024**3
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-# safetensors' names for the dtypes a checkpoint holds (others go through safetensors' save()).
+# safetensors' names for the dtypes a checkpoint holds (others go through safetensors' save()),
+# in the order of its Dtype enum: it writes tensors by that order, descending, then by name.
 ST_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
+    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.float16: "F16",
+    torch.bfloat16: "BF16", torch.int32: "I32", torch.float32: "F32", torch.float64: "F64", torch.int64: "I64",
 }
+_RANK = {dtype: i for i, dtype in enumerate(ST_DTYPES)}
 # Called after the target was checked and before anything is written (tests widen the race here).
 before_write: Callable[[Path], None] | None = None
 
@@ -49,7 +50,7 @@ def _write_safetensors(dir_fd: int, name: str, tensors: dict[str, torch.Tensor])
     if any(t.dtype not in ST_DTYPES for t in tensors.values()):
         fileguard.write_file(dir_fd, name, save(tensors, metadata={"format": "pt"}))
         return
-    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    order = sorted(tensors, key=lambda k: (-_RANK[tensors[k].dtype], k))  # safetensors' own layout
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for k in order:

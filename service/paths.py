@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -15,6 +16,8 @@ def guard_path(path: str | Path, roots: list[Path], *, what: str = "path") -> Pa
         raise PathNotAllowed(f"{what} {path!s} must be absolute")
     if ".." in raw.parts:
         raise PathNotAllowed(f"{what} {path!s} must not contain '..'")
+    if "\0" in str(path) or any(len(os.fsencode(part)) > 255 for part in raw.parts):  # else OSError later: a 500
+        raise PathNotAllowed(f"{what} {str(path)[:200]!r} has a NUL byte or a name longer than 255 bytes")
     real = raw.resolve(strict=False)  # follows every symlink on the way
     if not any(real == root or real.is_relative_to(root) for root in roots):
         shown = ", ".join(str(r) for r in roots)

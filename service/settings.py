@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     )
     export_per_client_per_min: int = Field(
         default=6, ge=0, le=10_000,
-        description="exports one client address may start per minute; more get 429 (0: no limit)",
+        description="export downloads (GET .../export) one client address may start per minute; "
+                    "more get 429 (0: no limit)",
     )
 
     @field_validator("allowed_roots", mode="before")
