@@ -133,7 +133,7 @@ def any_client(request, assets):
 
 def test_polled_reads_are_fresh_and_revalidate_with_etags(any_client, assets):
     client, (_, a) = any_client, assets
-    assert client.post("/v1/studies", json={"name": "poll", **a, "search": {"n_trials": 10}}, headers=AUTH).status_code == 201
+    assert client.post("/v1/studies", json={"name": "poll", **a, "search": {"n_trials": 14}}, headers=AUTH).status_code == 201
     first = client.get("/v1/studies/poll/trials")
     assert first.status_code == 200 and first.json() == [] and first.headers["etag"]
     same = client.get("/v1/studies/poll/trials", headers={"If-None-Match": first.headers["etag"]})
@@ -164,7 +164,7 @@ def test_polled_reads_are_fresh_and_revalidate_with_etags(any_client, assets):
     assert client.get("/v1/studies/poll/trials").json() == _from_scratch(client.settings, "poll")
     w.run_forever(max_idle_s=1.0)
     final = client.get("/v1/studies/poll/trials", params={"state": "complete"}).json()
-    assert len(final) == 10  # cached finished trials agree with a fresh render:
+    assert len(final) == 14  # cached finished trials agree with a fresh render:
     assert [t for t in _from_scratch(client.settings, "poll") if t["state"] == "COMPLETE"] == final
     assert client.get("/v1/studies/poll/trials").json() == _from_scratch(client.settings, "poll")
     check_front_consistent(client.get("/v1/studies/poll/front").json(), final)
@@ -172,7 +172,7 @@ def test_polled_reads_are_fresh_and_revalidate_with_etags(any_client, assets):
 
 def test_a_finished_trial_whose_event_was_lost_is_recorded_once(client, assets):
     _, a = assets
-    assert client.post("/v1/studies", json={"name": "lost", **a, "search": {"n_trials": 10}}, headers=AUTH).status_code == 201
+    assert client.post("/v1/studies", json={"name": "lost", **a, "search": {"n_trials": 14}}, headers=AUTH).status_code == 201
     w = Worker(client.settings, worker_id="recorder")
     assert w.run_once() is True  # setup + a first trial
     study = w.runner.study

@@ -10,6 +10,8 @@ dead worker's trial is failed and its budget claimed again within seconds."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 from fastapi.testclient import TestClient
 from faultkit import (
@@ -43,25 +45,30 @@ from service.db.models import Study, Trial
 # ------------------------------------------------------------------------------ worker faults
 
 def test_worker_sigkilled_mid_trial_is_failed_by_heartbeat_and_retried(tmp_path):
-    """Two worker processes; the first one seen starting a search trial is SIGKILLed while it
-    evaluates it. The survivor fails that trial once its heartbeat is 3 s old, claims the
-    budget again and finishes the study."""
-    assets = make_assets(tmp_path, n_docs=40)  # ~0.5-1 s a trial on 2 cores: time to kill it mid-way
+    """Two worker processes; the first one to start a search trial holds it (tests/hooks) and is
+    SIGKILLed while it does. The survivor fails that trial once its heartbeat is 3 s old, claims
+    the budget again and finishes the study."""
+    assets = make_assets(tmp_path, n_docs=40)
     url = f"sqlite:///{tmp_path}/kill.db"
     env = service_env(tmp_path, url)
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    hooks = {"PYTHONPATH": str(Path(__file__).parent / "hooks"), "MERGEOPT_TEST_HOLD_DIR": str(hold)}
     api, base = start_api(env, tmp_path)
-    workers = {w: start_worker(w, env, tmp_path) for w in ("w0", "w1")}
+    workers = {w: start_worker(w, {**env, **hooks}, tmp_path) for w in ("w0", "w1")}
     n_trials, name = 12, "killed-worker"
     try:
         wait_up(api, base)
         wait_started(list(workers.values()))
         sid = create_study(base, name, assets, n_trials)["id"]
-        first = wait_for(lambda: next((e for e in events(url, sid) if e.type == "trial_started"), None), timeout=180, every=0.05)
-        victim = workers[first.payload["worker"]]
-        victim.kill9()
+        pid = int(wait_for(lambda: (hold / "holding").exists() and (hold / "holding").read_text(), timeout=180, every=0.05))
+        victim = next(w for w in workers.values() if w.popen.pid == pid)
+        first = wait_for(lambda: next((e for e in events(url, sid) if e.type == "trial_started"
+                                       and e.payload["worker"] == victim.name), None), timeout=30, every=0.05)
         killed = first.payload["trial"]
         state = {t.number: t.state.name for t in optuna_trials(url, name)}[killed]
-        assert state == "RUNNING", f"trial {killed} was {state} when its worker died: make trials slower"
+        victim.kill9()
+        assert state == "RUNNING", f"trial {killed} was {state} while its worker held it"
         wait_for(lambda: httpx.get(f"{base}/v1/studies/{name}").json()["state"] in ("completed", "failed"), timeout=240)
         trials, front, evs = check_study(base, name, url, n_trials)
     finally:
@@ -86,11 +93,12 @@ def test_failing_evaluations_are_stored_and_the_study_goes_on(tmp_path, monkeypa
     assets = make_assets(tmp_path)
     real = worker_mod.build_evaluator
     # Search trial N's merge is seeded N (seed 0 in the spec); references and baselines use 0.
-    # 3 checkpoints: trials 0-6 are the single checkpoints and merge baselines.
-    faults = {8: "oom", 10: "nan"}
+    # 3 checkpoints: trials 0-9 are the single checkpoints, the base, the merge baselines and the
+    # greedy soup's two evaluations.
+    faults = {10: "oom", 12: "nan"}
 
-    def flaky_evaluator(spec, progress=False):
-        ev = real(spec, progress=progress)
+    def flaky_evaluator(spec, **kwargs):
+        ev = real(spec, **kwargs)
         evaluate = ev.evaluate
 
         def patched(candidate):
@@ -105,7 +113,7 @@ def test_failing_evaluations_are_stored_and_the_study_goes_on(tmp_path, monkeypa
 
     monkeypatch.setattr(worker_mod, "build_evaluator", flaky_evaluator)
     settings = settings_for(tmp_path, f"sqlite:///{tmp_path}/flaky.db")
-    n_trials = 11
+    n_trials = 13
     with TestClient(create_app(settings)) as c:
         assert c.post("/v1/studies", json={"name": "flaky", **assets, "search": {"n_trials": n_trials}}, headers=AUTH).status_code == 201
         worker_mod.Worker(settings, worker_id="flaky").run_forever(max_idle_s=1.0)
@@ -115,7 +123,7 @@ def test_failing_evaluations_are_stored_and_the_study_goes_on(tmp_path, monkeypa
         failed = c.get("/v1/studies/flaky/trials", params={"state": "fail"}).json()
         errors = {t["number"]: t["error"] for t in failed}
         assert len(errors) == 2 and all(t["kind"] == "search" and t["candidate"] for t in failed), failed
-        oom, nan = 8, 10
+        oom, nan = 10, 12
         assert sorted(errors) == [oom, nan]
         assert errors[oom] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
         assert errors[nan].startswith("RuntimeError: evaluator returned a non-finite score for task 'tiny_add': nan")
