@@ -154,7 +154,10 @@ def fresh_dir(out: str | Path, roots: Roots, before_write=None) -> Iterator[int]
     ``out`` may be missing or an empty folder; a link, a file or a non-empty folder is refused
     (also when it turns into one before the rename: rename never follows the target)."""
     out = Path(os.path.abspath(out))
-    parent = _walk_to(out.parent, roots, "out_dir's folder")
+    try:
+        parent = _walk_to(out.parent, roots, "out_dir's folder")
+    except (FileNotFoundError, NotADirectoryError) as exc:  # a folder on the way vanished or is a file
+        raise FileRefused(f"out_dir {out}: cannot make its folder ({exc.strerror})") from exc
     tmp = f".{out.name[:100]}.partial-{secrets.token_hex(6)}"
     made = False
     try:

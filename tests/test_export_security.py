@@ -30,10 +30,13 @@ from optimizer.spec import parse_spec
 from service import studies
 from service.api import routes
 from service.api.app import create_app
+from service.cli import main
 from service.db.models import Study
 from service.db.session import session_factory
 from service.paths import PathNotAllowed, guard_path
 from service.worker import Worker
+
+from tinypool import make_pool
 
 SECRET = "MERGEOPT_TOKENS=s3cret-do-not-leak"
 DOWNLOAD = "/v1/studies/ex/trials/0/export"
@@ -141,8 +144,6 @@ def test_links_inside_the_roots_are_copied_as_regular_files(svc):
 def test_pool_files_swapped_for_links_are_refused_where_they_are_opened(tmp_path):
     """Weights, config and index, swapped for links out of the roots after validation or before
     it: refused with the file named; a FIFO side file is refused, not waited on."""
-    from tinypool import make_pool
-
     root, outside = tmp_path / "root", tmp_path / "outside"
     pool = make_pool(root / "pool", n=2)
     outside.mkdir()
@@ -330,3 +331,27 @@ def test_exports_merge_on_the_api_cpu_even_where_a_gpu_is_visible(svc, monkeypat
     assert svc.c.post(DOWNLOAD, json={"out_dir": str(svc.root / "on-cpu")}, headers=AUTH).status_code == 201
     assert seen == ["cpu", "cpu"]
     shutil.rmtree(svc.root / "on-cpu")
+
+
+def test_cli_merge_refuses_link_file_and_full_targets_and_fills_an_empty_folder(tmp_path, capsys):
+    """`mergeopt merge` / `export` (the operator's CLI, no roots) share the writer: a target that
+    is a link, a file or a non-empty folder is one clear error (exit 2) and nothing is written."""
+    pool = make_pool(tmp_path / "pool", n=2)
+    cfg = tmp_path / "merge.yml"
+    cfg.write_text("merge_method: linear\nmodels:\n" + "".join(
+        f"  - model: {p}\n    parameters: {{weight: 0.5}}\n" for _, p in pool["checkpoints"]))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "link").symlink_to(elsewhere, target_is_directory=True)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    for name, reason in (("link", "is a symbolic link"), ("file", "not a folder"), ("full", "not empty")):
+        capsys.readouterr()
+        assert main(["merge", str(cfg), str(tmp_path / name), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and reason in err and "Traceback" not in err, err
+    assert os.listdir(elsewhere) == [] and os.listdir(tmp_path / "full") == ["keep.txt"]
+    (tmp_path / "empty").mkdir()
+    assert main(["merge", str(cfg), str(tmp_path / "empty"), "-q"]) == 0
+    assert (tmp_path / "empty" / "model.safetensors").is_file() and leftovers(tmp_path) == []

@@ -210,7 +210,7 @@ def export_to_path(key: str, number: int, body: ExportRequest, request: Request,
 def export_archive(key: str, number: int, request: Request, settings: Cfg):
     name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"{key}-trial{number}")
     with export_gate(request).slot(client_of(request)):
-        tmp = Path(tempfile.mkdtemp(prefix="mergeopt-export-"))
+        tmp = Path(tempfile.mkdtemp(prefix="mergeopt-export-")).resolve()  # compared with real paths
         try:
             path = _export(settings, key, number, tmp / name, [tmp])
             archive = tmp / f"{name}.tar.gz"
