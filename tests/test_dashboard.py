@@ -104,17 +104,24 @@ def test_dashboard_in_a_browser(service, browser, tmp_path):
     assert row.locator('button[data-action="pause"]').is_disabled()
     page.screenshot(path=str(tmp_path / "studies.png"), full_page=True)
 
-    # The study: every completed trial plotted, the front marked, baselines told apart.
+    # The study, on validation documents by default: every validated trial plotted with its 95%
+    # intervals, the (validation) front marked, baselines and the base told apart, the verdict shown.
     row.locator("a").click()
     page.wait_for_url(f"{base}/studies/dash")
     pair = page.locator('#pareto [data-pair="0-1"]')
     pair.locator(".pt").first.wait_for()
-    assert pair.locator(".pt").count() == sum(t["state"] == "COMPLETE" for t in trials) == 12
+    validated = [t for t in trials if t["state"] == "COMPLETE" and t["validation"]]
+    assert front["split"] == "validation" and 10 <= len(validated) <= 12  # references, baselines, front trials
+    assert pair.locator(".pt").count() == len(validated)
     assert pair.locator('[data-front="1"]').count() == len(front["front"])
     assert {int(n) for n in pair.locator('[data-front="1"]').evaluate_all("els => els.map(e => e.dataset.trial)")} \
         == {e["trial"] for e in front["front"]}
     assert pair.locator('[data-kind="ckpt"]').count() == 3
-    assert pair.locator('[data-kind="merge"]').count() == 4  # uniform, task_arithmetic, ties, dare_ties
+    assert pair.locator('[data-kind="base"]').count() == 1
+    merges = [t for t in validated if t["kind"] == "baseline" and t["label"] != "base" and not t["label"].startswith("checkpoint:")]
+    assert pair.locator('[data-kind="merge"]').count() == len(merges) >= 4  # uniform, TA, TIES, DARE-TIES, greedy soup
+    assert pair.locator(".err-bar").count() >= len(validated)  # a cross per point (a bar of zero width still drawn)
+    assert "verdict on validation documents" in page.locator("#verdict").inner_text()
     axis_titles = page.locator("#pareto .axis-title").all_text_contents()
     assert any(front["tasks"][0] in t for t in axis_titles) and any(front["tasks"][1] in t for t in axis_titles)
     assert page.locator("#legend li").count() >= 5
@@ -140,6 +147,8 @@ def test_dashboard_in_a_browser(service, browser, tmp_path):
     assert shown == pytest.approx(want)
     scores = page.locator("#scores tbody").inner_text()
     assert all(task in scores for task in front["tasks"]) and f"{chosen['objective']:.3f}" in scores
+    v = chosen["validation"]["objective"]
+    assert f"{v['value']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" in scores  # the validation score with its interval
     assert page.locator('#trials tbody tr[aria-selected="true"]').get_attribute("data-trial") == hit
 
     # A row click selects too; sorting by objective (descending first) puts the best on top.
@@ -153,6 +162,14 @@ def test_dashboard_in_a_browser(service, browser, tmp_path):
     assert page.locator('#history [data-chart="hypervolume"] .hv-dot').count() >= 1
     page.screenshot(path=str(tmp_path / "study.png"), full_page=True)
 
+    # The search documents' scores stay available for diagnosis: every completed trial.
+    page.locator('button[data-split="search"]').click()
+    expect(page.locator('button[data-split="search"]')).to_have_attribute("aria-pressed", "true")
+    expect(pair.locator(".err-bar")).to_have_count(0)  # search scores carry no intervals
+    expect(pair.locator(".pt")).to_have_count(12)
+    page.locator('button[data-split="validation"]').click()
+    expect(pair.locator(".pt")).to_have_count(len(validated))
+
     # Export downloads GET .../trials/{n}/export.
     with page.expect_download(timeout=60_000) as dl:
         page.locator("#export").click()
@@ -163,6 +180,8 @@ def test_dashboard_in_a_browser(service, browser, tmp_path):
     page.goto(f"{base}/studies/live")
     page.locator("#summary .badge").wait_for()
     page.evaluate("window.__sameDocument = true")
+    page.locator('button[data-split="search"]').click()  # every finished trial, validated or not
+    page.wait_for_function("() => document.querySelector('button[data-split=search]').getAttribute('aria-pressed') === 'true'")
     before = int(page.locator("#pareto").get_attribute("data-plotted") or 0)
     page.wait_for_function("n => Number(document.querySelector('#pareto').dataset.plotted) >= n", arg=before + 3,
                            timeout=60_000)
@@ -204,7 +223,7 @@ def test_dashboard_in_a_browser(service, browser, tmp_path):
         page.fill("#token-input", TOKEN)
         page.press("#token-input", "Enter")
         page.locator('#pareto [data-pair="0-1"] .pt').first.wait_for()
-        assert page.locator('#pareto [data-pair="0-1"] .pt').count() == 12
+        assert page.locator('#pareto [data-pair="0-1"] .pt').count() == len(validated)
         page.locator("#live", has_text="study completed").wait_for()
         with httpx.stream("GET", f"{guarded}/v1/studies/dash/events", headers=AUTH, timeout=30) as r:
             changes = [e for e in parse_sse(r.read().decode()) if e["type"] == "front_changed"]

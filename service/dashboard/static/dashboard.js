@@ -17,8 +17,8 @@
     resume: ["paused"],
     cancel: ["queued", "running", "paused"],
   };
-  const EVENT_TYPES = ["trial_started", "trial_finished", "trial_failed", "front_changed", "state"];
-  const KIND_NAMES = { search: "Search trial", ckpt: "Single checkpoint", merge: "Merge baseline" };
+  const EVENT_TYPES = ["trial_started", "trial_finished", "trial_failed", "trial_validated", "front_changed", "state"];
+  const KIND_NAMES = { search: "Search trial", ckpt: "Single checkpoint", base: "Base model", merge: "Merge baseline" };
 
   // ------------------------------------------------------------------ DOM helpers
   function build(el, attrs, children) {
@@ -302,6 +302,7 @@
   // ------------------------------------------------------------------ markers
   function kindOf(t) {
     if (t.kind !== "baseline") return "search";
+    if (t.label === "base") return "base"; // the pool's base alone: a single model like each checkpoint
     return String(t.label || "").startsWith("checkpoint:") ? "ckpt" : "merge";
   }
 
@@ -310,6 +311,10 @@
     if (kind === "merge") {
       const d = r * 1.35;
       return s("path", { class: "mark k-merge", d: `M0 ${-d}L${d} 0L0 ${d}L${-d} 0Z` });
+    }
+    if (kind === "base") {
+      const d = r * 1.3;
+      return s("path", { class: "mark k-base", d: `M0 ${-d}L${d} ${d * 0.8}L${-d} ${d * 0.8}Z` });
     }
     return s("circle", { class: "mark k-search", r });
   }
@@ -379,7 +384,27 @@
     dirty: false,
     timer: null,
     retry: 1000,
+    split: "validation", // which documents the plot, the selection and the table show
   };
+
+  // Scores on the shown split: validation (never seen by the search, with 95% intervals) or search.
+  function onValidation() {
+    return S.split === "validation" && S.front?.split === "validation";
+  }
+  function nz(t, k) {
+    if (!onValidation()) return t.normalized?.[k];
+    return t.validation?.normalized?.[k]?.value;
+  }
+  function ci(t, k) {
+    const e = onValidation() ? t.validation?.normalized?.[k] : null;
+    return e && Number.isFinite(e.lo) && Number.isFinite(e.hi) ? [e.lo, e.hi] : null;
+  }
+  function objective(t) {
+    return onValidation() ? t.validation?.objective?.value : t.objective;
+  }
+  function splitName() {
+    return onValidation() ? "validation documents" : "search documents";
+  }
 
   function studyPage() {
     const m = /^#trial=(\d+)$/.exec(location.hash);
@@ -401,7 +426,7 @@
     S.refreshing = true;
     try {
       const [study, trials, front] = await Promise.all([
-        readApi(`/studies/${enc(KEY)}`), readApi(`/studies/${enc(KEY)}/trials`), readApi(`/studies/${enc(KEY)}/front`),
+        readApi(`/studies/${enc(KEY)}`), readApi(`/studies/${enc(KEY)}/trials`), readApi(`/studies/${enc(KEY)}/front?split=${S.split}`),
       ]);
       S.study = study;
       S.front = front;
@@ -412,7 +437,8 @@
       for (const e of front.front) {
         if (!S.byNumber.has(e.trial)) {
           S.byNumber.set(e.trial, { number: e.trial, state: "COMPLETE", kind: e.kind, label: e.label, candidate: e.merge,
-            raw: e.raw, normalized: e.normalized, objective: e.objective, timings: {}, error: null });
+            raw: e.search?.raw ?? e.raw, normalized: e.search?.normalized ?? e.normalized, objective: e.search?.objective ?? e.objective, timings: {}, error: null,
+            validation: e.intervals ? { objective: e.intervals.objective, raw: e.intervals.raw, normalized: e.intervals.normalized, n: e.intervals.documents } : null });
         }
       }
       S.trials = [...S.byNumber.values()].sort((a, b) => a.number - b.number);
@@ -458,23 +484,61 @@
     fill($("#summary"),
       fact("State", badge(st.state)),
       fact("Progress", progressCell(st.progress)),
-      fact("Best score", best ? `${fmt(best.objective)} (#${best.trial} ${best.label})` : "–"),
+      bestFact(fact, best),
       fact("Hypervolume", fmt(st.hypervolume, 4)),
+      fact("Scores on", splitToggle()),
       fact("Search", `${search.method || "?"} · ${search.sampler || search.objective || ""}`.replace(/ · $/, "")),
       fact("Created", dateEl(st.created_at)),
       fact("Updated", dateEl(st.updated_at)),
     );
+    const verdict = S.front?.verdict?.text;
+    if (verdict) $("#summary").append(h("div", { class: "verdict" }, h("dt", {}, "Verdict"), h("dd", {}, h("pre", { id: "verdict" }, verdict))));
     if (st.error) $("#summary").append(fact("Error", h("span", { class: "muted", title: st.error }, st.error.slice(0, 120))));
     keepFocus($("#study-actions"), () => fill($("#study-actions"), actionButtons(st, () => load())));
   }
 
+  function bestFact(fact, best) {
+    // On validation documents: the search's best merge (picked on search documents) scored on
+    // documents it never saw, with its interval; else the best search-documents objective.
+    const pick = S.front?.verdict?.pick;
+    const t = onValidation() && pick !== null && pick !== undefined ? S.byNumber.get(pick) : null;
+    const v = t?.validation?.objective;
+    if (v) return fact("Best merge (validation)", `${fmt(v.value)} [${fmt(v.lo)}, ${fmt(v.hi)}] (#${t.number} ${t.label})`);
+    return fact("Best score (search docs)", best ? `${fmt(best.objective)} (#${best.trial} ${best.label})` : "–");
+  }
+
+  function splitToggle() {
+    const has = S.front?.split === "validation" || S.split === "search";
+    if (!has) return h("span", { class: "muted", title: "suite.validation is 0: reported scores are optimistic" }, "search documents (no validation split)");
+    const btn = (split, text) => h("button", {
+      type: "button", class: `seg${S.split === split ? " on" : ""}`, "aria-pressed": S.split === split ? "true" : "false",
+      "data-split": split, "data-focus-key": `split:${split}`,
+      onclick: () => { if (S.split !== split) { S.split = split; load(); } },
+    }, text);
+    return h("span", { class: "segmented", role: "group", "aria-label": "Which documents' scores to show" },
+      btn("validation", "validation (95% CI)"), btn("search", "search (diagnosis)"));
+  }
+
   // ---------------------------------------------------------------- Pareto plot
   function plottable() {
-    return S.trials.filter((t) => t.state === "COMPLETE" && S.tasks.every((k) => Number.isFinite(t.normalized?.[k])));
+    return S.trials.filter((t) => t.state === "COMPLETE" && S.tasks.every((k) => Number.isFinite(nz(t, k))));
+  }
+
+  function errorBars(t, sx, sy, kx, ky) {
+    // 95% intervals on the validation documents: a cross through the point
+    const g = s("g", { class: "err-bars", "aria-hidden": "true" });
+    const x = sx(nz(t, kx)), y = sy(ky === null ? 0.5 : nz(t, ky));
+    // clamped to the panel: an interval wider than the axis runs to its edge
+    const clamp = (sc, v) => Math.min(Math.max(v, Math.min(...sc.domain)), Math.max(...sc.domain));
+    const cx = ci(t, kx);
+    if (cx) g.append(s("line", { class: "err-bar", x1: sx(clamp(sx, cx[0])), x2: sx(clamp(sx, cx[1])), y1: y, y2: y }));
+    const cy = ky === null ? null : ci(t, ky);
+    if (cy) g.append(s("line", { class: "err-bar", x1: x, x2: x, y1: sy(clamp(sy, cy[0])), y2: sy(clamp(sy, cy[1])) }));
+    return g.childNodes.length ? g : null;
   }
 
   function pointLabel(t) {
-    const scores = S.tasks.map((k) => `${k} ${fmt(t.normalized[k])}`).join(", ");
+    const scores = S.tasks.map((k) => `${k} ${fmt(nz(t, k))}`).join(", ");
     return `Trial ${t.number} ${t.label}: ${scores}` + (S.frontSet.has(t.number) ? ", on the Pareto front" : "");
   }
 
@@ -523,11 +587,15 @@
     const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `Scores of ${pts.length} trials on ${S.tasks[0] || "one task"}` });
     if (!pts.length) return emptyPlot(svg, W, H);
     const task = S.tasks[0];
-    const sx = scale(extent(pts.map((t) => t.normalized[task])), [58, W - 16]);
+    const sx = scale(extent(pts.map((t) => nz(t, task))), [58, W - 16]);
     const sy = scale([0, 1], [H - 48, 14]);
     const g = s("g", { "data-pair": "0-0" });
     axes(g, sx, sy, { xTitle: `${task} (normalized)`, yCount: 1 });
-    for (const t of ordered(pts)) g.append(pointGroup(t, sx(t.normalized[task]), sy(0.5), 5));
+    for (const t of ordered(pts)) {
+      const bars = errorBars(t, sx, sy, task, null);
+      if (bars) g.append(bars);
+      g.append(pointGroup(t, sx(nz(t, task)), sy(0.5), 5));
+    }
     svg.append(g);
     return svg;
   }
@@ -544,11 +612,11 @@
     const [tx, ty] = S.tasks;
     const svg = s("svg", {
       viewBox: `0 0 ${W} ${H}`, role: "img",
-      "aria-label": `Pareto front: ${pts.length} completed trials, normalized ${tx} (x) against ${ty} (y); ${S.frontSet.size} on the front. The trials table below has the same data.`,
+      "aria-label": `Pareto front: ${pts.length} completed trials on ${splitName()}, normalized ${tx} (x) against ${ty} (y); ${S.frontSet.size} on the front. The trials table below has the same data.`,
     });
     if (!pts.length) return emptyPlot(svg, W, H);
-    const sx = scale(extent(pts.map((t) => t.normalized[tx])), [m.l, W - m.r]);
-    const sy = scale(extent(pts.map((t) => t.normalized[ty])), [H - m.b, m.t]);
+    const sx = scale(extent(pts.map((t) => nz(t, tx))), [m.l, W - m.r]);
+    const sy = scale(extent(pts.map((t) => nz(t, ty))), [H - m.b, m.t]);
     const g = s("g", { "data-pair": "0-1" });
     axes(g, sx, sy, { xTitle: `${tx} (normalized score)`, yTitle: `${ty} (normalized score)` });
     const clipId = "plot-clip";
@@ -565,7 +633,7 @@
       }
     }
     const front = pts.filter((t) => S.frontSet.has(t.number))
-      .map((t) => [t.normalized[tx], t.normalized[ty]])
+      .map((t) => [nz(t, tx), nz(t, ty)])
       .sort((a, b) => a[0] - b[0] || b[1] - a[1]);
     if (front.length) {
       const [rx, ry] = (S.front.reference_point || [0, 0]).map(Number);
@@ -588,7 +656,9 @@
     const dots = s("g", { class: "points" });
     const spots = new Map(); // baselines that share a spot share one label
     for (const t of ordered(pts)) {
-      const x = sx(t.normalized[tx]), y = sy(t.normalized[ty]);
+      const x = sx(nz(t, tx)), y = sy(nz(t, ty));
+      const bars = errorBars(t, sx, sy, tx, ty);
+      if (bars) dots.append(bars);
       dots.append(pointGroup(t, x, y, t.kind === "baseline" ? 5.5 : 4.5));
       if (t.kind === "baseline") {
         const spot = `${Math.round(x)},${Math.round(y)}`;
@@ -616,10 +686,10 @@
     const H = m.t + m.b + n * cellH + gap * (n - 1);
     const svg = s("svg", {
       viewBox: `0 0 ${W} ${H.toFixed(0)}`, role: "img",
-      "aria-label": `Pairwise scatter matrix of ${pts.length} completed trials over ${k} tasks (${S.tasks.join(", ")}); ${S.frontSet.size} on the Pareto front. The trials table below has the same data.`,
+      "aria-label": `Pairwise scatter matrix of ${pts.length} completed trials on ${splitName()} over ${k} tasks (${S.tasks.join(", ")}); ${S.frontSet.size} on the Pareto front. The trials table below has the same data.`,
     });
     if (!pts.length) return emptyPlot(svg, W, H);
-    const ext = S.tasks.map((task) => extent(pts.map((t) => t.normalized[task])));
+    const ext = S.tasks.map((task) => extent(pts.map((t) => nz(t, task))));
     for (let i = 1; i < k; i += 1) { // row: y = task i
       for (let j = 0; j < i; j += 1) { // column: x = task j
         const x0 = m.l + j * (cell + gap);
@@ -632,7 +702,11 @@
           xTitle: i === k - 1 ? S.tasks[j] : null, yTitle: j === 0 ? S.tasks[i] : null, xCount: 4, yCount: 3,
           xLabels: i === k - 1, yLabels: j === 0,
         });
-        for (const t of ordered(pts)) g.append(pointGroup(t, sx(t.normalized[S.tasks[j]]), sy(t.normalized[S.tasks[i]]), 3.2));
+        for (const t of ordered(pts)) {
+          const bars = S.frontSet.has(t.number) || t.kind === "baseline" ? errorBars(t, sx, sy, S.tasks[j], S.tasks[i]) : null;
+          if (bars) g.append(bars);
+          g.append(pointGroup(t, sx(nz(t, S.tasks[j])), sy(nz(t, S.tasks[i])), 3.2));
+        }
         svg.append(g);
       }
     }
@@ -646,11 +720,13 @@
     fill($("#legend"),
       item(sym(marker("search", 4)), KIND_NAMES.search),
       item(sym(marker("ckpt", 4)), `${KIND_NAMES.ckpt} (baseline)`),
-      item(sym(marker("merge", 4)), `${KIND_NAMES.merge} (uniform, task arithmetic, TIES, DARE-TIES)`),
+      item(sym(marker("base", 4)), `${KIND_NAMES.base} (baseline)`),
+      item(sym(marker("merge", 4)), `${KIND_NAMES.merge} (uniform, task arithmetic, TIES, DARE-TIES, greedy soup)`),
       item(sym(ring), "On the Pareto front (orange outline)"),
       k === 2 ? item(sym(s("path", { class: "front-line", d: "M-8 -5H0V5H8" })), "Pareto front") : null,
       k === 2 ? item(sym(s("rect", { class: "dominated", x: -8, y: -6, width: 16, height: 12 })), "Dominated region (area = hypervolume)") : null,
       item(sym(s("circle", { class: "sel-ring", r: 5 })), "Selected trial"),
+      onValidation() ? item(sym(s("line", { class: "err-bar", x1: -8, x2: 8, y1: 0, y2: 0 }), s("line", { class: "err-bar", x1: 0, x2: 0, y1: -6, y2: 6 })), "95% interval on validation documents") : null,
       k === 2 ? item(sym(s("line", { class: "ref-line", x1: -8, x2: 8, y1: 0, y2: 0 })), "1.0 = as good as the reference model") : null,
       k > 2 ? h("li", { class: "muted" }, `Each panel is one pair of the ${k} tasks (normalized scores); the front is over all ${k}, so a front point can look dominated in one panel.`) : null,
     );
@@ -660,8 +736,9 @@
   // ---------------------------------------------------------------- tooltip
   function showTip(ev, t) {
     const tip = $("#tooltip");
-    const lines = [`objective ${fmt(t.objective)}`, ...S.tasks.map((k) => `${k}: ${fmt(t.normalized[k])} (raw ${fmt(t.raw?.[k], 4)})`)];
-    const same = plottable().filter((o) => o.number !== t.number && S.tasks.every((k) => o.normalized[k] === t.normalized[k]));
+    const band = (k) => { const c = ci(t, k); return c ? ` [${fmt(c[0])}, ${fmt(c[1])}]` : ""; };
+    const lines = [`${splitName()}: objective ${fmt(objective(t))}`, ...S.tasks.map((k) => `${k}: ${fmt(nz(t, k))}${band(k)}`)];
+    const same = plottable().filter((o) => o.number !== t.number && S.tasks.every((k) => nz(o, k) === nz(t, k)));
     const also = same.slice(0, 6).map((o) => `#${o.number} ${o.label}`).join(", ") + (same.length > 6 ? ` and ${same.length - 6} more` : "");
     fill(tip, h("b", {}, `#${t.number} ${t.label}`),
       h("span", {}, `${KIND_NAMES[kindOf(t)]}${S.frontSet.has(t.number) ? " · on the front" : ""}`),
@@ -720,16 +797,21 @@
     const { w, normalized } = displayWeights(cand);
     fill($("#sel-summary"),
       h("strong", {}, `#${t.number} ${t.label}`), " ", badge(t.state), " ",
-      `${KIND_NAMES[kindOf(t)]} · objective ${fmt(t.objective)}`,
+      `${KIND_NAMES[kindOf(t)]} · objective ${fmt(objective(t))} on ${splitName()}`,
       S.frontSet.has(t.number) ? " · on the Pareto front" : "",
       h("br"),
       h("span", { class: "muted" }, `${cand.method || "no candidate"}${extras.length ? " · " + extras.join(" · ") : ""}`
         + (normalized ? " · linear weights normalized to sum 1" : "")),
       t.error ? h("div", { class: "err" }, t.error) : null);
     fill($("#weights"), weightBars(w, normalized));
+    // validation scores with their 95% interval; the search documents' score beside, for diagnosis
+    const v = t.validation || {};
+    const withCi = (e) => (e && Number.isFinite(e.value) ? `${fmt(e.value)} [${fmt(e.lo)}, ${fmt(e.hi)}]` : "–");
     const rows = S.tasks.map((k) => h("tr", {}, h("th", { scope: "row" }, k),
-      h("td", { class: "num" }, fmt(t.raw?.[k], 4)), h("td", { class: "num" }, fmt(t.normalized?.[k]))));
-    rows.push(h("tr", { class: "total" }, h("th", { scope: "row" }, "objective (scalarized)"), h("td", {}), h("td", { class: "num" }, fmt(t.objective))));
+      h("td", { class: "num" }, v.raw?.[k] ? fmt(v.raw[k].value, 4) : "–"), h("td", { class: "num" }, withCi(v.normalized?.[k])),
+      h("td", { class: "num muted" }, fmt(t.normalized?.[k]))));
+    rows.push(h("tr", { class: "total" }, h("th", { scope: "row" }, "objective (scalarized)"), h("td", {}),
+      h("td", { class: "num" }, withCi(v.objective)), h("td", { class: "num muted" }, fmt(t.objective))));
     fill($("#scores tbody"), ...rows);
     exportBtn.disabled = t.state !== "COMPLETE";
     exportBtn.textContent = `Export #${t.number} (.tar.gz)`;
@@ -852,9 +934,11 @@
       { key: "number", label: "#", num: true, get: (t) => t.number, show: (t) => String(t.number) },
       { key: "label", label: "Label", get: (t) => t.label, show: (t) => t.label },
       { key: "state", label: "State", get: (t) => t.state, show: (t) => badge(t.state) },
-      { key: "objective", label: "Objective", num: true, get: (t) => t.objective, show: (t) => fmt(t.objective) },
+      { key: "validation", label: "Validation (95% CI)", num: true, get: (t) => t.validation?.objective?.value,
+        show: (t) => (t.validation?.objective ? `${fmt(t.validation.objective.value)} ±${fmt((t.validation.objective.hi - t.validation.objective.lo) / 2)}` : "") },
+      { key: "objective", label: "Search objective", num: true, get: (t) => t.objective, show: (t) => fmt(t.objective) },
       ...S.tasks.map((k) => ({
-        key: `task:${k}`, label: `${k} (norm.)`, num: true, get: (t) => t.normalized?.[k], show: (t) => fmt(t.normalized?.[k]),
+        key: `task:${k}`, label: `${k} (norm., ${onValidation() ? "valid." : "search"})`, num: true, get: (t) => nz(t, k), show: (t) => fmt(nz(t, k)),
       })),
       { key: "duration", label: "Duration (s)", num: true, get: (t) => t.timings?.total_s, show: (t) => fmt(t.timings?.total_s, 2) },
       { key: "error", label: "Error", get: (t) => t.error, show: (t) => t.error || "" },
