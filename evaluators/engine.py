@@ -6,6 +6,7 @@ pool resident, load one model. Per candidate: write the merge into the model, ru
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,14 @@ class MergeEvaluator:
         progress: bool = False,
         validation: float | int = 0,
         roots: list[Path] | None = None,
+        trusted_task_roots: Sequence[Path] = (),
     ) -> None:
         quiet_libraries()
-        # roots (the service's allowed roots): pool files are re-checked as they are opened.
+        # roots (the service's allowed roots): pool and task files are re-checked as they are
+        # opened; Python in task folders runs only from trusted_task_roots.
         self.pool_info = validate_pool(checkpoints, base, roots=roots)
-        self.scorer = SuiteScorer(tasks, include_path, limit=limit, batch_size=batch_size, validation=validation)
+        self.scorer = SuiteScorer(tasks, include_path, limit=limit, batch_size=batch_size, validation=validation,
+                                  roots=roots, trusted=trusted_task_roots)
         ref = self.pool_info.reference
         self.tokenizer = load_tokenizer(ref.path, f"checkpoint '{ref.name}'")
         self.resident = ResidentPool(self.pool_info, pick_device(device), progress=progress)

@@ -1,14 +1,11 @@
 """Evaluation without waste. lm-eval rebuilds every request (few-shot context, Jinja templates
-compiled per document) on every ``evaluate()`` call; a study calls it once per trial on the same
-documents. Two changes, neither touching how scores are computed:
-
-- each task builds its requests once per (limit, samples); later calls only clear the responses;
-- ``lm_eval.utils.apply_template`` compiles each distinct template once instead of per call.
+rendered per document) on every ``evaluate()`` call; a study calls it once per trial on the same
+documents. Here each task builds its requests once per (limit, samples); later calls only clear
+the responses. Scores are computed as before. (Templates compiled once: sandbox.py.)
 """
 
 from __future__ import annotations
 
-import functools
 import json
 
 
@@ -33,14 +30,3 @@ def reuse_requests(task) -> None:
     task.build_all_requests = build_once
     task._mergeopt_reuse = True
 
-
-@functools.cache
-def cache_templates() -> None:
-    import lm_eval.utils as utils
-
-    compile_once = functools.lru_cache(maxsize=4096)(utils.env.from_string)
-
-    def apply_template(template: str, doc: dict) -> str:
-        return compile_once(template).render(**doc)
-
-    utils.apply_template = apply_template

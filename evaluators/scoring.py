@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from evaluators.lm_eval_reuse import cache_templates, reuse_requests
+from evaluators.fileguard import Roots
+from evaluators.lm_eval_reuse import reuse_requests
 from evaluators.quiet import quiet_libraries
+from evaluators.sandbox import sandbox_templates
 from evaluators.splits import prefix, split_documents
+
+# Before any task is built, in every process that registers suites or scores (API, worker, CLI).
+sandbox_templates()
 
 # lm-eval aggregations whose per-document values can be resampled (the optimizer's stats.py):
 # a mean of per-document values, or a perplexity of per-document log-likelihoods.
@@ -56,33 +62,43 @@ def _study_hflm():
     return StudyHFLM
 
 
-def check_task_names(names: list[str], include_path: str | Path | None):
-    """lm-eval's TaskManager for this suite; unknown tasks are a SuiteError listing what exists."""
+def check_task_names(names: list[str], include_path: str | Path | None, *, roots: Roots = None,
+                     trusted: Sequence[Path] = (), functions: bool = False):
+    """lm-eval's TaskManager for this suite; unknown tasks are a SuiteError listing what exists.
+
+    With an include_path, its task files are read and checked first (task_files.py): ``roots``,
+    where they may lead (None: anywhere); ``trusted``, where their Python may come from;
+    ``functions``, import their ``!function`` tags (to build tasks, not to check names)."""
     if os.environ.get("HF_HUB_OFFLINE"):
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     quiet_libraries()
-    from lm_eval.tasks import TaskManager
+    if include_path is None:  # lm-eval's own tasks, installed with it
+        from lm_eval.tasks import TaskManager
 
-    if include_path is not None and not Path(include_path).is_dir():
+        manager = TaskManager(include_path=None, include_defaults=True)
+    elif not Path(include_path).is_dir():
         raise SuiteError(f"include_path {include_path} is not a directory")
-    manager = TaskManager(
-        include_path=str(include_path) if include_path else None,
-        include_defaults=include_path is None,
-    )
+    else:
+        from evaluators.task_files import suite_manager
+
+        manager = suite_manager(Path(include_path), roots, trusted, functions=functions)
     known = set(manager.all_tasks)
     unknown = [n for n in names if n not in known]
     if unknown:
         local = sorted(n for n in known if not n.startswith("_"))[:20]
-        raise SuiteError(f"unknown lm-eval task '{unknown[0]}' (tasks found: {', '.join(local)})")
+        left = getattr(manager, "left", {})
+        skipped = "; left out: " + "; ".join(f"{p.name}: {why}" for p, why in list(left.items())[:3]) if left else ""
+        raise SuiteError(f"unknown lm-eval task '{unknown[0]}' (tasks found: {', '.join(local)}{skipped})")
     return manager
 
 
-def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None) -> dict:
+def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None, *, roots: Roots = None,
+                   trusted: Sequence[Path] = ()) -> dict:
     """Build lm-eval's task dict once (documents, prompts, few-shot samples)."""
     from lm_eval.tasks import get_task_dict
 
     names = [r.task for r in requests]
-    manager = check_task_names(names, include_path)
+    manager = check_task_names(names, include_path, roots=roots, trusted=trusted, functions=True)
     try:
         task_dict = get_task_dict(names, manager)
     except Exception as exc:  # dataset files missing, bad YAML...
@@ -91,7 +107,6 @@ def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None)
     for r in requests:
         if r.num_fewshot is not None:
             tasks[r.task].set_config(key="num_fewshot", value=r.num_fewshot)
-    cache_templates()
     for task in tasks.values():
         reuse_requests(task)
     return task_dict
@@ -111,11 +126,13 @@ class SuiteScorer:
         limit: int | float | None = None,
         batch_size: int = 32,
         validation: float | int = 0,
+        roots: Roots = None,
+        trusted: Sequence[Path] = (),
     ) -> None:
         self.requests = requests
         self.limit = limit
         self.batch_size = batch_size
-        self.task_dict = load_task_dict(requests, include_path)
+        self.task_dict = load_task_dict(requests, include_path, roots=roots, trusted=trusted)
         self.tasks = self.task_dict["tasks"] if "tasks" in self.task_dict else self.task_dict
         self.directions: dict[str, bool] = {
             r.task: r.higher_is_better for r in requests if r.higher_is_better is not None

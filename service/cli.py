@@ -38,12 +38,13 @@ def _print_front(study, split: str = "validation", as_json: bool = False) -> Non
 
 def cmd_run(args: argparse.Namespace) -> int:
     from optimizer.spec import load_spec
+    from service.settings import get_settings
     from service.studies import run_study
 
     spec = load_spec(args.study)
     if args.storage:
         spec = spec.model_copy(update={"storage": args.storage})
-    _print_front(run_study(spec, progress=not args.quiet))
+    _print_front(run_study(spec, progress=not args.quiet, trusted_task_roots=get_settings().trusted_task_roots))
     return 0
 
 

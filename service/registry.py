@@ -16,7 +16,6 @@ from optimizer.spec import PoolSpec, SuiteSpec, parse_spec
 from service.db.models import Pool, Study, Suite
 from service.paths import guard_path, guard_tree
 from service.settings import Settings
-from service.task_paths import guard_task_files
 
 
 class Conflict(ValueError):
@@ -59,8 +58,9 @@ def register_suite(session: Session, settings: Settings, name: str, spec: SuiteS
     if spec.include_path:
         include = guard_path(spec.include_path, settings.allowed_roots, what="suite.include_path")
         guard_tree(include, settings.allowed_roots, what="suite.include_path")
-        guard_task_files(include, settings.allowed_roots)
-    check_task_names([t.task for t in spec.tasks], include)
+    # Its task files are read and checked here, and again by the worker before lm-eval uses them.
+    check_task_names([t.task for t in spec.tasks], include, roots=settings.allowed_roots,
+                     trusted=settings.trusted_task_roots)
     row = Suite(name=name, include_path=str(include) if include else None,
                 tasks=[t.model_dump() for t in spec.tasks], limit=spec.limit, batch_size=spec.batch_size)
     if add:

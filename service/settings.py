@@ -18,6 +18,11 @@ class Settings(BaseSettings):
         default_factory=lambda: [Path.cwd()],
         description="checkpoint, task and export paths must lie under one of these (comma-separated)",
     )
+    trusted_task_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="task folders whose Python may run (!function tags, class: tasks, HF evaluate metrics; "
+                    "comma-separated); empty: none, task YAMLs are data and templates only",
+    )
     tokens: Annotated[list[str], NoDecode] = Field(default_factory=list, description="bearer tokens (comma-separated)")
     protect_reads: bool = Field(default=False, description="require a token on GET routes too")
     host: str = "127.0.0.1"
@@ -63,7 +68,7 @@ class Settings(BaseSettings):
                     "more get 429 (0: no limit)",
     )
 
-    @field_validator("allowed_roots", mode="before")
+    @field_validator("allowed_roots", "trusted_task_roots", mode="before")
     @classmethod
     def _roots(cls, v):
         if isinstance(v, str):

@@ -3,6 +3,7 @@ asks for, run a study, and open stored studies by YAML file or by name."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
@@ -20,7 +21,10 @@ from optimizer.storage import open_storage
 DEFAULT_STORAGE = "sqlite:///mergeopt.db"
 
 
-def build_evaluator(spec: StudySpec, progress: bool = True, roots: list[Path] | None = None) -> MergeEvaluator:
+def build_evaluator(spec: StudySpec, progress: bool = True, roots: list[Path] | None = None,
+                    trusted_task_roots: Sequence[Path] = ()) -> MergeEvaluator:
+    """``roots``: where pool and task files may lead (None: anywhere, for the operator's CLI);
+    ``trusted_task_roots``: where Python in task folders may run from (MERGEOPT_TRUSTED_TASK_ROOTS)."""
     tasks = [TaskRequest(t.task, t.metric, t.num_fewshot, t.higher_is_better) for t in spec.suite.tasks]
     return MergeEvaluator(
         [(c.name, c.path) for c in spec.pool.checkpoints],
@@ -33,11 +37,12 @@ def build_evaluator(spec: StudySpec, progress: bool = True, roots: list[Path] | 
         progress=progress,
         validation=spec.suite.validation,
         roots=roots,
+        trusted_task_roots=trusted_task_roots,
     )
 
 
-def run_study(spec: StudySpec, progress: bool = True) -> optuna.Study:
-    runner = StudyRunner(spec, build_evaluator(spec, progress), progress=progress)
+def run_study(spec: StudySpec, progress: bool = True, trusted_task_roots: Sequence[Path] = ()) -> optuna.Study:
+    runner = StudyRunner(spec, build_evaluator(spec, progress, trusted_task_roots=trusted_task_roots), progress=progress)
     runner.run()
     return runner.study
 

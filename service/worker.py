@@ -128,7 +128,8 @@ class Worker:
                 spec = spec.model_copy(update={"device": self.device})
             log.info("worker %s: loading study %s", self.id, row.name)
             self.runner = StudyRunner(
-                spec, build_evaluator(spec, progress=False, roots=self.settings.allowed_roots), progress=False,
+                spec, build_evaluator(spec, progress=False, roots=self.settings.allowed_roots,
+                                      trusted_task_roots=self.settings.trusted_task_roots), progress=False,
                 listener=DbListener(self.url, row.id, self.id), claim=study_lock(self.url, row.id), storage=self.storage,
             )
             self.study_id = row.id

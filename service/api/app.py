@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from evaluators.mergekit_yaml import MergeConfigError
 from evaluators.pool import PoolError
 from evaluators.scoring import SuiteError
+from evaluators.task_files import TaskFileRefused
 from optimizer.spec import SpecError
 from service.api.events import EventHub
 from service.api.guards import RequestGuard
@@ -32,6 +33,7 @@ ERRORS: dict[type[Exception], int] = {
     NotFound: 404,
     Conflict: 409,
     PathNotAllowed: 403,
+    TaskFileRefused: 403,  # a SuiteError (the worker fails the study on it); here a refusal
     SpecError: 422,
     PoolError: 422,
     SuiteError: 422,
