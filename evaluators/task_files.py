@@ -160,7 +160,7 @@ def _load(path: Path, roots: Roots, seen: set[Path], what: str = "task file") ->
         if not isinstance(inc, str):
             raise _Left(f"include {inc!r} is not a file name")
         sub, _ = _load(Path(inc) if Path(inc).is_absolute() else real.parent / inc, roots, seen,
-                       f"task file {path}: include")
+                       f"{what} {path}: include")
         sub.pop("task_list", None)
         merged.update(sub)
     merged.update(cfg)
@@ -212,8 +212,8 @@ def _inside(raw: str | Path, roots: Sequence[Path], where: str, what: str, targe
 
 def _local_dataset(path: str) -> bool:
     """A dataset_path is a builder ("json") or a Hub id ("org/name") unless it looks like a path
-    or names a folder here (what `datasets` checks first)."""
-    return path.startswith(("/", "./", "../", "~")) or os.path.isdir(path)
+    or names something here (a folder is what `datasets` checks for first)."""
+    return path.startswith(("/", "./", "../", "~")) or os.path.exists(path)
 
 
 def _matches(pattern: str, base: str) -> list[str]:
@@ -226,29 +226,36 @@ def _matches(pattern: str, base: str) -> list[str]:
         return []
 
 
-def _check_patterns(patterns: list[str], base: str | None, roots: Sequence[Path], where: str) -> None:
+def _check_patterns(patterns: list[str], base: str | None, roots: Sequence[Path], where: str,
+                    what: str = "dataset_kwargs.data_files") -> None:
     for p in patterns:
         if base is None and not os.path.isabs(p):
             continue  # a file of the Hub repository
-        _inside(p, roots, where, "dataset_kwargs.data_files", target=os.path.join(base or "", p))
+        _inside(p, roots, where, what, target=os.path.join(base or "", p))
         for f in _matches(p, base or ""):
             real = Path(os.path.realpath(f))
             if "://" in f or not fileguard.within(real, roots):
-                raise TaskFileRefused(f"{where}: dataset_kwargs.data_files '{p}' matches {f}, "
-                                      f"which resolves to {real}, outside the allowed roots")
+                raise TaskFileRefused(f"{where}: {what} '{p}' matches {f}, which resolves to {real}, "
+                                      "outside the allowed roots")
 
 
-def _local_folder_files(path: str, data_dir: str | None, data_files, where: str) -> list[str]:
-    """Every data file `datasets` finds for a local dataset folder (its README's configs too)."""
+def _check_local_folder(path: str, folder: Path, data_dir: str | None, data_files, roots: Sequence[Path],
+                        where: str) -> None:
+    """Every data file `datasets` finds for a local dataset folder: ``data_files``, else what it
+    infers, and each config of the folder's README (patterns relative to the folder)."""
     from datasets.load import LocalDatasetModuleFactory
 
     try:
         module = LocalDatasetModuleFactory(path, data_dir=data_dir, data_files=data_files).get_module()
     except Exception as exc:
         raise SuiteError(f"{where}: dataset_path '{path}': {exc}") from exc
-    found = [module.builder_kwargs.get("data_files")]
-    found += [c.data_files for c in module.builder_configs_parameters.builder_configs or []]
-    return [f for files in found if files for f in _strings({k: list(v) for k, v in files.items()})]
+    configs = [(module.builder_kwargs.get("data_files"), data_dir)]
+    configs += [(c.data_files, c.data_dir) for c in module.builder_configs_parameters.builder_configs or []]
+    for files, sub in configs:
+        if files:
+            base = str(folder / sub) if sub else str(folder)
+            _check_patterns(list(_strings({k: list(v) for k, v in files.items()})), base, roots, where,
+                            f"data_files of dataset_path '{path}' (or its README)")
 
 
 def _check_data(cfg: dict, roots: Sequence[Path], where: str) -> None:
@@ -275,14 +282,13 @@ def _check_data(cfg: dict, roots: Sequence[Path], where: str) -> None:
     if path and path not in _PACKAGED_DATASETS_MODULES and _local_dataset(path):
         # A local dataset folder: `datasets` reads its README and data files, data_dir is inside it.
         folder = _inside(os.path.expanduser(path), roots, where, "dataset_path")
-        for entry in folder.rglob("*") if folder.is_dir() else []:
-            _inside(entry, roots, where, "file in dataset_path")
         if folder.is_dir():
+            for entry in folder.rglob("*"):
+                _inside(entry, roots, where, "file in dataset_path")
             base = str(folder / data_dir) if data_dir else str(folder)
             _inside(base, roots, where, "dataset_kwargs.data_dir")
             _check_patterns(patterns, base, roots, where)
-            for f in _local_folder_files(path, data_dir, data_files, where):
-                _inside(f, roots, where, "dataset file")
+            _check_local_folder(path, folder, data_dir, data_files, roots, where)
     elif path is None or path in _PACKAGED_DATASETS_MODULES:
         # A builder (json, csv...): patterns relative to data_dir, else to the working directory.
         base = str(_inside(os.path.expanduser(data_dir), roots, where, "dataset_kwargs.data_dir")) if data_dir \
@@ -304,9 +310,10 @@ def _check_data(cfg: dict, roots: Sequence[Path], where: str) -> None:
 def _check_code(cfg: dict, real: Path, trusted: Sequence[Path]) -> None:
     shown = f"{TRUST_HINT}: {', '.join(str(t) for t in trusted)}" if trusted else f"{TRUST_HINT} is empty"
     tail = f"Python from task files runs only under the trusted task roots ({shown})"
-    for ref in _refs(cfg):
-        if not fileguard.within(ref.yaml, trusted):
-            raise TaskFileRefused(f"task file {ref.yaml}: '!function {ref.name}' runs Python; {tail}")
+    for ref in _refs(cfg):  # the task's YAML and the one the tag is in (an include) both trusted
+        for yml in (real, ref.yaml):
+            if not fileguard.within(yml, trusted):
+                raise TaskFileRefused(f"task file {yml}: '!function {ref.name}' runs Python; {tail}")
         module = _module_file(ref)
         if module.exists() and not fileguard.within(module, trusted):
             raise TaskFileRefused(f"task file {ref.yaml}: '!function {ref.name}' imports {module}; {tail}")
@@ -322,7 +329,10 @@ def _check_code(cfg: dict, real: Path, trusted: Sequence[Path]) -> None:
             if not isinstance(m, dict):
                 continue
             name = m.get("metric")
-            if m.get("hf_evaluate") is True or (isinstance(name, str) and name not in metric_registry):
+            if m.get("hf_evaluate") is True:
+                raise TaskFileRefused(f"task file {real}: metric '{name}' with hf_evaluate: HF evaluate loads "
+                                      f"it as code; {tail}")
+            if isinstance(name, str) and name not in metric_registry:
                 raise TaskFileRefused(f"task file {real}: metric '{name}' is not one of lm-eval's (HF evaluate "
                                       f"would load it as code); {tail}")
 

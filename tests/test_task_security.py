@@ -9,6 +9,7 @@ the files changed."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def code_cases(sec) -> dict[str, tuple]:
         "class task": ("class: !function utils.Task\n", "'!function utils.Task' runs Python"),
         "class without a tag": ("class: utils.Task\n", "'class:' makes a Python task"),
         "metric HF evaluate loads as code": (f"  - metric: {evil}.py\n", "HF evaluate would load it as code"),
-        "hf_evaluate": ("  - metric: exact_match\n    hf_evaluate: true\n", "HF evaluate"),
+        "hf_evaluate": ("  - metric: exact_match\n    hf_evaluate: true\n", "with hf_evaluate: HF evaluate loads it as code"),
     }
 
 
@@ -185,6 +186,13 @@ def test_python_outside_the_trusted_roots_is_refused_at_registration(sec):
     # Under a trusted root, an absolute !function still may not import Python from elsewhere.
     folder = folder_with(sec, with_line(f"process_docs: !function {sec['outside'] / 'evil'}.process_docs\n"), under="trusted")
     refused(sec, folder, 403, f"imports {sec['outside'] / 'evil.py'}")
+    # A task outside the trusted root may not borrow a trusted YAML's !function by including it.
+    shared = sec["root"] / "trusted" / f"shared-{uuid.uuid4().hex[:6]}"
+    shared.mkdir()
+    (shared / "_template").write_text("process_docs: !function utils.process_docs\n")
+    (shared / "utils.py").write_text("def process_docs(d):\n    return d\n")
+    folder = folder_with(sec, lambda t: f"include: {shared / '_template'}\n" + t)
+    refused(sec, folder, 403, "tiny_add.yaml", "'!function utils.process_docs' runs Python")
     assert not (sec["outside"] / "RAN").exists()
 
 
@@ -268,6 +276,32 @@ def test_a_glob_matching_a_nested_symlink_is_refused(sec):
     refused(sec, folder, 403, "tiny_add.yaml", "leak.jsonl", "outside the allowed roots")
 
 
+def test_a_local_dataset_folder_is_checked_file_by_file(sec):
+    """dataset_path naming a folder: `datasets` reads every data file in it and its README's
+    configs, whose data_files are relative to the folder. A link in it, or a README config
+    reaching out with ../, is refused; the plain folder is fine."""
+    def local(folder: Path) -> Path:
+        data = folder / "local"
+        data.mkdir()
+        shutil.copy(folder / "tiny_add.jsonl", data / "test.jsonl")
+        yml = folder / "tiny_add.yaml"
+        text = yml.read_text()
+        yml.write_text(text[: text.index("dataset_path")] + f"dataset_path: {data}\n" + text[text.index("test_split"):])
+        return data
+
+    folder = folder_with(sec, lambda t: t)
+    data = local(folder)
+    registered(sec, folder)
+    (data / "more.jsonl").symlink_to(sec["outside"] / "secret.jsonl")
+    refused(sec, folder, 403, "tiny_add.yaml", "more.jsonl", "outside the allowed roots")
+    folder = folder_with(sec, lambda t: t)
+    data = local(folder)
+    up = os.path.relpath(sec["outside"] / "secret.jsonl", data)
+    (data / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: test\n"
+                                    f"    path: {up}\n---\n")
+    refused(sec, folder, 403, "tiny_add.yaml", "secret.jsonl", "outside the allowed roots")
+
+
 def test_a_cache_dir_outside_the_roots_is_refused(sec):
     cache = sec["outside"] / "cache"
     folder = folder_with(sec, lambda t: t.replace("dataset_kwargs:\n", f"dataset_kwargs:\n  cache_dir: {cache}\n"))
@@ -316,8 +350,10 @@ def test_data_moved_outside_after_registration_fails_the_study(sec, tmp_path):
 
 # ------------------------------------------------------------------------------ finding 7: alias bomb
 
+# Where the old guard walked every string (data_files): 9**10 of them, ~25 min at its 0.4 us each.
 BOMB = "\n".join(["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-                 + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]) + "\n"
+                 + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+                 + ["dataset_kwargs:", "  data_files:", "    test: *a9"]) + "\n"
 
 
 @pytest.mark.parametrize("bomb", [BOMB, "loop: &loop [*loop]\n", "deep: " + "[" * 200 + "]" * 200 + "\n"],
@@ -325,6 +361,7 @@ BOMB = "\n".join(["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
 def test_yaml_bombs_are_refused_quickly(sec, bomb):
     """9**10 (~3.5e9) nodes once expanded, a list that contains itself, nesting past the budget:
     refused with a reason in well under a second (the old guard walked every expanded string)."""
+    registered(sec, folder_with(sec, lambda t: t))  # lm-eval's first import is not the bomb's cost
     folder = folder_with(sec, lambda t: t + bomb)
     t0 = time.perf_counter()
     r = sec["c"].post("/v1/suites", json={"name": "bomb", **suite_body(sec, folder)}, headers=AUTH)
