@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save
 from tqdm.auto import tqdm
 
-from evaluators import fileguard
+from evaluators import fileguard, fused
 from evaluators.fileguard import SIDE_FILES, FileRefused, Roots
 from evaluators.merge_spec import MergeSpec
 from evaluators.mergekit_yaml import to_mergekit_yaml
@@ -36,6 +36,9 @@ ST_DTYPES = {
     torch.bfloat16: "BF16", torch.int32: "I32", torch.float32: "F32", torch.float64: "F64", torch.int64: "I64",
 }
 _RANK = {dtype: i for i, dtype in enumerate(ST_DTYPES)}
+# write_merge's default ``dtype``: merged as the search scores it, in fp32 (fp64 for fp64
+# tensors), and written in the pool's dtype unless ``out_dtype`` says otherwise.
+SEARCH = "search"
 # Called after the target was checked and before anything is written (tests widen the race here).
 before_write: Callable[[Path], None] | None = None
 
@@ -86,24 +89,39 @@ def _copy_side_file(src: Path, roots: Roots, dir_fd: int, name: str, config_dtyp
 
 def write_merge(
     pool: ResidentPool, spec: MergeSpec, out_dir: str | Path, *, out_dtype: str | None = None, progress: bool = False,
-    out_roots: Roots = None,
+    out_roots: Roots = None, dtype: str | None = SEARCH,
 ) -> Path:
     """Merge and write to ``out_dir`` (missing or an empty folder; with ``out_roots``, inside
-    them). Side files are copied only as regular files inside the pool's roots."""
+    them). Side files are copied only as regular files inside the pool's roots. ``dtype`` and
+    ``out_dtype`` mean what they mean to mergekit (``dtype`` None: each tensor merged in its
+    stored dtype); the default, SEARCH, merges as the search scored it. One cast at the end."""
     out = Path(out_dir)
     with fileguard.fresh_dir(out, out_roots, before_write) as dir_fd:
-        _write_merge(pool, spec, dir_fd, out_dtype, progress)
+        _write_merge(pool, spec, dir_fd, out_dtype, dtype, progress)
     return out
 
 
-def _write_merge(pool: ResidentPool, spec: MergeSpec, dir_fd: int, out_dtype: str | None, progress: bool) -> None:
+def _dtypes(dtype: str | None, out_dtype: str | None, stored: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
+    """(the dtype one floating tensor is merged in, the dtype it is written in)."""
+    if dtype == SEARCH:
+        return fused.work_dtype(stored), DTYPES[out_dtype] if out_dtype else stored
+    compute = DTYPES[dtype] if dtype else stored
+    return compute, DTYPES[out_dtype] if out_dtype else compute
+
+
+def _write_merge(pool: ResidentPool, spec: MergeSpec, dir_fd: int, out_dtype: str | None, dtype: str | None,
+                 progress: bool) -> None:
     ref = pool.pool.reference
-    target = DTYPES[out_dtype] if out_dtype else None
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name in tqdm(pool.tensor_names, desc="merging", disable=not progress):
-        t = pool.merged(spec, name)
-        t = (t.to(target) if target is not None and t.is_floating_point() else t).to("cpu").contiguous()
+        stored = pool.stacks[name].dtype
+        if stored.is_floating_point:
+            compute, written = _dtypes(dtype, out_dtype, stored)
+            t = pool.merged(spec, name, compute).to(written)  # the one rounding
+        else:
+            t = pool.merged(spec, name)
+        t = t.to("cpu").contiguous()
         if size and size + t.numel() * t.element_size() > SHARD_BYTES:
             shards.append({})
             size = 0
@@ -119,10 +137,16 @@ def _write_merge(pool: ResidentPool, spec: MergeSpec, dir_fd: int, out_dtype: st
             weight_map.update(dict.fromkeys(shard, fname))
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())}, "weight_map": weight_map}
         fileguard.write_file(dir_fd, "model.safetensors.index.json", json.dumps(index, indent=2).encode())
-    for fname in SIDE_FILES:
-        _copy_side_file(ref.path / fname, ref.roots, dir_fd, fname, out_dtype if target is not None else None)
-    first = shards[0][next(iter(shards[0]))]
+    named = dtype if dtype != SEARCH else None
+    for fname in SIDE_FILES:  # config.json says the dtype the way mergekit's does: out_dtype, else dtype
+        _copy_side_file(ref.path / fname, ref.roots, dir_fd, fname, out_dtype or named)
     checkpoints = [(c.name, c.path) for c in pool.pool.checkpoints]
     base = pool.pool.base.path if pool.pool.base else None
-    yml = to_mergekit_yaml(spec, checkpoints, base, out_dtype or _dtype_name(first))
+    if dtype == SEARCH:
+        first = shards[0][next(iter(shards[0]))]
+        floats = {pool.stacks[n].dtype for n in pool.tensor_names if pool.stacks[n].is_floating_point()}
+        work = "float64" if floats == {torch.float64} else "float32"
+        yml = to_mergekit_yaml(spec, checkpoints, base, out_dtype or _dtype_name(first), work)
+    else:
+        yml = to_mergekit_yaml(spec, checkpoints, base, out_dtype, dtype)
     fileguard.write_file(dir_fd, "mergekit_config.yml", yml.encode())

@@ -3,6 +3,7 @@ it next to the exported checkpoint so `mergekit-yaml` reproduces the same tensor
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ class MergeJob:
     spec: MergeSpec
     checkpoints: list[tuple[str, Path]]
     base: Path | None
-    out_dtype: str | None
+    out_dtype: str | None  # mergekit's `out_dtype`: the one cast at the end (None: stay in dtype)
+    dtype: str | None = None  # mergekit's `dtype`: inputs cast to it, merged in it (None: as stored)
 
 
 def _scalar(value, key: str, model: str) -> float:
@@ -120,30 +122,42 @@ def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
         raise MergeConfigError("; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
         )) from None
-    out_dtype = cfg.get("out_dtype") or cfg.get("dtype")
-    if out_dtype is not None and out_dtype not in DTYPES:
-        raise MergeConfigError(f"dtype {out_dtype!r} is not one of {sorted(DTYPES)}")
-    return MergeJob(spec=spec, checkpoints=list(zip(names, [p for p, _ in entries], strict=True)), base=base, out_dtype=out_dtype)
+    dtypes = {key: cfg.get(key) or None for key in ("dtype", "out_dtype")}
+    for key, value in dtypes.items():
+        if value is not None and value not in DTYPES:
+            raise MergeConfigError(f"{key} {value!r} is not one of {sorted(DTYPES)}")
+    return MergeJob(spec=spec, checkpoints=list(zip(names, [p for p, _ in entries], strict=True)), base=base,
+                    out_dtype=dtypes["out_dtype"], dtype=dtypes["dtype"])
 
 
-def to_mergekit_yaml(spec: MergeSpec, checkpoints: list[tuple[str, Path]], base: Path | None, out_dtype: str) -> str:
-    """A mergekit config reproducing ``spec``. mergeopt computes in fp32, so we ask mergekit to
-    do the same (``dtype: float32``) and cast once at the end (``out_dtype``)."""
+def _absolute(path: str | Path) -> str:
+    return os.path.abspath(path)  # not resolve(): a pool reached through a link keeps its name
+
+
+def to_mergekit_yaml(
+    spec: MergeSpec, checkpoints: list[tuple[str, Path]], base: Path | None, out_dtype: str | None,
+    dtype: str | None = "float32",
+) -> str:
+    """A mergekit config reproducing ``spec``. The search computes in fp32, so an export asks
+    mergekit to do the same (``dtype: float32``) and cast once at the end (``out_dtype``);
+    `mergeopt merge` passes on the config's own ``dtype`` (None: the key is left out)."""
     densities = dict(zip([n for n, _ in checkpoints], spec.density_vector([n for n, _ in checkpoints]), strict=True))
     models = []
     for name, path in checkpoints:
         params: dict = {"weight": float(spec.weights.get(name, 0.0))}
         if spec.method in USES_DENSITY:
             params["density"] = densities[name]
-        models.append({"model": str(path), "parameters": params})
+        models.append({"model": _absolute(path), "parameters": params})
     cfg: dict = {"merge_method": spec.method, "models": models}
     if spec.needs_base:
-        cfg["base_model"] = str(base)
+        cfg["base_model"] = _absolute(base)
     cfg["parameters"] = {"normalize": spec.resolved_normalize}
     if spec.needs_base:
         cfg["parameters"]["lambda"] = spec.lambda_
-    cfg["dtype"] = "float32"
-    cfg["out_dtype"] = out_dtype
+    if dtype is not None:
+        cfg["dtype"] = dtype
+    if out_dtype is not None:
+        cfg["out_dtype"] = out_dtype
     header = "# written by mergeopt; reproduce with: mergekit-yaml mergekit_config.yml OUT_DIR\n"
     if spec.method in RANDOMIZED:
         header += (

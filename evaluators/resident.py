@@ -117,16 +117,29 @@ class ResidentPool:
             self._orders[name] = torch.stack([magnitude_order(x) for x in d])
         return self._orders[name]
 
-    def merged(self, spec: MergeSpec, tensor_name: str) -> torch.Tensor:
-        """One merged tensor by the reference (per-tensor) formulas."""
-        if spec.needs_base:
-            deltas = self.deltas()
+    def merged(self, spec: MergeSpec, tensor_name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One merged tensor by the reference (per-tensor) formulas. None: in the work dtype (fp32;
+        fp64 for fp64 tensors), cast back to the pool's dtype, as the search scores it. ``dtype``:
+        as mergekit's `dtype: ...` does it: inputs cast to it, the formulas run in it (linear
+        accumulates in fp32) and the result is left in it, so the caller casts once."""
+        stack = self.stacks[tensor_name]
+        if dtype is not None and not stack.is_floating_point():
+            dtype = None
+        if not spec.needs_base:
+            return merge_tensor(spec, self.checkpoint_names, tensor_name,
+                                tensors=stack if dtype is None else stack.to(dtype))
+        if self.base is None:
+            raise PoolError("this merge method needs a base model: set pool.base")
+        base = self.base[tensor_name]
+        if dtype is None or dtype == fused.work_dtype(stack.dtype):
+            # The cached task vectors are t - base in the work dtype: exact casts, then one
+            # subtraction, which is what mergekit computes with that dtype.
+            deltas = self.deltas()[tensor_name]
             orders = self.magnitude_orders(tensor_name) if spec.method == "ties" else None
-            return merge_tensor(
-                spec, self.checkpoint_names, tensor_name,
-                base=self.base[tensor_name], deltas=deltas[tensor_name], orders=orders,
-            )
-        return merge_tensor(spec, self.checkpoint_names, tensor_name, tensors=self.stacks[tensor_name])
+        else:  # mergekit subtracts (and merges) in the merge dtype itself
+            deltas, orders = stack.to(dtype) - base.to(dtype).unsqueeze(0), None
+        return merge_tensor(spec, self.checkpoint_names, tensor_name,
+                            base=base if dtype is None else base.to(dtype), deltas=deltas, orders=orders)
 
     def merge_flat_into(self, spec: MergeSpec, out: torch.Tensor) -> bool:
         """Write a linear / task-arithmetic merge into the flat [P] ``out``; False if this spec

@@ -339,3 +339,67 @@ def test_mergekit_runs_on_exported_dare_config(parity, method):
         assert not torch.equal(t, base[name]), name
     exported = (parity.dare[(method, 1)][0] / "mergekit_config.yml").read_text()
     assert "DARE drop masks are random" in exported and "random_seed: 1" in exported
+
+
+# Every dtype / out_dtype mergekit accepts, on fp32, fp16 and bf16 pools: mergekit casts the
+# inputs to `dtype` (none: as stored), merges in it (linear accumulates in fp32) and casts once to
+# `out_dtype` (none: stays in `dtype`). Linear and TIES cover both kinds of method.
+POOL_DTYPES = ("float32", "float16", "bfloat16")
+CONFIG_DTYPES = (None, "float32", "float16", "bfloat16")
+DTYPE_METHODS = {
+    "linear": """
+merge_method: linear
+models:
+  - model: {c0}
+    parameters: {{weight: 0.7}}
+  - model: {c1}
+    parameters: {{weight: 0.45}}
+parameters: {{normalize: false}}
+""",
+    "ties": """
+merge_method: ties
+base_model: {base}
+models:
+  - model: {c0}
+    parameters: {{weight: 0.6, density: 0.5}}
+  - model: {c1}
+    parameters: {{weight: 0.35, density: 0.8}}
+parameters: {{normalize: true, lambda: 0.9}}
+""",
+}
+DTYPE_CASES = [(p, d, o) for p in POOL_DTYPES for d in CONFIG_DTYPES for o in CONFIG_DTYPES]
+
+
+def _case_name(pool: str, dtype: str | None, out_dtype: str | None) -> str:
+    return f"{pool}-dtype_{dtype}-out_{out_dtype}"
+
+
+@pytest.fixture(scope="module")
+def dtype_parity(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dtypes")
+    pools = {d: make_pool(root / d, n=2, noise=0.05, dtype=getattr(torch, d), seed=3) for d in POOL_DTYPES}
+    jobs, ours, kit = [], {}, {}
+    for pool, dtype, out_dtype in DTYPE_CASES:
+        for method, template in DTYPE_METHODS.items():
+            key = (pool, dtype, out_dtype, method)
+            name = f"{_case_name(pool, dtype, out_dtype)}-{method}"
+            text = fill(template, pools[pool])
+            text += (f"dtype: {dtype}\n" if dtype else "") + (f"out_dtype: {out_dtype}\n" if out_dtype else "")
+            cfg = root / f"{name}.yml"
+            cfg.write_text(text)
+            ours[key] = mergeopt_merge(cfg, root / "mergeopt" / name)
+            kit[key] = root / "mergekit" / name
+            jobs += [(cfg, kit[key])]
+    proc = subprocess.run([sys.executable, "-c", MERGEKIT_IN_ONE_PROCESS, *[str(p) for j in jobs for p in j]],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return SimpleNamespace(ours=ours, kit=kit)
+
+
+@pytest.mark.parametrize(("pool", "dtype", "out_dtype"), DTYPE_CASES, ids=[_case_name(*c) for c in DTYPE_CASES])
+def test_every_dtype_combination_matches_mergekit_bit_for_bit(dtype_parity, pool, dtype, out_dtype):
+    written = out_dtype or dtype or pool
+    for method in DTYPE_METHODS:
+        ours = tensors(dtype_parity.ours[(pool, dtype, out_dtype, method)])
+        assert {t.dtype for t in ours.values()} == {getattr(torch, written)}, method
+        assert_same_tensors(ours, tensors(dtype_parity.kit[(pool, dtype, out_dtype, method)]))
