@@ -169,27 +169,22 @@ def _load(path: Path, roots: Roots, seen: set[Path], what: str = "task file") ->
 
 # ------------------------------------------------------------------------------ the checks
 
-def _strings(value) -> Iterator[str]:
-    if isinstance(value, str):
+def _leaves(value, kind: type, *, keys: bool = False) -> Iterator:
+    """Every ``kind`` in a parsed YAML value: in lists, mapping values (and keys, with ``keys``)."""
+    if isinstance(value, kind):
         yield value
     elif isinstance(value, list | tuple):
         for v in value:
-            yield from _strings(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-
-
-def _refs(value) -> Iterator[FunctionRef]:
-    if isinstance(value, FunctionRef):
-        yield value
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _refs(v)
+            yield from _leaves(v, kind, keys=keys)
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from _refs(k)
-            yield from _refs(v)
+            if keys:
+                yield from _leaves(k, kind, keys=keys)
+            yield from _leaves(v, kind, keys=keys)
+
+
+def _strings(value) -> Iterator[str]:
+    return _leaves(value, str)
 
 
 def _configs(cfg: dict) -> Iterator[dict]:
@@ -310,7 +305,7 @@ def _check_data(cfg: dict, roots: Sequence[Path], where: str) -> None:
 def _check_code(cfg: dict, real: Path, trusted: Sequence[Path]) -> None:
     shown = f"{TRUST_HINT}: {', '.join(str(t) for t in trusted)}" if trusted else f"{TRUST_HINT} is empty"
     tail = f"Python from task files runs only under the trusted task roots ({shown})"
-    for ref in _refs(cfg):  # the task's YAML and the one the tag is in (an include) both trusted
+    for ref in _leaves(cfg, FunctionRef, keys=True):  # the task's YAML and the one the tag is in (an include) both trusted
         for yml in (real, ref.yaml):
             if not fileguard.within(yml, trusted):
                 raise TaskFileRefused(f"task file {yml}: '!function {ref.name}' runs Python; {tail}")
