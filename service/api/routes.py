@@ -33,6 +33,7 @@ from service.api.schemas import (
     TrialOut,
 )
 from service.db.models import Event, Pool, Study, Suite
+from service.external import EXTERNAL, adopt_external
 from service.paths import PathNotAllowed, guard_path
 from service.settings import Settings
 
@@ -48,7 +49,12 @@ TRANSITIONS = {
 
 
 def _study(session: Session, key: str) -> Study:
-    return registry.get_row(session, Study, key)
+    try:
+        return registry.get_row(session, Study, key)
+    except registry.NotFound:  # perhaps a `mergeopt run` study not listed yet
+        if not adopt_external(session, str(session.get_bind().url.render_as_string(hide_password=False)), force=True):
+            raise
+        return registry.get_row(session, Study, key)
 
 
 @router.post("/pools", status_code=201, response_model=PoolOut, dependencies=write)
@@ -93,6 +99,7 @@ def create_study(body: StudyCreate, session: DB, settings: Cfg):
 
 @router.get("/studies", response_model=list[StudyOut], dependencies=read)
 def list_studies(session: DB, settings: Cfg, state: str | None = None):
+    adopt_external(session, settings.database_url)  # `mergeopt run` studies on this database too, read-only
     query = select(Study).order_by(Study.created_at)
     if state:
         query = query.where(Study.state == state)
@@ -109,6 +116,9 @@ def change_state(key: str, action: str, session: DB, settings: Cfg):
     if action not in TRANSITIONS:
         raise HTTPException(404, f"unknown action '{action}' (pause, resume, cancel)")
     row = _study(session, key)
+    if row.state == EXTERNAL:
+        raise HTTPException(409, f"study '{row.name}' runs outside the service (mergeopt run or another Optuna "
+                                 "client): it is read-only here")
     allowed, target = TRANSITIONS[action]
     if row.state not in allowed:
         raise HTTPException(409, f"cannot {action} a study that is {row.state}")
