@@ -17,6 +17,7 @@ from safetensors import safe_open
 
 from evaluators import fileguard
 from evaluators.fileguard import SIDE_FILES, FileRefused, Roots
+from evaluators.tokenizer_check import Tokenizer, TokenizerMismatch, check_same_tokenizer
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
@@ -236,6 +237,45 @@ def _check_same_layout(ref: CheckpointInfo, other: CheckpointInfo) -> None:
         raise PoolError(f"checkpoint '{other.name}': unexpected tensor '{extra[0]}' (not in '{ref.name}')")
 
 
+def _model_parameters(config: dict) -> list[list[str]] | None:
+    """The parameters of the model ``config`` describes, tied names together (built on the meta
+    device: no memory, no weights). None when transformers cannot build it from the config alone
+    (custom code): loading the model then says what is wrong."""
+    import logging
+    import re
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    quiet = logging.getLogger("transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    except Exception:  # noqa: BLE001 - any failure here is reported when the model is loaded
+        return None
+    finally:
+        quiet.setLevel(level)
+    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or ()]
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [g for g in groups.values() if not any(r.search(n) for r in ignored for n in g)]
+
+
+def _check_parameters(ref: CheckpointInfo) -> None:
+    """A parameter no pool tensor provides would keep its random initialization: the merge would
+    score differently on every load. (Tied parameters need one of their names.)"""
+    for names in _model_parameters(ref.config) or ():
+        if not any(n in ref.tensors for n in names):
+            tied = " (config.json has tie_word_embeddings: false)" if names[0] == "lm_head.weight" \
+                and ref.config.get("tie_word_embeddings") is False else ""
+            raise PoolError(
+                f"checkpoint '{ref.name}': the model's parameter '{names[0]}' has no tensor in its "
+                f"files{tied}; it would be left at random initialization"
+            )
+
+
 def validate_pool(
     checkpoints: list[tuple[str, str | Path]], base: str | Path | None = None, *, roots: Roots = None
 ) -> PoolInfo:
@@ -251,48 +291,23 @@ def validate_pool(
     pool = PoolInfo(checkpoints=infos, base=base_info)
     for other in ([*infos] if base_info else infos[1:]):
         _check_same_layout(pool.reference, other)
+    _check_parameters(pool.reference)  # the layouts are the same: the reference speaks for all
     _check_same_tokenizer(pool.reference, [c for c in (base_info, *infos) if c is not None and c is not pool.reference])
     return pool
 
 
-def _vocab(info: CheckpointInfo) -> dict[str, int] | None:
-    """token -> id from the checkpoint's tokenizer.json (None when it has none)."""
-    file = info.path / "tokenizer.json"
-    if not file.is_file():
-        return None
-    try:
-        tok = json.loads(_read(file, f"checkpoint '{info.name}'", info.roots))
-        model = tok.get("model") or {}
-        vocab = model.get("vocab") or {}
-        if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
-            vocab = {entry[0]: i for i, entry in enumerate(vocab)}
-        out = {str(k): int(v) for k, v in vocab.items()}
-        out.update({str(t["content"]): int(t["id"]) for t in tok.get("added_tokens") or []})
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, KeyError,
-            IndexError, TypeError, ValueError) as exc:
-        raise PoolError(f"checkpoint '{info.name}': unreadable tokenizer.json: {exc}") from exc
-    return out
-
-
 def _check_same_tokenizer(ref: CheckpointInfo, others: list[CheckpointInfo]) -> None:
-    """Merged weights are only meaningful if every checkpoint maps tokens to the same ids: the
-    merged model is run with the reference's tokenizer. Compared when both have tokenizer.json."""
-    ref_file = ref.path / "tokenizer.json"
-    if not ref_file.is_file():
-        return
-    ref_bytes, mine = _read(ref_file, f"checkpoint '{ref.name}'", ref.roots), None
-    for other in others:
-        file = other.path / "tokenizer.json"
-        if not file.is_file() or _read(file, f"checkpoint '{other.name}'", other.roots) == ref_bytes:
-            continue
-        mine = mine if mine is not None else _vocab(ref)
-        theirs = _vocab(other)
-        if theirs != mine:
-            token = next(t for t in sorted(set(mine) | set(theirs)) if mine.get(t) != theirs.get(t))
-            raise PoolError(
-                f"checkpoint '{other.name}': tokenizer vocabulary differs from '{ref.name}' "
-                f"(token {token!r} has id {theirs.get(token)}, in '{ref.name}' {mine.get(token)})"
-            )
+    """Every member's tokenizer against the reference's, whatever the format (tokenizer_check)."""
+    def load(info: CheckpointInfo) -> Tokenizer:
+        return Tokenizer(f"checkpoint '{info.name}'", info.path,
+                         lambda f: _read(f, f"checkpoint '{info.name}'", info.roots))
+
+    try:
+        check_same_tokenizer(load(ref), [load(o) for o in others])
+    except TokenizerMismatch as exc:
+        raise PoolError(str(exc)) from exc
+    except OSError as exc:
+        raise PoolError(f"cannot read a tokenizer file: {exc}") from exc
 
 
 def load_checkpoint_tensors(

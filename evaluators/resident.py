@@ -163,9 +163,16 @@ class ResidentModel:
         self.pool = pool
         ref = pool.pool.reference
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(ref.path), dtype="auto")
+            model, info = AutoModelForCausalLM.from_pretrained(str(ref.path), dtype="auto", output_loading_info=True)
         except Exception as exc:
             raise PoolError(f"checkpoint '{ref.name}': transformers cannot load it: {exc}") from exc
+        # What transformers initialized at random is never written by a merge (validate_pool
+        # checks the same from the config; this covers models it could not build).
+        params = dict(model.named_parameters(remove_duplicate=False))  # buffers are built, not random
+        unset = sorted(set(info.get("missing_keys") or ()) & (set(params) - set(pool.tensor_names)))
+        if unset:
+            raise PoolError(f"checkpoint '{ref.name}': the model's parameter '{unset[0]}' has no tensor in "
+                            "its files; it would be left at random initialization")
         self.model: PreTrainedModel = model.to(pool.device).eval()
         state = self.model.state_dict()
         missing = [n for n in pool.tensor_names if n not in state]

@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from evaluators.pool import PoolError, load_checkpoint_tensors, validate_pool
 from evaluators.resident import ResidentPool
+from evaluators.tokenizer_check import sentencepiece_pieces
 
-from tinypool import make_pool
+from tinypool import TOKENIZER_FORMATS, make_pool, spm_model, write_tokenizer
 
 NORM = "model.norm.weight"
 Q_PROJ = "model.layers.1.self_attn.q_proj.weight"
@@ -364,3 +365,169 @@ def test_sharded_index_unreadable(pool):
     shard(ckpt(pool, 2))
     (ckpt(pool, 2) / "model.safetensors.index.json").write_text('{"no_weight_map": {}}')
     raises(pool, ["checkpoint 'ckpt2'", "model.safetensors.index.json"])
+
+
+# --- every model parameter comes from the pool (issue 12, item 6) -------------------------------
+
+LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def drop_everywhere(pool, name: str) -> None:
+    for folder in (pool["base"], *(p for _, p in pool["checkpoints"])):
+        rewrite(folder, lambda t: t.pop(name))
+
+
+def edit_config(pool, **changes) -> None:
+    for folder in (pool["base"], *(p for _, p in pool["checkpoints"])):
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, **changes}))
+
+
+def test_untied_lm_head_missing_from_every_file_is_refused(pool):
+    drop_everywhere(pool, "lm_head.weight")
+    msg = raises(pool, ["'lm_head.weight'", "random initialization", "tie_word_embeddings: false"])
+    assert msg.startswith("checkpoint 'base'")
+    raises(pool, ["checkpoint 'ckpt0'", "'lm_head.weight'"], base=False)
+
+
+def test_missing_layer_parameter_is_refused(pool):
+    drop_everywhere(pool, NORM)
+    raises(pool, [f"'{NORM}'", "random initialization"])
+
+
+def test_tied_model_needs_no_lm_head(pool):
+    drop_everywhere(pool, "lm_head.weight")
+    edit_config(pool, tie_word_embeddings=True)
+    validate_pool(pool["checkpoints"], pool["base"])
+
+
+def test_missing_parameter_is_one_error_line_from_the_cli(pool, tmp_path, capsys):
+    from service.cli import main
+
+    drop_everywhere(pool, "lm_head.weight")
+    cfg = tmp_path / "merge.yml"
+    cfg.write_text("merge_method: linear\nmodels:\n" + "".join(
+        f"  - model: {p}\n    parameters: {{weight: 0.5}}\n" for _, p in pool["checkpoints"]))
+    assert main(["merge", str(cfg), str(tmp_path / "out"), "-q", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "'lm_head.weight'" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_parameter_is_a_4xx_at_pool_registration(pool, tmp_path):
+    from fastapi.testclient import TestClient
+    from servicekit import AUTH, settings_for
+
+    from service.api.app import create_app
+
+    drop_everywhere(pool, "lm_head.weight")
+    body = {"name": "p", "base": str(pool["base"]),
+            "checkpoints": [{"name": n, "path": str(p)} for n, p in pool["checkpoints"]]}
+    with TestClient(create_app(settings_for(tmp_path, f"sqlite:///{tmp_path}/api.db"))) as c:
+        r = c.post("/v1/pools", json=body, headers=AUTH)
+    assert r.status_code == 422 and "'lm_head.weight'" in r.json()["detail"], r.text
+
+
+def test_model_load_refuses_randomly_initialized_parameters(pool, monkeypatch):
+    """Where the config alone cannot build the model, loading it says the same."""
+    import evaluators.pool as pool_module
+    from evaluators.resident import ResidentModel
+
+    drop_everywhere(pool, "lm_head.weight")
+    monkeypatch.setattr(pool_module, "_model_parameters", lambda config: None)
+    info = validate_pool(pool["checkpoints"], pool["base"])
+    with pytest.raises(PoolError, match="'lm_head.weight'.*random initialization"):
+        ResidentModel(ResidentPool(info, torch.device("cpu")))
+
+
+# --- tokenizers compared whatever their format (issue 12, item 7) -------------------------------
+
+TOKENS = ["<unk>", "<s>", "</s>", *"abcdefgh"]
+
+
+def members(pool) -> list[Path]:
+    return [pool["base"], *(p for _, p in pool["checkpoints"])]
+
+
+@pytest.mark.parametrize("fmt", TOKENIZER_FORMATS)
+def test_same_vocabulary_in_any_format_is_valid(pool, fmt):
+    for folder in members(pool):
+        write_tokenizer(folder, fmt, TOKENS)
+    validate_pool(pool["checkpoints"], pool["base"])
+
+
+@pytest.mark.parametrize("fmt", TOKENIZER_FORMATS)
+def test_different_vocabulary_in_any_format_is_refused(pool, fmt):
+    swapped = [TOKENS[0], TOKENS[2], TOKENS[1], *TOKENS[3:]]
+    for folder in members(pool):
+        write_tokenizer(folder, fmt, swapped if folder == ckpt(pool, 1) else TOKENS)
+    raises(pool, ["checkpoint 'ckpt1'", "tokenizer vocabulary differs", "'</s>' has id 1"])
+
+
+@pytest.mark.parametrize("fmt", TOKENIZER_FORMATS)
+def test_differing_checkpoints_are_refused_when_the_base_has_no_tokenizer_json(pool, fmt):
+    """The issue's case: the check ran only when the base had tokenizer.json."""
+    write_tokenizer(pool["base"], fmt, TOKENS)
+    write_tokenizer(ckpt(pool, 0), "tokenizer.json", TOKENS)
+    write_tokenizer(ckpt(pool, 1), "tokenizer.json", TOKENS[:-1] + ["z"])
+    write_tokenizer(ckpt(pool, 2), fmt, TOKENS)
+    raises(pool, ["checkpoint 'ckpt1'", "tokenizer vocabulary differs", "'h'"])
+
+
+def test_same_vocabulary_across_formats_is_valid(pool):
+    for folder, fmt in zip(members(pool), TOKENIZER_FORMATS, strict=True):
+        write_tokenizer(folder, fmt, TOKENS)
+    validate_pool(pool["checkpoints"], pool["base"])
+
+
+@pytest.mark.parametrize("who", ["base", "ckpt2"])
+def test_member_without_tokenizer_files_is_refused(pool, who):
+    folder = pool["base"] if who == "base" else ckpt(pool, 2)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    raises(pool, [f"checkpoint '{who}'", "no tokenizer files", "cannot be checked"])
+
+
+def test_no_member_with_tokenizer_files_is_valid(pool):
+    for folder in members(pool):
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (folder / name).unlink()
+    validate_pool(pool["checkpoints"], pool["base"])
+
+
+def test_added_tokens_are_compared(pool):
+    for folder in members(pool):
+        write_tokenizer(folder, "vocab.txt", TOKENS)
+    (ckpt(pool, 0) / "added_tokens.json").write_text(json.dumps({"<pad>": len(TOKENS)}))
+    raises(pool, ["checkpoint 'ckpt0'", "tokenizer vocabulary differs", "'<pad>'"])
+
+
+@pytest.mark.parametrize(("fmt", "name", "garbage"), [
+    ("tokenizer.json", "tokenizer.json", b"{"),
+    ("tokenizer.json", "tokenizer.json", b'{"model": {"type": "BPE"}}'),
+    ("tokenizer.model", "tokenizer.model", b"\x0a\xff\xff\xff"),
+    ("tokenizer.model", "tokenizer.model", b"not a model"),
+    ("vocab.json+merges.txt", "vocab.json", b"[1, 2]"),
+    ("vocab.txt", "vocab.txt", b"\xff\xfe\x00"),
+], ids=["json-syntax", "json-no-vocab", "spm-truncated", "spm-garbage", "vocab-json-list", "vocab-txt-binary"])
+@pytest.mark.parametrize("where", ["base", "ckpt1"])
+def test_unreadable_tokenizer_is_a_pool_error(pool, fmt, name, garbage, where):
+    """Also in the reference, whose files every other member may share byte for byte."""
+    for folder in members(pool):
+        write_tokenizer(folder, fmt, TOKENS)
+    for folder in (members(pool) if where == "base" else [ckpt(pool, 1)]):
+        (folder / name).write_bytes(garbage)
+    raises(pool, [f"checkpoint '{where}'", f"unreadable {name}"])
+
+
+def test_sentencepiece_reader_agrees_with_sentencepiece(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    import io
+
+    model = io.BytesIO()
+    text = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs"] * 20
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=40,
+                                   model_type="bpe", minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    assert sentencepiece_pieces(model.getvalue()) == [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    assert sentencepiece_pieces(spm_model(TOKENS)) == TOKENS

@@ -94,3 +94,39 @@ def make_extra_tasks(root: Path, n_docs: int = 8) -> Path:
         "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n"
     )
     return tasks
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        out += bytes([n & 0x7F | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            return out
+
+
+def spm_model(pieces: list[str]) -> bytes:
+    """A minimal sentencepiece ModelProto: each piece with a score (what the pool check reads)."""
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | 2]) + _varint(len(payload)) + payload
+    return b"".join(field(1, field(1, p.encode()) + b"\x15\x00\x00\x80\xbf") for p in pieces)
+
+
+TOKENIZER_FORMATS = ("tokenizer.json", "tokenizer.model", "vocab.json+merges.txt", "vocab.txt")
+
+
+def write_tokenizer(folder: Path, fmt: str, tokens: list[str]) -> None:
+    """Replace the folder's tokenizer files by one format holding ``tokens`` (id = position)."""
+    for name in ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json"):
+        (folder / name).unlink(missing_ok=True)
+    if fmt == "tokenizer.json":
+        tj = {"version": "1.0", "added_tokens": [], "model": {"type": "WordLevel", "unk_token": tokens[0],
+                                                               "vocab": {t: i for i, t in enumerate(tokens)}}}
+        (folder / "tokenizer.json").write_text(json.dumps(tj))
+    elif fmt == "tokenizer.model":
+        (folder / "tokenizer.model").write_bytes(spm_model(tokens))
+    elif fmt == "vocab.json+merges.txt":
+        (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+        (folder / "merges.txt").write_text("#version: 0.2\n")
+    else:
+        (folder / "vocab.txt").write_text("\n".join(tokens) + "\n")
