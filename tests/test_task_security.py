@@ -356,15 +356,17 @@ BOMB = "\n".join(["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
                  + ["dataset_kwargs:", "  data_files:", "    test: *a9"]) + "\n"
 
 
-@pytest.mark.parametrize("bomb", [BOMB, "loop: &loop [*loop]\n", "deep: " + "[" * 200 + "]" * 200 + "\n"],
-                         ids=["billion-laughs", "recursive-alias", "deep"])
+@pytest.mark.parametrize("bomb", [BOMB, "loop: &loop [*loop]\n", "deep: " + "[" * 200 + "]" * 200 + "\n",
+                                  "big: '" + "a" * (2 << 20) + "'\n"],
+                         ids=["billion-laughs", "recursive-alias", "deep", "2-MiB"])
 def test_yaml_bombs_are_refused_quickly(sec, bomb):
-    """9**10 (~3.5e9) nodes once expanded, a list that contains itself, nesting past the budget:
-    refused with a reason in well under a second (the old guard walked every expanded string)."""
+    """9**10 (~3.5e9) nodes once expanded, a list that contains itself, nesting or bytes past the
+    budget: refused with a reason in well under a second (the old guard walked every expanded
+    string)."""
     registered(sec, folder_with(sec, lambda t: t))  # lm-eval's first import is not the bomb's cost
     folder = folder_with(sec, lambda t: t + bomb)
     t0 = time.perf_counter()
     r = sec["c"].post("/v1/suites", json={"name": "bomb", **suite_body(sec, folder)}, headers=AUTH)
     assert time.perf_counter() - t0 < 1.0
     assert r.status_code in (403, 422) and "tiny_add.yaml" in r.json()["detail"], r.text
-    assert any(w in r.json()["detail"] for w in ("aliases are expanded", "recursive YAML alias", "nested")), r.text
+    assert any(w in r.json()["detail"] for w in ("aliases are expanded", "recursive YAML alias", "nested", "larger than")), r.text
