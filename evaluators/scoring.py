@@ -43,6 +43,16 @@ def _study_hflm():
     from lm_eval.models.huggingface import HFLM
 
     class StudyHFLM(HFLM):
+        prefix_sharing = True  # prefix_scoring.py; SuiteScorer(prefix_sharing=False) keeps HFLM's path
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+            from evaluators.prefix_scoring import hflm_loglikelihood_tokens
+
+            shared = hflm_loglikelihood_tokens(self, requests) if self.prefix_sharing else None
+            if shared is not None:
+                return shared
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
         def _encode_pair(self, context, continuation):
             cache = self.__dict__.setdefault("_mergeopt_pairs", {})
             key = (context, continuation)
@@ -128,8 +138,13 @@ class SuiteScorer:
         validation: float | int = 0,
         roots: Roots = None,
         trusted: Sequence[Path] = (),
+        prefix_sharing: bool | None = None,
     ) -> None:
         self.requests = requests
+        # Log-likelihoods scored with each shared context run once (prefix_scoring.py), same
+        # scores as lm-eval's; False, or MERGEOPT_PREFIX_SHARING=0 for None, keeps lm-eval's path.
+        self.prefix_sharing = (os.environ.get("MERGEOPT_PREFIX_SHARING", "1") != "0"
+                               if prefix_sharing is None else prefix_sharing)
         self.limit = limit
         self.batch_size = batch_size
         self.task_dict = load_task_dict(requests, include_path, roots=roots, trusted=trusted)
@@ -154,6 +169,7 @@ class SuiteScorer:
         # written into the same parameters in place.
         if self._lm is None or self._lm_model is not model:
             self._lm = _study_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+            self._lm.prefix_sharing = self.prefix_sharing
             self._lm_model = model
         return self._lm
 

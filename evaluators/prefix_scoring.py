@@ -1,0 +1,214 @@
+"""Prefix-shared log-likelihood scoring for causal LMs.
+
+lm-eval's HF scorer runs one forward over ``context + continuation[:-1]`` per request; it shares
+that forward between requests only when the continuations are one token. Multiple-choice tasks
+with multi-token endings (HellaSwag, ARC, PIQA...) therefore recompute the same long context once
+per choice. Here requests are grouped by the part of their input window they share: that prefix
+runs once, and every distinct continuation input is scored from its cached keys/values.
+
+Semantics are HFLM's (lm_eval/models/huggingface.py, ``_loglikelihood_tokens``, causal branch):
+the input window is ``(context + continuation)[-(max_length + 1):][:-1]`` with positions from 0,
+so a left-truncated request shares only with requests truncated to the same window. A request's
+window is split as ``prefix = window[:-len(cont)]`` (run once per group, cached) and
+``suffix = window[-len(cont):]`` (its logits score ``cont``). A group with one distinct suffix has
+nothing to share and runs as one plain sequence, like HFLM (1-token MC: one forward per context).
+
+Batches: plain sequences are right-padded, no attention mask (causal: padding on the right never
+reaches real positions), exactly as HFLM. Prefixes are right-padded too; their continuations get
+a mask of ``[prefix real tokens, prefix padding = 0, own tokens]`` and positions continuing from
+the group's own prefix length, so no query ever has every key masked. At most ``batch_size`` rows
+per forward, as HFLM's batch size.
+
+Supported: models whose forward takes a cache (``cache`` or ``past_key_values``), ``position_ids`` and
+``attention_mask`` and returns a ``DynamicCache`` of full-attention layers. Anything else (sliding
+windows, recurrent or quantized caches, legacy tuple caches) raises ``PrefixUnsupported`` before
+any score is returned; the caller then uses lm-eval's own path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+
+class PrefixUnsupported(RuntimeError):
+    """The model's cache cannot be shared between rows; use lm-eval's path instead."""
+
+
+@dataclass
+class Row:
+    """One forward row: ``tokens`` (after the group's prefix); each read scores ``targets``
+    against the logits at ``tokens`` positions ``start .. start + len(targets)``."""
+
+    tokens: tuple[int, ...]
+    reads: list[tuple[int, int, list[int]]] = field(default_factory=list)  # (request, start, targets)
+
+
+@dataclass
+class Group:
+    prefix: tuple[int, ...]  # empty: plain rows, no cache
+    rows: list[Row]
+
+
+def plan(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int) -> list[Group]:
+    """Groups of rows for ``(context_enc, continuation_enc)`` requests, HFLM's truncation."""
+    shared: dict[tuple[int, ...], dict[tuple[int, ...], Row]] = {}
+    for i, (ctx, cont) in enumerate(requests):
+        if not ctx or not cont or len(cont) > max_length:
+            raise ValueError(f"request {i}: need a context, a continuation, and len(continuation) <= {max_length}")
+        window = (list(ctx) + list(cont))[-(max_length + 1):][:-1]
+        cut = len(window) - len(cont)
+        rows = shared.setdefault(tuple(window[:cut]), {})
+        rows.setdefault(tuple(window[cut:]), Row(tuple(window[cut:]))).reads.append((i, 0, list(cont)))
+    groups, plain = [], {}
+    for prefix, rows in shared.items():
+        if len(rows) > 1 and prefix:
+            groups.append(Group(prefix, list(rows.values())))
+            continue
+        for row in rows.values():  # nothing to share: the whole window as one sequence
+            whole = prefix + row.tokens
+            merged = plain.setdefault(whole, Row(whole))
+            merged.reads.extend((i, len(prefix) + s, t) for i, s, t in row.reads)
+    groups.extend(Group((), [row]) for row in plain.values())
+    # Longest first (as HFLM): padding stays small and an out-of-memory shows on the first batch.
+    groups.sort(key=lambda g: (-(len(g.prefix) + max(len(r.tokens) for r in g.rows)), g.prefix))
+    return groups
+
+
+def batches(groups: list[Group], batch_size: int) -> list[list[Group]]:
+    """Consecutive groups with at most ``batch_size`` rows in all (a bigger group alone);
+    plain groups and prefix groups never share a batch."""
+    out: list[list[Group]] = []
+    rows = 0
+    for g in groups:
+        if out and bool(out[-1][0].prefix) == bool(g.prefix) and rows + len(g.rows) <= batch_size:
+            out[-1].append(g)
+            rows += len(g.rows)
+        else:
+            out.append([g])
+            rows = len(g.rows)
+    return out
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The forward argument that takes a cache: ``cache`` (transformers >= 5.2x), else the
+    older ``past_key_values``; PrefixUnsupported without one, or without masks and positions."""
+    params = inspect.signature(model.forward).parameters
+    name = next((p for p in ("cache", "past_key_values") if p in params), None)
+    missing = [p for p in ("position_ids", "attention_mask") if p not in params] + ([] if name else ["cache"])
+    if missing:
+        raise PrefixUnsupported(f"{type(model).__name__}.forward takes no {', '.join(missing)}")
+    return name
+
+
+def _padded(seqs: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids (pad id 0, never attended) and their 0/1 mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _cache_rows(cache, index: torch.Tensor):
+    """A new cache holding the prefix rows ``index`` (one per continuation row)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if type(cache) is not DynamicCache or not layers or any(
+            type(layer) is not DynamicLayer or getattr(layer, "keys", None) is None for layer in layers):
+        raise PrefixUnsupported(f"cache {type(cache).__name__} is not a DynamicCache of full-attention layers")
+    return DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in layers])
+
+
+class _Scorer:
+    def __init__(self, model, device: torch.device, softmax_dtype, autocast_dtype) -> None:
+        self.model, self.device, self.softmax_dtype = model, device, softmax_dtype
+        self.autocast_dtype = autocast_dtype
+        self.keep_one = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.cache_arg = cache_kwarg(model)
+
+    def _forward(self, **kwargs):
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype,
+                                             enabled=self.autocast_dtype is not None):
+            return self.model(**kwargs)
+
+    def plain(self, rows: list[Row]) -> torch.Tensor:
+        ids, _ = _padded([r.tokens for r in rows], self.device)
+        return F.log_softmax(self._forward(input_ids=ids).logits, dim=-1, dtype=self.softmax_dtype)
+
+    def prefix(self, groups: list[Group]):
+        """Run the groups' prefixes once: their cache and padding mask. No attention mask here:
+        right padding is causally invisible to the real tokens; later rows mask it out."""
+        ids, mask = _padded([g.prefix for g in groups], self.device)
+        extra = {"logits_to_keep": 1} if self.keep_one else {}  # prefix logits are never read
+        out = self._forward(input_ids=ids, use_cache=True, **extra)
+        cache = getattr(out, "cache", None)
+        return (out.past_key_values if cache is None else cache), mask
+
+    def shared(self, cache, prefix_mask: torch.Tensor, owner: list[int], rows: list[Row]) -> torch.Tensor:
+        index = torch.tensor(owner, device=self.device)
+        ids, mask = _padded([r.tokens for r in rows], self.device)
+        pmask = prefix_mask[index]
+        positions = pmask.sum(dim=1, keepdim=True) + torch.arange(ids.shape[1], device=self.device)
+        out = self._forward(input_ids=ids, attention_mask=torch.cat([pmask, mask], dim=1), position_ids=positions,
+                            use_cache=True, **{self.cache_arg: _cache_rows(cache, index)})
+        return F.log_softmax(out.logits, dim=-1, dtype=self.softmax_dtype)
+
+
+def score(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int, max_length: int,
+          device: torch.device | str, softmax_dtype: torch.dtype | None = None,
+          autocast_dtype: torch.dtype | None = None) -> list[tuple[float, bool]]:
+    """``(log-likelihood, is_greedy)`` per ``(context_enc, continuation_enc)``, in order: what
+    HFLM's ``_loglikelihood_tokens`` returns for a causal model."""
+    scorer = _Scorer(model, torch.device(device), softmax_dtype, autocast_dtype)
+    results: list[tuple[float, bool] | None] = [None] * len(requests)
+
+    def read(logprobs: torch.Tensor, rows: list[Row]) -> None:
+        for lp, row in zip(logprobs, rows, strict=True):
+            for i, start, targets in row.reads:
+                t = torch.tensor(targets, device=lp.device)
+                part = lp[start:start + len(targets)]
+                greedy = bool((part.argmax(dim=-1) == t).all())
+                results[i] = (float(part.gather(1, t[:, None]).sum()), greedy)
+
+    for batch in batches(plan(requests, max_length), batch_size):
+        if not batch[0].prefix:
+            rows = [g.rows[0] for g in batch]
+            read(scorer.plain(rows), rows)
+            continue
+        cache, prefix_mask = scorer.prefix(batch)
+        owned = [(k, row) for k, g in enumerate(batch) for row in g.rows]
+        for s in range(0, len(owned), batch_size):  # one group of more than batch_size rows: slices
+            part = owned[s:s + batch_size]
+            rows = [row for _, row in part]
+            read(scorer.shared(cache, prefix_mask, [k for k, _ in part], rows), rows)
+    return results  # type: ignore[return-value]
+
+
+def hflm_loglikelihood_tokens(lm, requests: list) -> list[tuple[float, bool]] | None:
+    """HFLM's ``_loglikelihood_tokens`` by prefix sharing, or None where lm-eval's own path
+    must run (not a causal model, automatic batch size, a cache that cannot be shared)."""
+    if lm.backend != "causal" or not isinstance(lm.batch_size, int):
+        return None
+    try:
+        res = score(lm.model, [(ctx, cont) for _, ctx, cont in requests], batch_size=lm.batch_size,
+                    max_length=lm.max_length, device=lm.device, softmax_dtype=lm.softmax_dtype,
+                    autocast_dtype=lm.mixed_precision_dtype)
+    except PrefixUnsupported as exc:
+        logger.warning("prefix-shared scoring off for this model (%s): lm-eval's own path", exc)
+        lm.prefix_sharing = False  # the model does not change: do not try again
+        return None
+    for (request_str, _, _), answer in zip(requests, res, strict=True):
+        if request_str is not None:  # as HFLM: rolling windows (None) are cached per document
+            lm.cache_hook.add_partial("loglikelihood", request_str, answer)
+    return res
