@@ -21,9 +21,23 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from evaluators.scoring import SuiteError
     from optimizer.loop import StudyFailed
     from optimizer.spec import SpecError
+    from optimizer.storage import StorageError
     from service.paths import PathNotAllowed
 
-    return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, OSError, PathNotAllowed)
+    return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, OSError, PathNotAllowed, StorageError)
+
+
+def _stored_url(ref: str, storage: str | None) -> str:
+    """The storage a reader (front, export) opens, picked as open_study picks it, and checked:
+    a SQLite file that does not exist is refused, not created empty."""
+    from optimizer.spec import load_spec
+    from optimizer.storage import check_url
+    from service.studies import DEFAULT_STORAGE
+
+    is_yaml = ref.endswith((".yaml", ".yml")) or Path(ref).is_file()
+    url = storage or (load_spec(ref).storage if is_yaml else DEFAULT_STORAGE)
+    check_url(url, must_exist=True)
+    return url
 
 
 def _print_front(study, split: str = "validation", as_json: bool = False) -> None:
@@ -38,12 +52,14 @@ def _print_front(study, split: str = "validation", as_json: bool = False) -> Non
 
 def cmd_run(args: argparse.Namespace) -> int:
     from optimizer.spec import load_spec
+    from optimizer.storage import check_url
     from service.settings import get_settings
     from service.studies import run_study
 
     spec = load_spec(args.study)
     if args.storage:
         spec = spec.model_copy(update={"storage": args.storage})
+    check_url(spec.storage)  # before the pool is loaded, not after
     _print_front(run_study(spec, progress=not args.quiet, trusted_task_roots=get_settings().trusted_task_roots))
     return 0
 
@@ -51,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_front(args: argparse.Namespace) -> int:
     from service.studies import open_study
 
-    study, _ = open_study(args.study, args.storage)
+    study, _ = open_study(args.study, _stored_url(args.study, args.storage))
     _print_front(study, args.split, args.json)
     return 0
 
@@ -59,7 +75,7 @@ def cmd_front(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from service.studies import export_trial, open_study
 
-    study, spec = open_study(args.study, args.storage)
+    study, spec = open_study(args.study, _stored_url(args.study, args.storage))
     out = export_trial(study, spec, args.trial, args.out_dir, progress=not args.quiet)
     print(f"wrote {out} (load with AutoModelForCausalLM.from_pretrained; mergekit: {out / 'mergekit_config.yml'})")
     return 0
@@ -87,11 +103,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace):
+    from optimizer.storage import check_url
     from service.settings import Settings
 
     overrides = {k: v for k, v in {"database_url": getattr(args, "db", None), "host": getattr(args, "host", None),
                                    "port": getattr(args, "port", None)}.items() if v is not None}
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    check_url(settings.database_url)
+    return settings
 
 
 def _shown(url: str) -> str:
@@ -147,65 +166,80 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mergeopt", description="Optimize merge weights over a pool of checkpoints.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = p.add_subparsers(dest="command", required=True)
+    from service import cli_help as H
+    from service.cli_init import add_parser as add_init
 
-    s = sub.add_parser("demo", help="build a tiny pool and run a short CMA-ES study on it (CPU, SQLite)")
-    s.add_argument("--workdir", default="mergeopt-demo", help="where the pool, database and plot go")
-    s.add_argument("--trials", type=int, default=80, help="trial budget, baselines included")
-    s.add_argument("--fresh", action="store_true", help="drop the stored demo study and start over")
-    s.add_argument("-q", "--quiet", action="store_true")
+    p = argparse.ArgumentParser(prog="mergeopt", description="Optimize merge weights over a pool of checkpoints.",
+                                formatter_class=H.Formatter, epilog=H.MAIN)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    quiet = {"action": "store_true", "help": "no progress bars (errors and the result still print)"}
+
+    def command(name: str, what: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".",
+                              formatter_class=H.Formatter, epilog=epilog)
+
+    s = command("demo", "build a tiny pool and run a short CMA-ES study on it (CPU, SQLite)", H.DEMO)
+    s.add_argument("--workdir", type=H.workdir, default="mergeopt-demo", help="where the pool, database and plot go")
+    s.add_argument("--trials", type=H.demo_trials, default=80, metavar="N",
+                   help="trial budget, set-up trials (each checkpoint, the base, baselines) included")
+    s.add_argument("--fresh", action="store_true", help="drop the stored demo study and start over (keeps the pool)")
+    s.add_argument("-q", "--quiet", **quiet)
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("run", help="run one study (YAML) to its budget; resumes if it exists")
-    s.add_argument("study", help="study spec YAML")
-    s.add_argument("--storage", help="override the spec's storage URL")
-    s.add_argument("-q", "--quiet", action="store_true")
+    add_init(sub, H.Formatter, H.examples(("mergeopt init", "writes ./study.yaml"),
+                                          ("mergeopt init studies/code-chat.yaml", "study name code-chat"),
+                                          ("mergeopt init - | less", "print it")))
+
+    s = command("run", "run one study (YAML) to its budget; resumes if it exists", H.RUN)
+    s.add_argument("study", metavar="STUDY.yaml", help="study spec YAML (`mergeopt init` writes one)")
+    s.add_argument("--storage", metavar="URL", help="override the spec's storage URL")
+    s.add_argument("-q", "--quiet", **quiet)
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("front", help="print a study's Pareto front")
-    s.add_argument("study", help="study YAML, or a study name (with --storage)")
-    s.add_argument("--storage", help="storage URL (default sqlite:///mergeopt.db)")
-    s.add_argument("--json", action="store_true")
+    s = command("front", "print a study's Pareto front and verdict", H.FRONT)
+    s.add_argument("study", metavar="STUDY", help="study YAML, or a study name (with --storage)")
+    s.add_argument("--storage", metavar="URL", help="storage URL (default: the YAML's, or sqlite:///mergeopt.db)")
+    s.add_argument("--json", action="store_true", help="JSON instead of the table: full merges, intervals, search scores")
     s.add_argument("--split", choices=["validation", "search"], default="validation",
-                   help="validation: scores on documents the search never saw (default); search: the documents "
+                   help="validation: scores on documents the search never saw; search: the documents "
                         "it optimized on (optimistic, for diagnosis)")
     s.set_defaults(func=cmd_front)
 
-    s = sub.add_parser("export", help="write a trial's merge as a HF checkpoint + mergekit_config.yml")
-    s.add_argument("study", help="study YAML, or a study name (with --storage)")
-    s.add_argument("trial", type=int)
-    s.add_argument("out_dir")
-    s.add_argument("--storage")
-    s.add_argument("-q", "--quiet", action="store_true")
+    s = command("export", "write a trial's merge as a HF checkpoint + mergekit_config.yml", H.EXPORT)
+    s.add_argument("study", metavar="STUDY", help="study YAML, or a study name (with --storage)")
+    s.add_argument("trial", metavar="TRIAL", type=int, help="trial number (the first column of `mergeopt front`)")
+    s.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must not exist, or be empty)")
+    s.add_argument("--storage", metavar="URL", help="storage URL (default: the YAML's, or sqlite:///mergeopt.db)")
+    s.add_argument("-q", "--quiet", **quiet)
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("merge", help="one merge from a mergekit-style YAML")
-    s.add_argument("config")
-    s.add_argument("out_dir")
-    s.add_argument("--device", default="auto")
-    s.add_argument("-q", "--quiet", action="store_true")
+    s = command("merge", "one merge from a mergekit-style YAML", H.MERGE)
+    s.add_argument("config", metavar="CONFIG.yml", help="mergekit YAML (merge_method, models, base_model, "
+                                                        "parameters, dtype); relative paths: from its folder")
+    s.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must not exist, or be empty)")
+    s.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:N, mps")
+    s.add_argument("-q", "--quiet", **quiet)
     s.set_defaults(func=cmd_merge)
 
-    s = sub.add_parser("serve", help="the REST API (uvicorn), with one in-process worker by default")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--db", help="database URL (default MERGEOPT_DATABASE_URL or sqlite:///mergeopt.db)")
+    s = command("serve", "the REST API (uvicorn), with one in-process worker by default")
+    s.add_argument("--host", help="bind address (default MERGEOPT_HOST or 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default MERGEOPT_PORT or 8000)")
+    s.add_argument("--db", metavar="URL", help="database URL (default MERGEOPT_DATABASE_URL or sqlite:///mergeopt.db)")
     s.add_argument("--no-worker", action="store_true", help="API only: workers run elsewhere")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("worker", help="claim and evaluate trials of running studies (one per GPU)")
-    s.add_argument("--db", help="database URL (default MERGEOPT_DATABASE_URL)")
+    s = command("worker", "claim and evaluate trials of running studies (one per GPU)")
+    s.add_argument("--db", metavar="URL", help="database URL (default MERGEOPT_DATABASE_URL)")
     s.add_argument("--device", help="cuda:0, cpu... (default: the study's device)")
-    s.add_argument("--id", help="worker name shown in trials and events")
+    s.add_argument("--id", help="worker name shown in trials and events (default: host-pid-random)")
     s.add_argument("--exit-when-idle", type=float, metavar="SECONDS", help="exit after this long without work")
     s.set_defaults(func=cmd_worker)
 
-    s = sub.add_parser("db", help="database migrations (mergeopt's tables; Optuna migrates its own)")
-    s.add_argument("action", choices=["upgrade", "downgrade", "current"])
-    s.add_argument("revision", nargs="?")
-    s.add_argument("--db", help="database URL (default MERGEOPT_DATABASE_URL)")
+    s = command("db", "database migrations (mergeopt's tables; Optuna migrates its own)")
+    s.add_argument("action", choices=["upgrade", "downgrade", "current"], help="what to do")
+    s.add_argument("revision", nargs="?", help="target revision (default: head for upgrade, base for downgrade)")
+    s.add_argument("--db", metavar="URL", help="database URL (default MERGEOPT_DATABASE_URL)")
     s.set_defaults(func=cmd_db)
     return p
 
