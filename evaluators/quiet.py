@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 
 @functools.cache
 def quiet_libraries() -> None:
     import datasets
     import lm_eval.api.task as task_module
+    import lm_eval.models.huggingface as hf_module
     import transformers
     from tqdm import tqdm
 
@@ -20,5 +22,17 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     for name in ("lm-eval", "lm_eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    # build_all_requests has no switch for its bar; the module-level name is the only handle.
-    task_module.tqdm = functools.partial(tqdm, disable=True)
+    # build_all_requests has no switch for its bar, and HFLM.loglikelihood_rolling (perplexity
+    # tasks) calls _loglikelihood_tokens with disable_tqdm=False whatever its caller asked: the
+    # module-level names are the only handles. disable is forced, not defaulted (a partial's
+    # keyword would lose to the explicit disable=False).
+    task_module.tqdm = _silent(tqdm)
+    hf_module.tqdm = _silent(tqdm)
+
+
+def _silent(tqdm_cls: type) -> Callable[..., object]:
+    def make(*args: object, **kwargs: object) -> object:
+        kwargs["disable"] = True
+        return tqdm_cls(*args, **kwargs)
+
+    return make

@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from optimizer.front import hypervolume, non_dominated
+from optimizer.front import front_hypervolume, non_dominated
 from optimizer.validation import A_VFRONT
 from optimizer.validation import stored as stored_validation
 
@@ -43,8 +43,19 @@ class TrialRow:
         return asdict(self)
 
 
+def stale_reason(trial: optuna.trial.FrozenTrial) -> str:
+    """Why a trial failed with no error of its own: every failure mergeopt's loop sees stores
+    one (T_ERROR), so a failed trial without one was failed by heartbeat (fail_stale_trials, or
+    no heartbeat ever): its worker died. Its budget slot goes back to the study."""
+    took = ""
+    if trial.datetime_start and trial.datetime_complete:
+        took = f" after {(trial.datetime_complete - trial.datetime_start).total_seconds():.0f} s"
+    return f"worker stopped sending heartbeats (died or was killed); failed{took} and retried"
+
+
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
     rows = []
+    mergeopt = A_SPEC in study.user_attrs  # another Optuna client's failures mean something else
     validated = {n: e.get("summary") or ({"error": e["error"]} if "error" in e else None)
                  for n, e in stored_validation(study.user_attrs).items()}
     for t in study.get_trials(deepcopy=False):
@@ -60,7 +71,7 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
                 normalized=ua.get(T_NORM, {}),
                 objective=ua.get(T_OBJ),
                 timings=ua.get(T_TIMES, {}),
-                error=ua.get(T_ERROR),
+                error=ua.get(T_ERROR) or (stale_reason(t) if mergeopt and t.state == TrialState.FAIL else None),
                 validation=validated.get(t.number),
             )
         )
@@ -71,16 +82,19 @@ def compute_front(rows: list[TrialRow], tasks: list[str]) -> dict:
     """Non-dominated completed trials (baselines included) over normalized per-task scores."""
     done = [r for r in rows if r.state == TrialState.COMPLETE.name and r.normalized]
     if not done:
-        return {"tasks": tasks, "trials": [], "hypervolume": 0.0, "reference_point": [0.0] * len(tasks)}
+        return {"tasks": tasks, "trials": [], "hypervolume": 0.0, "reference_point": [0.0] * len(tasks),
+                "hypervolume_skips": []}
     points = np.array([[r.normalized[t] for t in tasks] for r in done])
     mask = non_dominated(points)
     front = sorted((r for r, keep in zip(done, mask, strict=True) if keep),
                    key=lambda r: -(r.objective or 0.0))
+    hv, skipped = front_hypervolume(points[mask], tasks)
     return {
         "tasks": tasks,
         "trials": [r.number for r in front],
-        "hypervolume": hypervolume(points[mask]),
+        "hypervolume": hv,
         "reference_point": [0.0] * len(tasks),
+        "hypervolume_skips": skipped,  # tasks no trial scores above 0 on (see optimizer/front.py)
     }
 
 

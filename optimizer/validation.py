@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from optimizer.front import hypervolume, non_dominated
+from optimizer.front import front_hypervolume, non_dominated
 from optimizer.spec import StudySpec
 from optimizer.stats import Bootstrap, DocScores, TaskTerm
 
@@ -101,13 +101,15 @@ def front(spec: StudySpec, attrs: Mapping, complete: set[int]) -> dict:
     """Non-dominated validated trials over their validation normalized scores."""
     tasks = spec.task_names
     done = sorted((n, e["summary"]) for n, e in stored(attrs).items() if "summary" in e and n in complete)
-    empty = {"split": "validation", "tasks": tasks, "trials": [], "hypervolume": 0.0, "reference_point": [0.0] * len(tasks)}
+    empty = {"split": "validation", "tasks": tasks, "trials": [], "hypervolume": 0.0, "reference_point": [0.0] * len(tasks),
+             "hypervolume_skips": []}
     if not done:
         return empty
     points = np.array([[s["normalized"][t]["value"] for t in tasks] for _, s in done])
     mask = non_dominated(points)
     kept = sorted((d for d, keep in zip(done, mask, strict=True) if keep), key=lambda d: -d[1]["objective"]["value"])
-    return {**empty, "trials": [n for n, _ in kept], "hypervolume": hypervolume(points[mask])}
+    hv, skipped = front_hypervolume(points[mask], tasks)
+    return {**empty, "trials": [n for n, _ in kept], "hypervolume": hv, "hypervolume_skips": skipped}
 
 
 class Claims:

@@ -10,18 +10,39 @@ import optuna
 import torch
 
 from optimizer.records import stored_front, trial_rows
-from optimizer.spec import parse_spec
+from optimizer.spec import SpecError, parse_spec
 from optimizer.verdict import study_verdict
 from service.plots import plot_study
 from service.report import front_table
 from service.studies import run_study
 
 
+def setup_trials(n_checkpoints: int, has_base: bool = True, greedy_soup: bool = True) -> int:
+    """Trials a study with baselines runs before its search: each checkpoint alone, the base,
+    the merge baselines, and greedy soup's N-1 soups (optimizer/baselines.py, greedy.py)."""
+    from optimizer.baselines import merge_baselines
+
+    soups = n_checkpoints - 1 if greedy_soup and n_checkpoints > 2 else 0
+    names = [f"c{i}" for i in range(n_checkpoints)]
+    return n_checkpoints + int(has_base) + len(merge_baselines(names, has_base)) + soups
+
+
+def min_demo_trials() -> int:
+    """The smallest demo budget: its set-up trials and one search trial."""
+    from evaluators.demo_pool import RECIPES
+
+    return setup_trials(len(RECIPES)) + 1
+
+
 def demo_spec(pool, workdir: Path, n_trials: int) -> dict:
+    """Paths resolved: the study stores them, and `front` / `export` run from any folder."""
+    def where(p: Path) -> str:
+        return str(Path(p).resolve())
+
     return {
         "name": "demo",
-        "pool": {"base": str(pool.base), "checkpoints": [{"name": n, "path": str(p)} for n, p in pool.checkpoints]},
-        "suite": {"include_path": str(pool.include_path), "tasks": pool.tasks, "batch_size": 64},
+        "pool": {"base": where(pool.base), "checkpoints": [{"name": n, "path": where(p)} for n, p in pool.checkpoints]},
+        "suite": {"include_path": where(pool.include_path), "tasks": pool.tasks, "batch_size": 64},
         "search": {"method": "linear", "sampler": "cmaes", "n_trials": n_trials, "baselines": True},
         "storage": f"sqlite:///{(workdir / 'demo.db').resolve()}",
         "device": "cpu",
@@ -44,7 +65,13 @@ def run_demo(workdir: Path, *, n_trials: int = 80, fresh: bool = False, progress
         except KeyError:
             pass
     print(f"[2/3] CMA-ES study '{spec.name}' ({n_trials} trials incl. baselines) in {spec.storage}")
-    study = run_study(spec, progress=progress)
+    try:
+        study = run_study(spec, progress=progress)
+    except SpecError as exc:
+        if "already exists" not in str(exc):
+            raise
+        raise SpecError(f"{exc} (a demo study from another pool or an older mergeopt: "
+                        f"`mergeopt demo --workdir {workdir} --fresh` starts it over)") from None
     rows, front = trial_rows(study), stored_front(study)
     verdict = study_verdict(study, rows)
     png = plot_study(rows, front, workdir / "front.png", title=f"mergeopt demo: {len(rows)} trials",

@@ -31,6 +31,8 @@ def front_json(rows: list[TrialRow], front: dict, verdict: dict | None = None) -
         "tasks": front["tasks"],
         "hypervolume": front["hypervolume"],
         "reference_point": front["reference_point"],
+        # tasks left out of the hypervolume: no trial scores above 0 on them (optimizer/front.py)
+        "hypervolume_skips": front.get("hypervolume_skips", []),
         "front": [
             {
                 "trial": n,
@@ -45,6 +47,15 @@ def front_json(rows: list[TrialRow], front: dict, verdict: dict | None = None) -
         ],
         "verdict": verdict if split == "validation" else None,
     }
+
+
+def hypervolume_line(hv: float, tasks: list[str], skipped: list[str]) -> str:
+    if not skipped:
+        return f"hypervolume {hv:.4f} (reference point: 0 on every task)"
+    names = ", ".join(f"'{t}'" for t in skipped)
+    return (f"hypervolume {hv:.4f} over {len(tasks) - len(skipped)} of {len(tasks)} tasks (reference point: 0 "
+            f"on every task): left out {names}, where no trial scores above 0 (check the task: it carries "
+            "no information and would make the hypervolume 0)")
 
 
 def _weights(candidate: dict) -> str:
@@ -96,7 +107,7 @@ def front_table(rows: list[TrialRow], front: dict, verdict: dict | None = None) 
         out.append("* the search's best merge (chosen on search documents, scored on validation documents)")
     out.append("merge weights (linear shown normalized):")
     out += [f"  trial {e['trial']}: {_weights(e['merge'])}" for e in data["front"]]
-    out.append(f"hypervolume {data['hypervolume']:.4f} (reference point: 0 on every task)")
+    out.append(hypervolume_line(data["hypervolume"], tasks, data["hypervolume_skips"]))
     if verdict is not None and split == "validation":
         out += ["", verdict["text"]]
     return "\n".join(out)
