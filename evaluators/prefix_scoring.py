@@ -142,9 +142,14 @@ class _Scorer:
                                              enabled=self.autocast_dtype is not None):
             return self.model(**kwargs)
 
-    def plain(self, rows: list[Row]) -> torch.Tensor:
+    def plain(self, rows: list[Row]) -> tuple[torch.Tensor, int]:
+        """Logits of the last positions any read needs, and the position of the first one."""
         ids, _ = _padded([r.tokens for r in rows], self.device)
-        return F.log_softmax(self._forward(input_ids=ids).logits, dim=-1, dtype=self.softmax_dtype)
+        width = ids.shape[1]
+        first = min(start for r in rows for _, start, _ in r.reads)
+        if not self.keep_one:
+            return self._forward(input_ids=ids).logits, 0
+        return self._forward(input_ids=ids, logits_to_keep=width - first).logits, first
 
     def prefix(self, groups: list[Group]):
         """Run the groups' prefixes once: their cache and padding mask. No attention mask here:
@@ -155,14 +160,14 @@ class _Scorer:
         cache = getattr(out, "cache", None)
         return (out.past_key_values if cache is None else cache), mask
 
-    def shared(self, cache, prefix_mask: torch.Tensor, owner: list[int], rows: list[Row]) -> torch.Tensor:
+    def shared(self, cache, prefix_mask: torch.Tensor, owner: list[int], rows: list[Row]) -> tuple[torch.Tensor, int]:
         index = torch.tensor(owner, device=self.device)
         ids, mask = _padded([r.tokens for r in rows], self.device)
         pmask = prefix_mask[index]
         positions = pmask.sum(dim=1, keepdim=True) + torch.arange(ids.shape[1], device=self.device)
         out = self._forward(input_ids=ids, attention_mask=torch.cat([pmask, mask], dim=1), position_ids=positions,
                             use_cache=True, **{self.cache_arg: _cache_rows(cache, index)})
-        return F.log_softmax(out.logits, dim=-1, dtype=self.softmax_dtype)
+        return out.logits, 0
 
 
 def score(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int, max_length: int,
@@ -173,13 +178,21 @@ def score(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, bat
     scorer = _Scorer(model, torch.device(device), softmax_dtype, autocast_dtype)
     results: list[tuple[float, bool] | None] = [None] * len(requests)
 
-    def read(logprobs: torch.Tensor, rows: list[Row]) -> None:
-        for lp, row in zip(logprobs, rows, strict=True):
-            for i, start, targets in row.reads:
-                t = torch.tensor(targets, device=lp.device)
-                part = lp[start:start + len(targets)]
-                greedy = bool((part.argmax(dim=-1) == t).all())
-                results[i] = (float(part.gather(1, t[:, None]).sum()), greedy)
+    def read(out: tuple[torch.Tensor, int], rows: list[Row]) -> None:
+        # The scored positions only (HFLM's log_softmax, row by row), one copy to the host.
+        logits, offset = out
+        where, lengths = [], []
+        for r, row in enumerate(rows):
+            for _, start, targets in row.reads:
+                where += [(r, start - offset + j, t) for j, t in enumerate(targets)]
+                lengths.append(len(targets))
+        r_idx, p_idx, t_idx = (torch.tensor(c, device=logits.device) for c in zip(*where, strict=True))
+        logprobs = F.log_softmax(logits[r_idx, p_idx], dim=-1, dtype=softmax_dtype)
+        picked = logprobs.gather(1, t_idx[:, None])[:, 0].cpu().split(lengths)
+        hits = (logprobs.argmax(dim=-1) == t_idx).cpu().split(lengths)
+        reads = (i for row in rows for i, _, _ in row.reads)
+        for i, lp, hit in zip(reads, picked, hits, strict=True):
+            results[i] = (float(lp.sum()), bool(hit.all()))
 
     for batch in batches(plan(requests, max_length), batch_size):
         if not batch[0].prefix:

@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
         return "".join(rng.choice(LETTERS) for _ in range(rng.randint(lo, hi)))
 
     mc, one, ppl = [], [], []
-    for i in range(10):
+    for i in range(8):
         stem = word(3, 6)  # endings that share a first word (and one equal to another's prefix)
         choices = [f"{stem} {word(2, 8)}", f"{stem} {word(2, 8)}", word(1, 1), word(4, 12)]
         choices.append(choices[0] + word(1, 3))
@@ -107,7 +107,7 @@ def test_scores_equal_lm_eval(setup, task, kw, max_length, batch_size):
     assert ours_lm.prefix_sharing  # still on: the prefix path scored (it turns itself off otherwise)
     ref_s = sorted(ref["samples"][task], key=lambda s: s["doc_id"])
     our_s = sorted(shared["samples"][task], key=lambda s: s["doc_id"])
-    assert len(ref_s) == len(our_s) == 10
+    assert len(ref_s) == len(our_s) == 8
     metrics = ("acc", "acc_norm") if task != "pfx_ppl" else ("word_perplexity", "bits_per_byte")
     for a, b in zip(ref_s, our_s, strict=True):
         lls_a, lls_b = _flat(a["resps"]), _flat(b["resps"])
@@ -134,7 +134,7 @@ def test_shares_context_forward(setup):
 
 def _random_requests(rng: random.Random, vocab: int) -> list[tuple[list[int], list[int]]]:
     reqs = []
-    for _ in range(12):
+    for _ in range(9):
         ctx = [rng.randrange(4, vocab) for _ in range(rng.choice([1, 2, 5, 30, 70]))]
         conts = [[rng.randrange(4, vocab) for _ in range(rng.choice([1, 1, 3, 9]))] for _ in range(rng.randint(1, 5))]
         conts.append(conts[0] + [rng.randrange(4, vocab)])  # one ending extends another
@@ -153,7 +153,7 @@ def test_token_level_equals_hflm(setup, attn):
     model.config._attn_implementation = attn
     try:
         reqs = _random_requests(random.Random(1), len(CHARS))
-        for bs in (1, 7, 32):
+        for bs in (1, 7):
             lm = HFLM(pretrained=model, tokenizer=tok, batch_size=bs, max_length=48)
             ref = lm._loglikelihood_tokens([(None, c, k) for c, k in reqs])
             ours = score(model, reqs, batch_size=bs, max_length=48, device="cpu")
