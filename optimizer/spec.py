@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from optimizer.granularity import Granularity, parse_granularity
+
 MethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
 SamplerName = Literal["cmaes", "nsga2", "tpe", "gp", "random"]
 METHODS_NEEDING_BASE = {"task_arithmetic", "ties", "dare_ties", "dare_linear"}
@@ -157,6 +159,14 @@ class SearchSpec(_Strict):
     )
     fidelities: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0], max_length=16,
                                     description="fractions of each task's documents, one rung each")
+    granularity: Literal["model"] | Granularity = Field(
+        default="model", description="model: one weight per checkpoint; or {layer_groups: K} / {smooth: C} "
+                                     "and/or {kinds: [...]} (README 'Granularity')")
+
+    @field_validator("granularity", mode="before")
+    @classmethod
+    def _granularity(cls, v: object) -> object:
+        return parse_granularity(v) or "model"  # one clear message instead of a union's two
 
     @model_validator(mode="after")
     def _ranges(self) -> SearchSpec:
@@ -216,7 +226,8 @@ class StudySpec(_Strict):
             "method": self.search.method,
             "sampler": self.search.sampler,
             "objective": self.search.objective,
-        }
+        } | ({} if self.search.granularity == "model"  # studies stored before the option stay the same
+             else {"granularity": self.search.granularity.model_dump()})
 
 
 def format_validation_error(exc: ValidationError) -> str:
