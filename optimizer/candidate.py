@@ -8,6 +8,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from optimizer.granularity import Granularity
+
 
 class Candidate(BaseModel):
     """One merge, as data. Field names match mergekit's parameters."""
@@ -20,6 +22,10 @@ class Candidate(BaseModel):
     lambda_: float = Field(default=1.0, alias="lambda")
     normalize: bool | None = None
     seed: int = 0
+    # search.granularity other than model: the weights per group (Granularity.labels() order);
+    # ``weights`` then holds each checkpoint's mean over its groups, as a summary.
+    granularity: Granularity | None = None
+    group_weights: dict[str, list[float]] | None = None
 
     def to_json(self) -> dict:
         return self.model_dump(by_alias=True)
