@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from optuna.distributions import FloatDistribution
 
+from optimizer.granular_space import GroupedSpace
 from optimizer.candidate import Candidate
 from optimizer.spec import SearchSpec
 
@@ -19,8 +20,14 @@ class SearchSpace:
     def __init__(self, search: SearchSpec, names: list[str]) -> None:
         self.search = search
         self.names = names
+        # search.granularity other than model: the same space per group (granular_space.py)
+        g = search.granularity
+        self.grouped = None if g == "model" else GroupedSpace(
+            SearchSpace(search.model_copy(update={"granularity": "model"}), names), g, weight_param)
 
     def distributions(self) -> dict[str, FloatDistribution]:
+        if self.grouped is not None:
+            return self.grouped.distributions()
         lo, hi = self.search.weight_range
         dists = {weight_param(n): FloatDistribution(lo, hi) for n in self.names}
         if self.search.method in WITH_DENSITY:
@@ -30,6 +37,8 @@ class SearchSpace:
         return dists
 
     def candidate(self, params: dict[str, float], seed: int = 0) -> Candidate:
+        if self.grouped is not None:
+            return self.grouped.candidate(params, seed)
         weights = {n: float(params[weight_param(n)]) for n in self.names}
         method = self.search.method
         normalize = self.search.normalize
@@ -48,6 +57,8 @@ class SearchSpace:
 
     def embed(self, cand: Candidate) -> dict[str, float]:
         """The point of this space closest to ``cand`` (exact when methods agree)."""
+        if self.grouped is not None:
+            return self.grouped.embed(cand)
         lo, hi = self.search.weight_range
         weights = [cand.weights.get(n, 0.0) for n in self.names]
         if self.search.method == "linear" and cand.method == "linear" and max(weights) > 0:
