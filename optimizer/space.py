@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from optuna.distributions import FloatDistribution
 
-from optimizer.granular_space import GroupedSpace
 from optimizer.candidate import Candidate
+from optimizer.granular_space import GroupedSpace
 from optimizer.spec import SearchSpec
 
 WITH_DENSITY = {"ties", "dare_ties", "dare_linear"}
