@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from evaluators import merge_methods as mm
+from evaluators.granularity import Granularity, check_group_weights
 
 MethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
 
@@ -28,6 +30,9 @@ class MergeSpec(BaseModel):
     lambda_: float = Field(default=1.0, alias="lambda")
     normalize: bool | None = Field(default=None, description="None: mergekit's method default")
     seed: int = Field(default=0, description="seed of the DARE drop masks")
+    granularity: Granularity | None = Field(default=None, description="None: one weight per checkpoint")
+    group_weights: dict[str, list[float]] | None = Field(
+        default=None, description="checkpoint -> weight per group (evaluators/granularity.py); overrides weights")
 
     @field_validator("weights")
     @classmethod
@@ -51,7 +56,9 @@ class MergeSpec(BaseModel):
                 raise ValueError(f"density must be in (0, 1], got {d}")
         if self.method in mm.USES_DENSITY and self.density is None:
             self.density = 1.0
-        if self.method == "linear" and self.resolved_normalize and abs(sum(self.weights.values())) < 1e-12:
+        linear_normalized = self.method == "linear" and self.resolved_normalize
+        check_group_weights(self.granularity, self.group_weights, nonzero_sums=linear_normalized)
+        if linear_normalized and self.granularity is None and abs(sum(self.weights.values())) < 1e-12:
             raise ValueError("linear merge with normalize: the weights sum to zero")
         return self
 
@@ -92,10 +99,12 @@ def merge_tensor(
     base: torch.Tensor | None = None,
     deltas: torch.Tensor | None = None,
     orders: torch.Tensor | None = None,
+    weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Merge one parameter. Linear needs ``tensors``; the task-vector methods need ``base`` and
-    ``deltas`` (precomputed once per study by the resident pool)."""
-    weights = spec.weight_vector(names)
+    ``deltas`` (precomputed once per study by the resident pool). ``weights``: this tensor's own
+    (a granular spec's group weights, evaluators/granularity.py); None: the spec's."""
+    weights = spec.weight_vector(names) if weights is None else list(weights)
     if spec.method == "linear":
         assert tensors is not None
         return mm.linear(tensors, weights, normalize=spec.resolved_normalize)
