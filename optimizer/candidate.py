@@ -10,6 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from optimizer.granularity import Granularity
 
+# The weight key of the base model as a member of a linear merge (pool.base_in_search). No
+# checkpoint name can take it (names start with a letter or digit); evaluators/merge_spec.py
+# spells the same key.
+BASE_WEIGHT = "__base__"
+
 
 class Candidate(BaseModel):
     """One merge, as data. Field names match mergekit's parameters."""

@@ -102,7 +102,7 @@ class StudyRunner:
         self.claim = claim
         self.tasks = spec.suite.tasks
         self.task_names = spec.task_names
-        self.space = SearchSpace(spec.search, spec.checkpoint_names)
+        self.space = SearchSpace(spec.search, spec.weight_names)
         self.storage = storage or open_storage(spec.storage)
         self.study = self._open_study()
         self.validation = ValidationPhase(self) if spec.suite.validation else None
@@ -229,7 +229,7 @@ class StudyRunner:
         else:
             self._warn("suite.validation is 0: every reported score is on the documents the search "
                        "optimized on, so the best trials' scores are biased upward")
-        self.study.sampler = make_sampler(self.spec.search, self._x0())
+        self.study.sampler = make_sampler(self.spec.search, self._x0(), dim=len(self.space.distributions()))
         self.prepared = True
 
     # ---------------------------------------------------------------- phase 3: search
@@ -237,9 +237,10 @@ class StudyRunner:
         if not self.spec.search.warm_start:
             return None
         # Baselines only: x0 must not move when a study resumes mid-search. The base is no point
-        # of a linear space (all weights 0 means the uniform average there).
+        # of a linear space (all weights 0 means the uniform average there) unless it is a member.
+        base_outside = self.spec.search.method == "linear" and not self.spec.pool.base_in_search
         done = [t for t in self._rows() if t.user_attrs.get(R.T_KIND) == "baseline"
-                and not (t.user_attrs.get(R.T_LABEL) == R.BASE_LABEL and self.spec.search.method == "linear")]
+                and not (t.user_attrs.get(R.T_LABEL) == R.BASE_LABEL and base_outside)]
         if not done:
             return None
         best = max(done, key=lambda t: t.user_attrs.get(R.T_OBJ, -np.inf))

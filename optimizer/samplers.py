@@ -3,44 +3,43 @@ the others optimize one objective per task."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import optuna
 
-from optimizer.spec import SearchSpec
+from optimizer import ipop
+from optimizer.spec import MAX_POPULATION, SearchSpec
 
 SINGLE_OBJECTIVE = {"cmaes"}
 
 
-def _cmaes(search: SearchSpec, x0: dict[str, float] | None) -> optuna.samplers.BaseSampler:
-    with warnings.catch_warnings():
-        # x0/sigma0 are deprecated in Optuna 4.9 (to be moved to OptunaHub) but still honoured;
-        # they are how we start at the best baseline with a step wide enough to leave it.
-        warnings.simplefilter("ignore")
-        return optuna.samplers.CmaEsSampler(
-            x0=x0,
-            sigma0=search.sigma0,
-            seed=search.seed,
-            popsize=search.population_size,
-            n_startup_trials=0,
-            warn_independent_sampling=False,
-        )
+def cmaes_sizes(search: SearchSpec, dim: int) -> tuple[int, float]:
+    """(population, sigma0) for a space of ``dim`` parameters: the spec's, else ipop's formulas."""
+    return search.population_size or ipop.population(dim), search.sigma0 or ipop.step(dim)
 
 
-SAMPLERS: dict[str, Callable[[SearchSpec, dict[str, float] | None], optuna.samplers.BaseSampler]] = {
+def _cmaes(search: SearchSpec, x0: dict[str, float] | None, dim: int) -> optuna.samplers.BaseSampler:
+    popsize, sigma0 = cmaes_sizes(search, dim)
+    return ipop.RestartingCmaEs(x0=x0, sigma0=sigma0, popsize=popsize, seed=search.seed,
+                                restarts=search.restarts == "ipop", patience=search.restart_patience,
+                                max_popsize=MAX_POPULATION)
+
+
+SAMPLERS: dict[str, Callable[[SearchSpec, dict[str, float] | None, int], optuna.samplers.BaseSampler]] = {
     "cmaes": _cmaes,
-    "nsga2": lambda s, _: optuna.samplers.NSGAIISampler(
+    "nsga2": lambda s, _, __: optuna.samplers.NSGAIISampler(
         seed=s.seed, population_size=s.population_size or 20
     ),
-    "tpe": lambda s, _: optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=5),
-    "gp": lambda s, _: optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=5),
-    "random": lambda s, _: optuna.samplers.RandomSampler(seed=s.seed),
+    "tpe": lambda s, _, __: optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=5),
+    "gp": lambda s, _, __: optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=5),
+    "random": lambda s, _, __: optuna.samplers.RandomSampler(seed=s.seed),
 }
 
 
-def make_sampler(search: SearchSpec, x0: dict[str, float] | None = None) -> optuna.samplers.BaseSampler:
-    return SAMPLERS[search.sampler](search, x0)
+def make_sampler(search: SearchSpec, x0: dict[str, float] | None = None, dim: int | None = None,
+                 ) -> optuna.samplers.BaseSampler:
+    """``dim``: the number of searched parameters (CMA-ES' sizes follow it; default len(x0), else 1)."""
+    return SAMPLERS[search.sampler](search, x0, dim or (len(x0) if x0 else 1))
 
 
 def n_objectives(search: SearchSpec, n_tasks: int) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from optuna.distributions import FloatDistribution
 
-from optimizer.candidate import Candidate
+from optimizer.candidate import BASE_WEIGHT, Candidate
 from optimizer.granular_space import GroupedSpace
+from optimizer.signed import repair
 from optimizer.spec import SearchSpec
 
 WITH_DENSITY = {"ties", "dare_ties", "dare_linear"}
@@ -42,10 +43,14 @@ class SearchSpace:
         weights = {n: float(params[weight_param(n)]) for n in self.names}
         method = self.search.method
         normalize = self.search.normalize
-        if method == "linear" and normalize is not False and sum(weights.values()) <= 1e-9:
+        signed = self.search.signed_weights
+        size = sum(abs(w) for w in weights.values()) if signed else sum(weights.values())
+        if method == "linear" and normalize is not False and size <= 1e-9:
             # All weights at the lower bound: the normalized merge is undefined; take the
             # uniform average, its limit along the diagonal.
             weights = dict.fromkeys(self.names, 1.0)
+        elif method == "linear" and normalize is not False and signed:
+            weights = repair(weights, self.search.max_amplification)  # weights that cancel
         return Candidate(
             method=method,
             weights=weights,
@@ -60,10 +65,20 @@ class SearchSpace:
         if self.grouped is not None:
             return self.grouped.embed(cand)
         lo, hi = self.search.weight_range
+        if BASE_WEIGHT in self.names and cand.method == "task_arithmetic" and not cand.normalize:
+            # base + sum_i l w_i (t_i - base) is the linear merge with weights l w_i and
+            # 1 - sum_i l w_i for the base (the base itself: all w_i = 0).
+            mix = {n: cand.lambda_ * w for n, w in cand.weights.items()}
+            cand = Candidate(method="linear", weights={**mix, BASE_WEIGHT: 1 - sum(mix.values())}, normalize=True)
         weights = [cand.weights.get(n, 0.0) for n in self.names]
-        if self.search.method == "linear" and cand.method == "linear" and max(weights) > 0:
-            # Normalized linear merges are scale-free: scale so the largest weight is `hi`.
-            weights = [w * hi / max(weights) for w in weights]
+        if not self.search.signed_weights:
+            weights = [max(w, 0.0) for w in weights]
+        top = max(abs(w) for w in weights)
+        if self.search.method == "linear" and cand.method == "linear" and top > 0 and self.search.normalize is not False:
+            # Normalized linear merges are scale-free: scale so the largest |weight| is halfway
+            # up the range's positive part, inside the box where CMA-ES' first steps stay
+            # (at `hi` a uniform start would sit in a corner, half of every step out of bounds).
+            weights = [w * (max(lo, 0.0) + hi) / 2 / top for w in weights]
         params = {weight_param(n): min(max(w, lo), hi) for n, w in zip(self.names, weights, strict=True)}
         if self.search.method in WITH_DENSITY:
             dlo, dhi = self.search.density_range

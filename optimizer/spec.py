@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from optimizer.candidate import BASE_WEIGHT
 from optimizer.granularity import Granularity, parse_granularity
 
 MethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
@@ -85,6 +86,9 @@ class CheckpointSpec(_Strict):
 class PoolSpec(_Strict):
     base: ServerPath | None = None
     checkpoints: list[CheckpointSpec] = Field(min_length=1, max_length=MAX_CHECKPOINTS)
+    base_in_search: bool = Field(
+        default=False, description="linear only: the base is one more member with a searched weight"
+    )
 
     @field_validator("checkpoints")
     @classmethod
@@ -150,9 +154,27 @@ class SearchSpec(_Strict):
     weight_range: tuple[Coefficient, Coefficient] = (0.0, 1.0)
     density_range: tuple[float, float] = (0.1, 1.0)
     lambda_range: tuple[Coefficient, Coefficient] = (0.2, 1.5)
-    sigma0: float = Field(default=0.3, gt=0, le=1, description="CMA-ES step, as a fraction of each range")
+    signed_weights: bool = Field(
+        default=False, description="allow weights below 0 (extrapolation); weight_range then defaults to [-1, 1]"
+    )
+    max_amplification: float = Field(
+        default=3.0, ge=1, le=MAX_RANGE,
+        description="signed normalized linear: sum|w| / |sum w| at most this (see optimizer/signed.py)",
+    )
+    sigma0: float | None = Field(
+        default=None, gt=0, le=1,
+        description="CMA-ES step, as a fraction of each range; None: 0.3 * min(1, 2 / sqrt(d))",
+    )
     warm_start: bool = Field(default=True, description="start CMA-ES at the best baseline")
-    population_size: int | None = Field(default=None, ge=2, le=MAX_POPULATION)
+    population_size: int | None = Field(
+        default=None, ge=2, le=MAX_POPULATION, description="None: CMA-ES' 4 + floor(3 ln d)"
+    )
+    restarts: Literal["none", "ipop"] = Field(
+        default="ipop", description="cmaes: restart with twice the population when the search stalls"
+    )
+    restart_patience: int = Field(
+        default=5, ge=1, le=MAX_TRIALS, description="cmaes: generations without a better best before a restart"
+    )
     max_failures: int = Field(default=10, ge=1, le=MAX_TRIALS, description="stop after this many failed trials")
     pruner: Literal["none", "successive_halving", "hyperband"] = Field(
         default="none", description="multi-fidelity: score growing document subsets, stop weak trials early"
@@ -170,6 +192,8 @@ class SearchSpec(_Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> SearchSpec:
+        if self.signed_weights and "weight_range" not in self.model_fields_set:
+            self.weight_range = (-1.0, 1.0)
         for field in ("weight_range", "density_range", "lambda_range"):
             lo, hi = getattr(self, field)
             if not lo < hi:
@@ -177,8 +201,8 @@ class SearchSpec(_Strict):
         lo, hi = self.density_range
         if lo <= 0 or hi > 1:
             raise ValueError("density_range must lie in (0, 1]")
-        if self.weight_range[0] < 0 and self.method == "linear":
-            raise ValueError("linear weights must be >= 0")
+        if self.weight_range[0] < 0 and not self.signed_weights:
+            raise ValueError("weights below 0 need search.signed_weights: true (extrapolation is opt-in)")
         f = self.fidelities
         if not f or f[-1] != 1.0 or any(not 0 < a < b for a, b in zip(f, f[1:], strict=False)) or f[0] <= 0:
             raise ValueError(f"fidelities must increase from above 0 to exactly 1.0, got {f}")
@@ -206,6 +230,11 @@ class StudySpec(_Strict):
             raise ValueError("objective 'weighted' needs at least one task weight > 0")
         if len(self.pool.checkpoints) < 2 and self.search.method == "linear" and not self.pool.base:
             raise ValueError("a linear merge needs at least two checkpoints")
+        if self.pool.base_in_search and (not self.pool.base or self.search.method != "linear"):
+            # The task-vector methods are built on the base already (its weight is 1 - sum of
+            # theirs); only a linear merge has no other way to keep some of it.
+            raise ValueError("pool.base_in_search needs pool.base and search.method 'linear' "
+                             f"(got method '{self.search.method}')")
         return self
 
     @property
@@ -213,13 +242,21 @@ class StudySpec(_Strict):
         return [c.name for c in self.pool.checkpoints]
 
     @property
+    def weight_names(self) -> list[str]:
+        """The members a search weighs: the checkpoints, and the base with pool.base_in_search."""
+        return [*self.checkpoint_names, BASE_WEIGHT] if self.pool.base_in_search else self.checkpoint_names
+
+    @property
     def task_names(self) -> list[str]:
         return [t.task for t in self.suite.tasks]
 
     def identity(self) -> dict:
         """What must not change when a stored study is resumed."""
+        pool = self.pool.model_dump()
+        if not pool["base_in_search"]:  # studies stored before the option existed stay the same
+            del pool["base_in_search"]
         return {
-            "pool": self.pool.model_dump(),
+            "pool": pool,
             "tasks": [t.model_dump() for t in self.suite.tasks],
             "limit": self.suite.limit,
             "validation": self.suite.validation,
