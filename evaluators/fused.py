@@ -3,11 +3,16 @@
 A candidate is a loop over chunks of P; each chunk is a handful of large ops whose fp32
 accumulator stays in cache, so the pool is read once and the output written once. Per element
 the operations are exactly those of merge_methods.py (same order, same fp32 work dtype), so the
-results are bit-identical to the per-tensor reference formulas (and to mergekit)."""
+results are bit-identical to the per-tensor reference formulas (and to mergekit).
+
+Granular merges (evaluators/granularity.py) pass ``runs``: stretches [start, end) of the flat
+layout with the row of ``weights`` they take. A chunk is then merged piece by piece, one weight
+vector per piece: still one pass over the pool, a few hundred pieces at most per candidate."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -27,6 +32,25 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+Runs = Sequence[tuple[int, int, int]]
+
+
+def _rows(weights, runs: Runs | None, n: int, total: int, work: torch.dtype, device) -> tuple[torch.Tensor, Runs]:
+    """([R, N] weight rows, runs); without runs, one row over everything."""
+    w = torch.as_tensor(weights, dtype=work, device=device).reshape(-1, n)
+    return w, ([(0, total, 0)] if runs is None else runs)
+
+
+def _pieces(runs: Runs, starts: list[int], s: int, e: int) -> Iterator[tuple[int, int, int]]:
+    """(a, b, row) of every run overlapping [s, e), relative to s."""
+    k = max(0, bisect_right(starts, s) - 1)
+    while k < len(runs) and runs[k][0] < e:
+        a, b, row = runs[k]
+        if b > s:
+            yield max(a, s) - s, min(b, e) - s, row
+        k += 1
+
+
 @torch.no_grad()
 def flat_task_vectors(flat: torch.Tensor, flat_base: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """d = t - base for the whole pool in fp32, chunk by chunk (no full-size temporaries)."""
@@ -40,22 +64,26 @@ def flat_task_vectors(flat: torch.Tensor, flat_base: torch.Tensor, out: torch.Te
 
 
 @torch.no_grad()
-def linear_into(out: torch.Tensor, flat: torch.Tensor, weights: Sequence[float], *, normalize: bool,
-                stage: bool = False) -> None:
+def linear_into(out: torch.Tensor, flat: torch.Tensor, weights, *, normalize: bool,
+                stage: bool = False, runs: Runs | None = None) -> None:
     """out = sum_i w_i t_i (/ sum_i w_i), accumulated like merge_methods.linear. ``flat`` may
-    live on the host (streamed to ``out``'s device, see streaming.py)."""
+    live on the host (streamed to ``out``'s device, see streaming.py). ``weights``: [N], or
+    [R, N] rows with ``runs``."""
     work = work_dtype(flat.dtype)
-    w = torch.as_tensor(weights, dtype=work, device=out.device)
-    total = w.sum()
+    w, runs = _rows(weights, runs, flat.shape[0], flat.shape[1], work, out.device)
+    totals = [row.sum() for row in w]  # a 1-D sum per row, as the reference sums its weights
+    starts = [r[0] for r in runs]
     step = _chunk(out.device)
     acc_buf = torch.empty(min(step, flat.shape[1]), dtype=work, device=out.device)
     for s, e, chunk in device_chunks(flat, out.device, step, stage=stage):
         acc = acc_buf[: e - s]
-        acc.zero_()
-        for i in range(flat.shape[0]):
-            acc.addcmul_(chunk[i], w[i])
-        if normalize:
-            acc.div_(total)
+        for a, b, r in _pieces(runs, starts, s, e):
+            part = acc[a:b]
+            part.zero_()
+            for i in range(flat.shape[0]):
+                part.addcmul_(chunk[i, a:b], w[r, i])
+            if normalize:
+                part.div_(totals[r])
         out[s:e].copy_(acc)
 
 
@@ -64,24 +92,29 @@ def task_arithmetic_into(
     out: torch.Tensor,
     flat_base: torch.Tensor,
     flat_deltas: torch.Tensor,
-    weights: Sequence[float],
+    weights,
     *,
     lambda_: float,
     normalize: bool,
     stage: bool = False,
+    runs: Runs | None = None,
 ) -> None:
     """out = base + lambda * sum_i w_i d_i (/ sum_i w_i), as merge_methods._combine computes it."""
     work = flat_deltas.dtype
-    w = torch.as_tensor(weights, dtype=work, device=out.device).reshape(-1, 1)
-    divisor = w.sum(dim=0)
-    divisor[divisor.abs() < 1e-8] = 1
+    rows, runs = _rows(weights, runs, flat_deltas.shape[0], flat_deltas.shape[1], work, out.device)
+    columns = [row.reshape(-1, 1) for row in rows]
+    divisors = [w.sum(dim=0) for w in columns]
+    for divisor in divisors:
+        divisor[divisor.abs() < 1e-8] = 1
+    starts = [r[0] for r in runs]
     step = _chunk(out.device)
     chunks = zip(device_chunks(flat_deltas, out.device, step, stage=stage),
                  device_chunks(flat_base, out.device, step, stage=stage), strict=True)
     for (s, e, deltas), (_, _, base) in chunks:
-        mixed = (deltas * w).sum(dim=0)
-        if normalize:
-            mixed = mixed / divisor
-        if lambda_ != 1:
-            mixed = mixed * lambda_
-        out[s:e].copy_(base.to(work) + mixed)
+        for a, b, r in _pieces(runs, starts, s, e):
+            mixed = (deltas[:, a:b] * columns[r]).sum(dim=0)
+            if normalize:
+                mixed = mixed / divisors[r]
+            if lambda_ != 1:
+                mixed = mixed * lambda_
+            out[s + a:s + b].copy_(base[a:b].to(work) + mixed)
