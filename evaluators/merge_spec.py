@@ -17,6 +17,9 @@ from evaluators import merge_methods as mm
 from evaluators.granularity import Granularity, check_group_weights
 
 MethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
+# The base model as a member of a linear merge, under its own weight (pool.base_in_search; the
+# optimizer's candidate.BASE_WEIGHT). Exports list it under mergekit's `models:` with that weight.
+BASE_WEIGHT = "__base__"
 
 
 class MergeSpec(BaseModel):
@@ -56,6 +59,9 @@ class MergeSpec(BaseModel):
                 raise ValueError(f"density must be in (0, 1], got {d}")
         if self.method in mm.USES_DENSITY and self.density is None:
             self.density = 1.0
+        if self.has_base_weight and self.method != "linear":
+            raise ValueError(f"a weight for the base ('{BASE_WEIGHT}') is for linear merges only; "
+                             f"{self.method} builds on the base already")
         linear_normalized = self.method == "linear" and self.resolved_normalize
         check_group_weights(self.granularity, self.group_weights, nonzero_sums=linear_normalized)
         if linear_normalized and self.granularity is None and abs(sum(self.weights.values())) < 1e-12:
@@ -69,6 +75,11 @@ class MergeSpec(BaseModel):
     @property
     def needs_base(self) -> bool:
         return self.method in mm.NEEDS_BASE
+
+    @property
+    def has_base_weight(self) -> bool:
+        """The base is a member of this (linear) merge."""
+        return BASE_WEIGHT in self.weights or BASE_WEIGHT in (self.group_weights or {})
 
     def weight_vector(self, names: list[str]) -> list[float]:
         unknown = sorted(set(self.weights) - set(names))
