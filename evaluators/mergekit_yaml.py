@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from evaluators.merge_methods import DEFAULT_NORMALIZE, NEEDS_BASE, RANDOMIZED, USES_DENSITY
-from evaluators.merge_spec import MergeSpec
+from evaluators.merge_spec import BASE_WEIGHT, MergeSpec
 
 DTYPES = {"float32", "float16", "bfloat16", "float64"}
 
@@ -148,6 +148,10 @@ def to_mergekit_yaml(
         if spec.method in USES_DENSITY:
             params["density"] = densities[name]
         models.append({"model": _absolute(path), "parameters": params})
+    if spec.has_base_weight:  # listed last, where the resident merge adds it (mergekit sums in list order)
+        if base is None:
+            raise MergeConfigError(f"the merge weighs the base ('{BASE_WEIGHT}') but the pool has none")
+        models.append({"model": _absolute(base), "parameters": {"weight": float(spec.weights.get(BASE_WEIGHT, 0.0))}})
     cfg: dict = {"merge_method": spec.method, "models": models}
     if spec.needs_base:
         cfg["base_model"] = _absolute(base)
