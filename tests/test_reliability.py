@@ -75,6 +75,8 @@ def test_worker_sigkilled_mid_trial_is_failed_by_heartbeat_and_retried(tmp_path)
         logs = stop_all(api, *workers.values())
     failed = [t for t in trials if t["state"] == "FAIL"]
     assert [t["number"] for t in failed] == [killed], (failed, tails(logs))
+    # Over REST the failed trial says why (it has no error of its own: its worker died).
+    assert failed[0]["error"].startswith("worker stopped sending heartbeats (died or was killed); failed after ")
     assert killed not in {e["trial"] for e in front["front"]}
     fail_events = [e.payload for e in evs if e.type == "trial_failed"]
     assert [e["trial"] for e in fail_events] == [killed] and "no heartbeat" in fail_events[0]["error"]
