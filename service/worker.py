@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -19,14 +20,18 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import torch
+from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from evaluators.pool import PoolError
+from evaluators.resident import pick_device
 from evaluators.scoring import SuiteError
 from optimizer import records as R
 from optimizer.loop import Step, StudyFailed, StudyRunner
-from optimizer.spec import SpecError, parse_spec
+from optimizer.spec import DEVICE_PATTERN, SpecError, parse_spec
 from optimizer.storage import open_storage
 from service.db.models import Event, Study, Trial
 from service.db.session import session_factory
@@ -37,7 +42,18 @@ from service.studies import build_evaluator
 
 log = logging.getLogger(__name__)
 SETUP_LEASE = timedelta(minutes=30)  # references + baselines of a big pool take a while
-FATAL = (StudyFailed, PoolError, SuiteError, SpecError)
+
+
+class SetupFailed(RuntimeError):
+    """Setting a study up failed for a reason of the study's own (a device this worker lacks,
+    files gone since registration, a pool too big for the device): retrying cannot help."""
+
+
+FATAL = (StudyFailed, PoolError, SuiteError, SpecError, SetupFailed)
+# What goes away by itself (the database restarting, a dropped connection): the worker backs off
+# and retries. Any other error while setting a study up fails the study, with its reason, so
+# that a study cannot fail on every pick and, with a high priority, starve all the others.
+TRANSIENT = (SQLAlchemyError, StorageInternalError, ConnectionError, TimeoutError)
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 
@@ -54,9 +70,22 @@ def lower_thread_priority(nice: int) -> None:
         log.warning("could not lower worker priority: %s", exc)
 
 
+def check_device(device: str) -> None:
+    """SetupFailed unless torch can allocate on ``device`` on this machine."""
+    if not re.match(DEVICE_PATTERN, device):
+        raise SetupFailed(f"device '{device}' is not one of auto, cpu, mps, cuda, cuda:N")
+    try:
+        torch.empty(1, device=pick_device(device))
+    except Exception as exc:  # RuntimeError (no such ordinal), AssertionError (no CUDA build)...
+        raise SetupFailed(f"device '{device}' is not usable on worker {socket.gethostname()}: "
+                          f"{type(exc).__name__}: {exc}") from None
+
+
 class Worker:
     def __init__(self, settings: Settings, *, worker_id: str | None = None, device: str | None = None,
                  stop: threading.Event | None = None) -> None:
+        if device:
+            check_device(device)  # the operator's choice for every study: refused at start, not per study
         self.settings = settings
         self.url = settings.database_url
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
@@ -126,6 +155,7 @@ class Worker:
             spec = parse_spec(row.spec)
             if self.device:
                 spec = spec.model_copy(update={"device": self.device})
+            check_device(spec.device)
             log.info("worker %s: loading study %s", self.id, row.name)
             self.runner = StudyRunner(
                 spec, build_evaluator(spec, progress=False, roots=self.settings.allowed_roots,
@@ -135,6 +165,22 @@ class Worker:
             self.study_id = row.id
         return self.runner
 
+    def _set_up(self, row: Study) -> StudyRunner:
+        """The study's runner with its references and baselines done; SetupFailed for any error
+        that is neither already fatal nor transient (see TRANSIENT)."""
+        try:
+            runner = self._runner_for(row)
+            if not runner.prepared:
+                runner.prepare()
+            if not row.prepared:
+                with self.sessions() as s, s.begin():
+                    s.execute(update(Study).where(Study.id == row.id).values(prepared=True, setup_owner=None))
+            return runner
+        except (*FATAL, *TRANSIENT):
+            raise
+        except Exception as exc:
+            raise SetupFailed(f"set-up failed: {type(exc).__name__}: {exc}") from exc
+
     # ------------------------------------------------------------ the loop
     def run_once(self) -> bool:
         """Do one unit of work (a setup or a trial); False when there was nothing to do."""
@@ -143,11 +189,7 @@ class Worker:
             return False
         self._set_state(row.id, "running", only_from=("queued",))
         try:
-            runner = self._runner_for(row)
-            if not row.prepared:
-                runner.prepare()
-                with self.sessions() as s, s.begin():
-                    s.execute(update(Study).where(Study.id == row.id).values(prepared=True, setup_owner=None))
+            runner = self._set_up(row)
             if self.record_missed(runner) and runner.budget_done():
                 result = Step.WAIT  # complete only once every finished trial is recorded
             else:
