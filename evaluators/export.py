@@ -142,11 +142,12 @@ def _write_merge(pool: ResidentPool, spec: MergeSpec, dir_fd: int, out_dtype: st
         _copy_side_file(ref.path / fname, ref.roots, dir_fd, fname, out_dtype or named)
     checkpoints = [(c.name, c.path) for c in pool.pool.checkpoints]
     base = pool.pool.base.path if pool.pool.base else None
+    groups = pool.groups(spec.granularity)[0] if spec.granularity is not None else None
     if dtype == SEARCH:
         first = shards[0][next(iter(shards[0]))]
         floats = {pool.stacks[n].dtype for n in pool.tensor_names if pool.stacks[n].is_floating_point()}
         work = "float64" if floats == {torch.float64} else "float32"
-        yml = to_mergekit_yaml(spec, checkpoints, base, out_dtype or _dtype_name(first), work)
+        yml = to_mergekit_yaml(spec, checkpoints, base, out_dtype or _dtype_name(first), work, groups=groups)
     else:
-        yml = to_mergekit_yaml(spec, checkpoints, base, out_dtype, dtype)
+        yml = to_mergekit_yaml(spec, checkpoints, base, out_dtype, dtype, groups=groups)
     fileguard.write_file(dir_fd, "mergekit_config.yml", yml.encode())

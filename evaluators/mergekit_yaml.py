@@ -10,6 +10,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from evaluators.granular_yaml import granular_inputs
+from evaluators.granularity import TensorGroups
 from evaluators.merge_methods import DEFAULT_NORMALIZE, NEEDS_BASE, RANDOMIZED, USES_DENSITY
 from evaluators.merge_spec import BASE_WEIGHT, MergeSpec
 
@@ -136,11 +138,12 @@ def _absolute(path: str | Path) -> str:
 
 def to_mergekit_yaml(
     spec: MergeSpec, checkpoints: list[tuple[str, Path]], base: Path | None, out_dtype: str | None,
-    dtype: str | None = "float32",
+    dtype: str | None = "float32", groups: TensorGroups | None = None,
 ) -> str:
     """A mergekit config reproducing ``spec``. The search computes in fp32, so an export asks
     mergekit to do the same (``dtype: float32``) and cast once at the end (``out_dtype``);
-    `mergeopt merge` passes on the config's own ``dtype`` (None: the key is left out)."""
+    `mergeopt merge` passes on the config's own ``dtype`` (None: the key is left out). A granular
+    spec needs ``groups``, the pool's tensor groups for its granularity."""
     densities = dict(zip([n for n, _ in checkpoints], spec.density_vector([n for n, _ in checkpoints]), strict=True))
     models = []
     for name, path in checkpoints:
@@ -153,6 +156,12 @@ def to_mergekit_yaml(
             raise MergeConfigError(f"the merge weighs the base ('{BASE_WEIGHT}') but the pool has none")
         models.append({"model": _absolute(base), "parameters": {"weight": float(spec.weights.get(BASE_WEIGHT, 0.0))}})
     cfg: dict = {"merge_method": spec.method, "models": models}
+    if spec.granularity is not None:  # per-group weights: filters and/or slices (granular_yaml.py)
+        if groups is None:
+            raise ValueError("a granular merge is exported with its pool's tensor groups")
+        del cfg["models"]
+        cfg |= granular_inputs(spec, [(n, _absolute(p)) for n, p in checkpoints],
+                               _absolute(base) if base is not None else None, groups, densities)
     if spec.needs_base:
         cfg["base_model"] = _absolute(base)
     cfg["parameters"] = {"normalize": spec.resolved_normalize}

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from evaluators import fused, streaming
+from evaluators.granularity import Granularity, TensorGroups, layout_key
 from evaluators.merge_methods import magnitude_order, task_vectors
 from evaluators.merge_spec import MergeSpec, merge_tensor
 from evaluators.pool import PoolError, PoolInfo, load_checkpoint_tensors
@@ -46,7 +47,7 @@ class ResidentPool:
         self.shapes = {k: tuple(ref[k].shape) for k in self.tensor_names}
         self.offsets: dict[str, tuple[int, int]] = {}
         start = 0
-        for k in self.tensor_names:
+        for k in sorted(self.tensor_names, key=layout_key):  # each weight group a few long stretches
             self.offsets[k] = (start, start + math.prod(self.shapes[k]))
             start = self.offsets[k][1]
         self.numel = start
@@ -82,6 +83,7 @@ class ResidentPool:
         self._deltas: dict[str, torch.Tensor] | None = None
         self.flat_deltas: torch.Tensor | None = None
         self._orders: dict[str, torch.Tensor] = {}
+        self._groups: dict[str, tuple[TensorGroups, fused.Runs, list[tuple[int, int]]]] = {}
         # Magnitude rankings for TIES are cached (int32/int64 per entry) while they fit this budget.
         self.order_budget_bytes = int(float(os.environ.get("MERGEOPT_TOPK_CACHE_GB", "8")) * 1024**3)
 
@@ -107,6 +109,21 @@ class ResidentPool:
                 self._deltas = {k: task_vectors(self.base[k], self.stacks[k]) for k in self.tensor_names}
         return self._deltas
 
+    def groups(self, granularity: Granularity) -> tuple[TensorGroups, fused.Runs, list[tuple[int, int]]]:
+        """The tensors' groups for ``granularity`` and the runs of the flat layout, built once."""
+        key = granularity.model_dump_json()
+        if key not in self._groups:
+            groups = TensorGroups.build(granularity, self.tensor_names)
+            self._groups[key] = (groups, *groups.runs(self.offsets))
+        return self._groups[key]
+
+    def tensor_weights(self, spec: MergeSpec, tensor_name: str) -> list[float] | None:
+        """This tensor's weight per checkpoint under a granular spec; None: the spec's own."""
+        if spec.granularity is None or spec.group_weights is None:
+            return None
+        groups = self.groups(spec.granularity)[0]
+        return groups.weights_at(spec.group_weights, self.checkpoint_names, groups.key(tensor_name))
+
     def magnitude_orders(self, name: str) -> torch.Tensor | None:
         """[N, numel] ranking of each task vector's entries by |value|, computed once."""
         if name not in self._orders:
@@ -126,7 +143,7 @@ class ResidentPool:
         if dtype is not None and not stack.is_floating_point():
             dtype = None
         if not spec.needs_base:
-            return merge_tensor(spec, self.checkpoint_names, tensor_name,
+            return merge_tensor(spec, self.checkpoint_names, tensor_name, weights=self.tensor_weights(spec, tensor_name),
                                 tensors=stack if dtype is None else stack.to(dtype))
         if self.base is None:
             raise PoolError("this merge method needs a base model: set pool.base")
@@ -138,7 +155,7 @@ class ResidentPool:
             orders = self.magnitude_orders(tensor_name) if spec.method == "ties" else None
         else:  # mergekit subtracts (and merges) in the merge dtype itself
             deltas, orders = stack.to(dtype) - base.to(dtype).unsqueeze(0), None
-        return merge_tensor(spec, self.checkpoint_names, tensor_name,
+        return merge_tensor(spec, self.checkpoint_names, tensor_name, weights=self.tensor_weights(spec, tensor_name),
                             base=base if dtype is None else base.to(dtype), deltas=deltas, orders=orders)
 
     def merge_flat_into(self, spec: MergeSpec, out: torch.Tensor) -> bool:
@@ -146,13 +163,17 @@ class ResidentPool:
         or layout has no fused path (the caller then merges per tensor)."""
         if self.flat is None or spec.method not in fused.FUSED:
             return False
-        weights = spec.weight_vector(self.checkpoint_names)
+        weights, runs = spec.weight_vector(self.checkpoint_names), None
+        if spec.granularity is not None and spec.group_weights is not None:  # one weight row per run
+            groups, runs, keys = self.groups(spec.granularity)
+            weights = [groups.weights_at(spec.group_weights, self.checkpoint_names, k) for k in keys]
         if spec.method == "linear":
-            fused.linear_into(out, self.flat, weights, normalize=spec.resolved_normalize, stage=self.streamed)
+            fused.linear_into(out, self.flat, weights, normalize=spec.resolved_normalize, stage=self.streamed,
+                              runs=runs)
         else:
             self.deltas()
-            fused.task_arithmetic_into(out, self.flat_base, self.flat_deltas, weights,
-                                       lambda_=spec.lambda_, normalize=spec.resolved_normalize, stage=self.streamed)
+            fused.task_arithmetic_into(out, self.flat_base, self.flat_deltas, weights, lambda_=spec.lambda_,
+                                       normalize=spec.resolved_normalize, stage=self.streamed, runs=runs)
         return True
 
 
