@@ -5,6 +5,7 @@ intervals); the search documents' front stays available for diagnosis, labelled 
 
 from __future__ import annotations
 
+from optimizer.granularity import Granularity
 from optimizer.records import TrialRow
 from optimizer.verdict import shown
 
@@ -58,10 +59,30 @@ def hypervolume_line(hv: float, tasks: list[str], skipped: list[str]) -> str:
             "no information and would make the hypervolume 0)")
 
 
+MAX_GROUPS_SHOWN = 16  # past this, each checkpoint's weights are summarized (the JSON has them all)
+
+
+def _group_weights(candidate: dict) -> list[str]:
+    """Per checkpoint, its weight in each group (linear: as a share of that group's total)."""
+    g = Granularity.model_validate(candidate["granularity"])
+    gw: dict[str, list[float]] = candidate["group_weights"]
+    n = len(g.labels())
+    totals = [sum(ws[i] for ws in gw.values()) or 1.0 for i in range(n)] if candidate.get("method") == "linear" \
+        else [1.0] * n
+    shares = {k: [w / t for w, t in zip(ws, totals, strict=True)] for k, ws in gw.items()}
+    if n <= MAX_GROUPS_SHOWN:
+        head = f"[{g.describe()}: {' '.join(g.labels())}]"
+        return [head] + [f"{k}=" + "/".join(f"{v:.2f}" for v in vs) for k, vs in shares.items()]
+    return [f"[{g.describe()}: {n} groups, mean (min-max)]"] + [
+        f"{k}={sum(vs) / n:.2f}({min(vs):.2f}-{max(vs):.2f})" for k, vs in shares.items()]
+
+
 def _weights(candidate: dict) -> str:
     w = candidate.get("weights", {})
     total = sum(w.values()) or 1.0
     parts = [f"{k}={v / total:.2f}" if candidate.get("method") == "linear" else f"{k}={v:.2f}" for k, v in w.items()]
+    if candidate.get("group_weights") and candidate.get("granularity"):
+        parts = _group_weights(candidate)
     extra = []
     if candidate.get("density") is not None:
         extra.append(f"density={candidate['density']:.2f}")

@@ -27,6 +27,7 @@ from evaluators.resident import ResidentModel, ResidentPool
 from optimizer.loop import StudyRunner
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, parse_spec
+from service.report import _weights
 
 from fakes import QuadraticPool
 from tinypool import save_model, tiny_config
@@ -306,3 +307,13 @@ def test_resumed_per_layer_study_continues_without_redoing_trials(tmp_path):
 def test_bad_granularity_is_a_clear_error(tmp_path, granularity, message):
     with pytest.raises(SpecError, match=re.escape(message)):
         study_spec(tmp_path, granularity)
+
+
+def test_report_shows_per_group_weights_compactly(tmp_path):
+    spec = study_spec(tmp_path, {"layer_groups": 2, "kinds": ["mlp"]})
+    space = SearchSpace(spec.search, spec.checkpoint_names)
+    params = {k: 0.2 + 0.1 * i for i, k in enumerate(space.distributions())}
+    line = _weights(space.candidate(params).to_json())
+    # linear: each group's weights as shares of that group's total (group g0.mlp: 0.2, 0.6, 1.0, 1.4 of 3.2)
+    assert line.startswith("linear: [2 layer groups x kinds mlp/rest: g0.mlp g0.rest g1.mlp g1.rest] a=0.06/")
+    assert " d=0.44/" in line
