@@ -91,7 +91,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     job = parse_mergekit_yaml(config.read_text(), config.resolve().parent)
     pool = validate_pool(job.checkpoints, job.base)
     resident = ResidentPool(pool, pick_device(args.device), progress=not args.quiet)
-    out = write_merge(resident, job.spec, args.out_dir, out_dtype=job.out_dtype, progress=not args.quiet)
+    out = write_merge(resident, job.spec, args.out_dir, out_dtype=job.out_dtype, dtype=job.dtype,
+                      progress=not args.quiet)
     print(f"wrote {out}")
     return 0
 
