@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from evaluators import fused, streaming
 from evaluators.granularity import Granularity, TensorGroups, layout_key
 from evaluators.merge_methods import magnitude_order, task_vectors
-from evaluators.merge_spec import MergeSpec, merge_tensor
+from evaluators.merge_spec import BASE_WEIGHT, MergeSpec, merge_tensor
 from evaluators.pool import PoolError, PoolInfo, load_checkpoint_tensors
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,15 @@ class ResidentPool:
         if self.streamed:
             log.info("pool of %d x %d parameters kept in host memory and streamed to %s", n, self.numel, device)
         self.flat: torch.Tensor | None = None  # [N, P] when the layout is uniform
+        # [N + 1, P] with a base: its row follows the checkpoints' (flat and flat_base are views),
+        # so a linear merge with the base as a member (pool.base_in_search) is one fused pass.
+        self.members: torch.Tensor | None = None
         self.stacks: dict[str, torch.Tensor] = {}
         for i, info in enumerate(tqdm(pool.checkpoints, desc="loading pool", disable=not progress)):
             for k, t in zip(self.tensor_names, load_checkpoint_tensors(info, self.tensor_names, self.storage), strict=True):
                 if i == 0 and not self.stacks and uniform:
-                    self.flat = self._buffer((n, self.numel), t.dtype)
+                    self.members = self._buffer((n + (pool.base is not None), self.numel), t.dtype)
+                    self.flat = self.members[:n]
                 if k not in self.stacks:
                     self.stacks[k] = self._view(self.flat, k) if self.flat is not None else torch.empty(
                         (n, *t.shape), dtype=t.dtype, device=self.storage)
@@ -74,7 +78,7 @@ class ResidentPool:
         if pool.base is not None:
             loaded = load_checkpoint_tensors(pool.base, self.tensor_names, self.storage)
             if self.flat is not None:
-                self.flat_base = self._buffer((self.numel,), self.flat.dtype)
+                self.flat_base = self.members[n]
                 self.base = {k: self._view(self.flat_base, k) for k in self.tensor_names}
                 for k, t in zip(self.tensor_names, loaded, strict=True):
                     self.base[k].copy_(t)
@@ -139,6 +143,8 @@ class ResidentPool:
         fp64 for fp64 tensors), cast back to the pool's dtype, as the search scores it. ``dtype``:
         as mergekit's `dtype: ...` does it: inputs cast to it, the formulas run in it (linear
         accumulates in fp32) and the result is left in it, so the caller casts once."""
+        if spec.has_base_weight:
+            return self._merged_with_base(spec, tensor_name, dtype)
         stack = self.stacks[tensor_name]
         if dtype is not None and not stack.is_floating_point():
             dtype = None
@@ -158,9 +164,26 @@ class ResidentPool:
         return merge_tensor(spec, self.checkpoint_names, tensor_name, weights=self.tensor_weights(spec, tensor_name),
                             base=base if dtype is None else base.to(dtype), deltas=deltas, orders=orders)
 
+    def _merged_with_base(self, spec: MergeSpec, tensor_name: str, dtype: torch.dtype | None) -> torch.Tensor:
+        """A linear merge whose last member is the base (as the flat path and the export order it)."""
+        if self.base is None:
+            raise PoolError(f"the merge weighs the base ('{BASE_WEIGHT}') but pool.base is not set")
+        if spec.granularity is not None:
+            raise PoolError("per-group weights with the base as a member are not supported yet")
+        stack = torch.cat([self.stacks[tensor_name], self.base[tensor_name].unsqueeze(0)])
+        if dtype is not None and stack.is_floating_point():
+            stack = stack.to(dtype)
+        return merge_tensor(spec, [*self.checkpoint_names, BASE_WEIGHT], tensor_name, tensors=stack)
+
     def merge_flat_into(self, spec: MergeSpec, out: torch.Tensor) -> bool:
         """Write a linear / task-arithmetic merge into the flat [P] ``out``; False if this spec
         or layout has no fused path (the caller then merges per tensor)."""
+        if spec.has_base_weight:  # linear over the checkpoints' and the base's rows
+            if self.members is None or self.flat_base is None or spec.granularity is not None:
+                return False
+            fused.linear_into(out, self.members, spec.weight_vector([*self.checkpoint_names, BASE_WEIGHT]),
+                              normalize=spec.resolved_normalize, stage=self.streamed)
+            return True
         if self.flat is None or spec.method not in fused.FUSED:
             return False
         weights, runs = spec.weight_vector(self.checkpoint_names), None
