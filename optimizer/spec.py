@@ -235,6 +235,8 @@ class StudySpec(_Strict):
             # theirs); only a linear merge has no other way to keep some of it.
             raise ValueError("pool.base_in_search needs pool.base and search.method 'linear' "
                              f"(got method '{self.search.method}')")
+        if self.pool.base_in_search and self.search.granularity != "model":
+            raise ValueError("pool.base_in_search with search.granularity other than model is not supported yet")
         return self
 
     @property
