@@ -169,42 +169,96 @@ class _Scorer:
                             use_cache=True, **{self.cache_arg: _cache_rows(cache, index)})
         return out.logits, 0
 
+    def tree(self, groups: list[Group]) -> tuple[torch.Tensor, int, list[list[int]]]:
+        """One forward: per group its prefix then each row, every row seeing the prefix and itself
+        (positions continue from the prefix), never another row. Logits from the first row on."""
+        seqs, positions, segments, starts = [], [], [], []
+        for g in groups:
+            toks, pos, seg, st = list(g.prefix), list(range(len(g.prefix))), [-1] * len(g.prefix), []
+            for j, row in enumerate(g.rows):
+                st.append(len(toks))
+                toks += row.tokens
+                pos += range(len(g.prefix), len(g.prefix) + len(row.tokens))
+                seg += [j] * len(row.tokens)
+            seqs.append(toks), positions.append(pos), segments.append(seg), starts.append(st)
+        ids, _ = _padded(seqs, self.device)
+        width = ids.shape[1]
+        pos_t = torch.zeros_like(ids)
+        seg_t = torch.full_like(ids, -2)  # padding: its own segment, attends (causally) to itself
+        for b, (p, sg) in enumerate(zip(positions, segments, strict=True)):
+            pos_t[b, : len(p)] = torch.tensor(p)
+            seg_t[b, : len(sg)] = torch.tensor(sg)
+        idx = torch.arange(width, device=self.device)
+        allowed = (idx[None, :] <= idx[:, None])[None] & (
+            (seg_t[:, :, None] == seg_t[:, None, :]) | (seg_t[:, None, :] == -1))
+        if getattr(self.model.config, "_attn_implementation", None) == "eager":  # additive float mask
+            dtype = self.autocast_dtype or next(self.model.parameters()).dtype
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+        else:
+            mask = allowed
+        first = min(st + p for g, sts in zip(groups, starts, strict=True)
+                    for row, st in zip(g.rows, sts, strict=True) for _, p, _ in row.reads)
+        extra = {"logits_to_keep": width - first} if self.keep_one else {}
+        out = self._forward(input_ids=ids, attention_mask=mask[:, None], position_ids=pos_t, **extra)
+        return out.logits, (first if self.keep_one else 0), starts
+
+
+def tree_supported(model) -> bool:
+    """Packed rows need a 4D mask honoured as given: transformers' eager and sdpa attention;
+    not flash/flex kernels, nor sliding-window layers (a given 4D mask would override them)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    types = getattr(config, "layer_types", None)
+    sliding = (any("sliding" in t for t in types) if types is not None
+               else getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True))
+    return getattr(config, "_attn_implementation", None) in ("eager", "sdpa") and not sliding
+
 
 def score(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int, max_length: int,
           device: torch.device | str, softmax_dtype: torch.dtype | None = None,
-          autocast_dtype: torch.dtype | None = None) -> list[tuple[float, bool]]:
+          autocast_dtype: torch.dtype | None = None, mode: str = "auto") -> list[tuple[float, bool]]:
     """``(log-likelihood, is_greedy)`` per ``(context_enc, continuation_enc)``, in order: what
-    HFLM's ``_loglikelihood_tokens`` returns for a causal model."""
+    HFLM's ``_loglikelihood_tokens`` returns for a causal model. ``mode``: "tree" (packed rows,
+    one forward per batch of groups), "cache" (prefix forward, then rows from its cache), or
+    "auto" (tree where the model's attention allows it)."""
     scorer = _Scorer(model, torch.device(device), softmax_dtype, autocast_dtype)
+    if mode == "auto":
+        mode = "tree" if tree_supported(model) else "cache"
     results: list[tuple[float, bool] | None] = [None] * len(requests)
 
-    def read(out: tuple[torch.Tensor, int], rows: list[Row]) -> None:
-        # The scored positions only (HFLM's log_softmax, row by row), one copy to the host.
-        logits, offset = out
+    def read(logits: torch.Tensor, offset: int, reads: list[tuple[int, int, int, list[int]]]) -> None:
+        # reads: (request, batch row, position, targets). HFLM's log_softmax, on the scored
+        # positions only; one copy to the host per batch.
         where, lengths = [], []
-        for r, row in enumerate(rows):
-            for _, start, targets in row.reads:
-                where += [(r, start - offset + j, t) for j, t in enumerate(targets)]
-                lengths.append(len(targets))
+        for _, b, p, targets in reads:
+            where += [(b, p - offset + j, t) for j, t in enumerate(targets)]
+            lengths.append(len(targets))
         r_idx, p_idx, t_idx = (torch.tensor(c, device=logits.device) for c in zip(*where, strict=True))
         logprobs = F.log_softmax(logits[r_idx, p_idx], dim=-1, dtype=softmax_dtype)
         picked = logprobs.gather(1, t_idx[:, None])[:, 0].cpu().split(lengths)
         hits = (logprobs.argmax(dim=-1) == t_idx).cpu().split(lengths)
-        reads = (i for row in rows for i, _, _ in row.reads)
-        for i, lp, hit in zip(reads, picked, hits, strict=True):
+        for (i, _, _, _), lp, hit in zip(reads, picked, hits, strict=True):
             results[i] = (float(lp.sum()), bool(hit.all()))
 
-    for batch in batches(plan(requests, max_length), batch_size):
+    groups = plan(requests, max_length)
+    if mode == "tree":
+        for s in range(0, len(groups), batch_size):
+            part = groups[s:s + batch_size]
+            logits, offset, starts = scorer.tree(part)
+            read(logits, offset, [(i, b, st + p, t) for b, (g, sts) in enumerate(zip(part, starts, strict=True))
+                                  for row, st in zip(g.rows, sts, strict=True) for i, p, t in row.reads])
+        return results  # type: ignore[return-value]
+    for batch in batches(groups, batch_size):
         if not batch[0].prefix:
             rows = [g.rows[0] for g in batch]
-            read(scorer.plain(rows), rows)
+            read(*scorer.plain(rows), [(i, b, p, t) for b, row in enumerate(rows) for i, p, t in row.reads])
             continue
         cache, prefix_mask = scorer.prefix(batch)
         owned = [(k, row) for k, g in enumerate(batch) for row in g.rows]
         for s in range(0, len(owned), batch_size):  # one group of more than batch_size rows: slices
             part = owned[s:s + batch_size]
             rows = [row for _, row in part]
-            read(scorer.shared(cache, prefix_mask, [k for k, _ in part], rows), rows)
+            read(*scorer.shared(cache, prefix_mask, [k for k, _ in part], rows),
+                 [(i, b, p, t) for b, row in enumerate(rows) for i, p, t in row.reads])
     return results  # type: ignore[return-value]
 
 

@@ -143,8 +143,8 @@ def _random_requests(rng: random.Random, vocab: int) -> list[tuple[list[int], li
     return reqs
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_token_level_equals_hflm(setup, attn):
+@pytest.mark.parametrize("attn,mode", [("sdpa", "tree"), ("eager", "tree"), ("sdpa", "cache"), ("eager", "cache")])
+def test_token_level_equals_hflm(setup, attn, mode):
     """Straight against HFLM._loglikelihood_tokens: contexts of 1 token, truncated windows,
     endings that extend others, duplicates; both attention implementations."""
     from lm_eval.models.huggingface import HFLM
@@ -156,7 +156,7 @@ def test_token_level_equals_hflm(setup, attn):
         for bs in (1, 7):
             lm = HFLM(pretrained=model, tokenizer=tok, batch_size=bs, max_length=48)
             ref = lm._loglikelihood_tokens([(None, c, k) for c, k in reqs])
-            ours = score(model, reqs, batch_size=bs, max_length=48, device="cpu")
+            ours = score(model, reqs, batch_size=bs, max_length=48, device="cpu", mode=mode)
             assert [g for _, g in ours] == [g for _, g in ref]
             assert max(abs(a - b) for (a, _), (b, _) in zip(ours, ref, strict=True)) < TOL
     finally:
