@@ -39,6 +39,7 @@ class MergeEvaluator:
         device: str = "auto",
         progress: bool = False,
         validation: float | int = 0,
+        include_defaults: bool = False,
         roots: list[Path] | None = None,
         trusted_task_roots: Sequence[Path] = (),
     ) -> None:
@@ -47,7 +48,7 @@ class MergeEvaluator:
         # opened; Python in task folders runs only from trusted_task_roots.
         self.pool_info = validate_pool(checkpoints, base, roots=roots)
         self.scorer = SuiteScorer(tasks, include_path, limit=limit, batch_size=batch_size, validation=validation,
-                                  roots=roots, trusted=trusted_task_roots)
+                                  roots=roots, trusted=trusted_task_roots, include_defaults=include_defaults)
         ref = self.pool_info.reference
         self.tokenizer = load_tokenizer(ref.path, f"checkpoint '{ref.name}'")
         self.resident = ResidentPool(self.pool_info, pick_device(device), progress=progress)

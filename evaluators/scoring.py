@@ -73,25 +73,27 @@ def _study_hflm():
 
 
 def check_task_names(names: list[str], include_path: str | Path | None, *, roots: Roots = None,
-                     trusted: Sequence[Path] = (), functions: bool = False):
+                     trusted: Sequence[Path] = (), functions: bool = False, include_defaults: bool = False):
     """lm-eval's TaskManager for this suite; unknown tasks are a SuiteError listing what exists.
 
     With an include_path, its task files are read and checked first (task_files.py): ``roots``,
     where they may lead (None: anywhere); ``trusted``, where their Python may come from;
-    ``functions``, import their ``!function`` tags (to build tasks, not to check names)."""
+    ``functions``, import their ``!function`` tags (to build tasks, not to check names);
+    ``include_defaults``, lm-eval's built-in tasks beside them (always, without an include_path)."""
     if os.environ.get("HF_HUB_OFFLINE"):
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     quiet_libraries()
-    if include_path is None:  # lm-eval's own tasks, installed with it
-        from lm_eval.tasks import TaskManager
+    if include_path is None:  # lm-eval's own tasks, installed with it (operator-trusted code)
+        from evaluators.task_files import builtin_manager
 
-        manager = TaskManager(include_path=None, include_defaults=True)
+        manager = builtin_manager()
     elif not Path(include_path).is_dir():
         raise SuiteError(f"include_path {include_path} is not a directory")
     else:
         from evaluators.task_files import suite_manager
 
-        manager = suite_manager(Path(include_path), roots, trusted, functions=functions)
+        manager = suite_manager(Path(include_path), roots, trusted, functions=functions,
+                                include_defaults=include_defaults)
     known = set(manager.all_tasks)
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -103,12 +105,13 @@ def check_task_names(names: list[str], include_path: str | Path | None, *, roots
 
 
 def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None, *, roots: Roots = None,
-                   trusted: Sequence[Path] = ()) -> dict:
+                   trusted: Sequence[Path] = (), include_defaults: bool = False) -> dict:
     """Build lm-eval's task dict once (documents, prompts, few-shot samples)."""
     from lm_eval.tasks import get_task_dict
 
     names = [r.task for r in requests]
-    manager = check_task_names(names, include_path, roots=roots, trusted=trusted, functions=True)
+    manager = check_task_names(names, include_path, roots=roots, trusted=trusted, functions=True,
+                               include_defaults=include_defaults)
     try:
         task_dict = get_task_dict(names, manager)
     except Exception as exc:  # dataset files missing, bad YAML...
@@ -139,6 +142,7 @@ class SuiteScorer:
         roots: Roots = None,
         trusted: Sequence[Path] = (),
         prefix_sharing: bool | None = None,
+        include_defaults: bool = False,
     ) -> None:
         self.requests = requests
         # Log-likelihoods scored with each shared context run once (prefix_scoring.py), same
@@ -147,7 +151,8 @@ class SuiteScorer:
                                if prefix_sharing is None else prefix_sharing)
         self.limit = limit
         self.batch_size = batch_size
-        self.task_dict = load_task_dict(requests, include_path, roots=roots, trusted=trusted)
+        self.task_dict = load_task_dict(requests, include_path, roots=roots, trusted=trusted,
+                                        include_defaults=include_defaults)
         self.tasks = self.task_dict["tasks"] if "tasks" in self.task_dict else self.task_dict
         self.directions: dict[str, bool] = {
             r.task: r.higher_is_better for r in requests if r.higher_is_better is not None

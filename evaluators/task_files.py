@@ -386,17 +386,20 @@ def _manager_class() -> type:
         """lm-eval's TaskManager over configs read and checked here: its index holds them, with no
         file behind any entry, so lm-eval builds each task from its config and reads no YAML."""
 
-        def __init__(self, configs: dict[Path, dict], left: dict[Path, str]) -> None:
+        def __init__(self, configs: dict[Path, dict], left: dict[Path, str], include_defaults: bool = False) -> None:
             super().__init__(include_path=None, include_defaults=False)
             self.left = dict(left)
             index = self.task_index
+            builtin = _builtin_index() if include_defaults else {}
+            index.update(builtin)  # lm-eval's own entries (its installed files); the suite's override them
             for path, cfg in configs.items():
                 try:
                     TaskIndex.process_cfg(cfg, path, index)
                 except Exception as exc:  # neither a task nor a group: lm-eval skips it too
                     self.left[path] = str(exc)
-            for entry in index.values():
-                entry.yaml_path = None
+            for name, entry in index.items():
+                if builtin.get(name) is not entry:  # the suite's: built from its checked config
+                    entry.yaml_path = None
 
         def _names(self, *kinds) -> list[str]:
             return sorted(n for n, e in self.task_index.items() if e.kind in kinds)
@@ -420,7 +423,26 @@ def _manager_class() -> type:
     return CheckedTaskManager
 
 
-def suite_manager(include: Path, roots: Roots, trusted: Sequence[Path] = (), *, functions: bool = False):
-    """lm-eval's TaskManager for the tasks under ``include``, built from their checked configs;
-    ``.left`` says which YAMLs were left out and why."""
-    return _manager_class()(*read_suite(include, roots, trusted, functions=functions))
+def suite_manager(include: Path, roots: Roots, trusted: Sequence[Path] = (), *, functions: bool = False,
+                  include_defaults: bool = False):
+    """lm-eval's TaskManager for the tasks under ``include``, built from their checked configs
+    (and lm-eval's built-in tasks with ``include_defaults``); ``.left`` says which YAMLs were left
+    out and why."""
+    return _manager_class()(*read_suite(include, roots, trusted, functions=functions), include_defaults)
+
+
+@functools.cache
+def _builtin_index() -> dict:
+    """lm-eval's index of its built-in tasks: scanning its ~10k YAMLs costs seconds of CPU, so
+    once per process. Entries are shared, never changed (a suite's own override them by name)."""
+    from lm_eval.tasks import TaskManager
+
+    return dict(TaskManager(include_path=None, include_defaults=True).task_index)
+
+
+@functools.cache
+def builtin_manager():
+    """lm-eval's TaskManager over its built-in tasks, built once per process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=None, include_defaults=True)

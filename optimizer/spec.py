@@ -118,6 +118,7 @@ class TaskSpec(_Strict):
 
 class SuiteSpec(_Strict):
     include_path: ServerPath | None = None
+    include_defaults: bool = Field(default=False, description="lm-eval's built-in tasks beside the include_path's")
     tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS)
     limit: int | float | None = Field(default=None, gt=0, le=MAX_DOCS, description="documents per task and split")
     batch_size: int = Field(default=32, ge=1, le=4096)

@@ -48,7 +48,8 @@ def _adopt(session: Session, summary: optuna.study.StudySummary) -> Study | None
                 checkpoints=[c.model_dump() for c in spec.pool.checkpoints], fingerprint={"external": True})
     suite = Suite(name=_free_name(session, Suite, f"{name}-suite"[:56]), include_path=spec.suite.include_path,
                   tasks=[t.model_dump() for t in spec.suite.tasks], limit=spec.suite.limit,
-                  batch_size=spec.suite.batch_size)
+                  batch_size=spec.suite.batch_size, validation=spec.suite.validation,
+                  include_defaults=spec.suite.include_defaults)
     session.add_all([pool, suite])
     session.flush()
     row = Study(name=name, pool_id=pool.id, suite_id=suite.id, spec=spec.model_dump(mode="json", by_alias=True),

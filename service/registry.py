@@ -60,9 +60,10 @@ def register_suite(session: Session, settings: Settings, name: str, spec: SuiteS
         guard_tree(include, settings.allowed_roots, what="suite.include_path")
     # Its task files are read and checked here, and again by the worker before lm-eval uses them.
     check_task_names([t.task for t in spec.tasks], include, roots=settings.allowed_roots,
-                     trusted=settings.trusted_task_roots)
+                     trusted=settings.trusted_task_roots, include_defaults=spec.include_defaults)
     row = Suite(name=name, include_path=str(include) if include else None,
-                tasks=[t.model_dump() for t in spec.tasks], limit=spec.limit, batch_size=spec.batch_size)
+                tasks=[t.model_dump() for t in spec.tasks], limit=spec.limit, batch_size=spec.batch_size,
+                validation=spec.validation, include_defaults=spec.include_defaults)
     if add:
         session.add(row)
         session.flush()
@@ -84,7 +85,8 @@ def pool_spec(row: Pool) -> PoolSpec:
 
 
 def suite_spec(row: Suite) -> SuiteSpec:
-    return SuiteSpec(include_path=row.include_path, tasks=row.tasks, limit=row.limit, batch_size=row.batch_size)
+    return SuiteSpec(include_path=row.include_path, tasks=row.tasks, limit=row.limit, batch_size=row.batch_size,
+                     validation=row.validation, include_defaults=row.include_defaults)
 
 
 def create_study(session: Session, settings: Settings, body) -> Study:

@@ -36,6 +36,7 @@ def build_evaluator(spec: StudySpec, progress: bool = True, roots: list[Path] | 
         device=spec.device,
         progress=progress,
         validation=spec.suite.validation,
+        include_defaults=spec.suite.include_defaults,
         roots=roots,
         trusted_task_roots=trusted_task_roots,
     )

@@ -49,6 +49,8 @@ class SuiteOut(BaseModel):
     tasks: list[dict]
     limit: float | None
     batch_size: int
+    validation: float
+    include_defaults: bool
     created_at: Timestamp
 
 
@@ -59,9 +61,9 @@ class StudyCreate(_In):
 
     name: str = Field(pattern=NAME_PATTERN)
     pool: PoolSpec | None = None
-    pool_id: str | None = Field(None, max_length=64)
+    pool_id: str | None = Field(None, min_length=1, max_length=64)  # "" was taken for "not given"
     suite: SuiteSpec | None = None
-    suite_id: str | None = Field(None, max_length=64)
+    suite_id: str | None = Field(None, min_length=1, max_length=64)  # "" was taken for "not given"
     search: SearchSpec = Field(default_factory=SearchSpec)
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher first; workers take "
                           "the highest-priority study they can work on")

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -40,6 +41,8 @@ class Suite(Base):
     tasks: Mapped[list] = mapped_column(JSON)
     limit: Mapped[float | None] = mapped_column(Float)
     batch_size: Mapped[int] = mapped_column(Integer, default=32)
+    validation: Mapped[float] = mapped_column(Float, default=0.4, server_default="0.4")  # fraction or count
+    include_defaults: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
