@@ -13,7 +13,7 @@ repeat runs the three in turn (rotating order), after one warm-up each, on the s
   tokens once, packed one document per row) with logits only where a token is scored; no
   lm-eval at all. A cost floor, not a scorer.
 
-    python bench/eval_throughput.py [--docs 120] [--repeats 3] [--batch-size 32] [--device cpu]
+    python bench/eval_throughput.py [--docs 80] [--repeats 3] [--batch-size 32] [--device cpu]
                                     [--dtype float32] [--hidden 256] [--layers 4] [--vocab 2048]
 """
 
@@ -126,7 +126,7 @@ def spread(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--docs", type=int, default=120)
+    ap.add_argument("--docs", type=int, default=80)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
