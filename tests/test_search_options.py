@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 import yaml
@@ -22,7 +23,7 @@ from evaluators import merge_spec as ms
 from evaluators.export import write_merge
 from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
-from evaluators.resident import ResidentPool
+from evaluators.resident import ResidentModel, ResidentPool
 from optimizer import candidate as oc
 from optimizer import ipop
 from optimizer.candidate import BASE_WEIGHT, Candidate, base_only
@@ -32,8 +33,9 @@ from optimizer.samplers import cmaes_sizes
 from optimizer.signed import amplification, repair
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, parse_spec
+from service.cli import main
 
-from tinypool import make_pool
+from tinypool import make_pool, make_tasks
 
 NAMES = ["a", "b", "c"]
 
@@ -332,3 +334,31 @@ def test_a_base_weight_is_for_linear_merges_only():
     with pytest.raises(ValidationError, match="linear merges only"):
         MergeSpec(method="ties", weights={"ckpt0": 1.0, BASE_WEIGHT: 0.5}, density=0.5)
     assert MergeSpec(method="linear", weights={"ckpt0": 1.0, BASE_WEIGHT: 0.5}).has_base_weight
+
+
+def test_cli_study_with_the_base_and_signed_weights_runs_and_exports(tmp_path, capsys):
+    """`mergeopt run` and `mergeopt export` on a real tiny pool: the worker's evaluator takes the
+    base's weight, the export lists the base and holds the tensors the trial scored."""
+    pool = make_pool(tmp_path / "pool", n=2, noise=0.3)
+    include, tasks = make_tasks(tmp_path)
+    spec = {"name": "members", "device": "cpu", "storage": "sqlite:///s.db",
+            "pool": {"base": str(pool["base"]), "base_in_search": True,
+                     "checkpoints": [{"name": n, "path": str(p)} for n, p in pool["checkpoints"]]},
+            "suite": {"include_path": str(include), "tasks": [{"task": tasks[0]}, {"task": tasks[1], "split": "held_out"}]},
+            "search": {"n_trials": 11, "signed_weights": True}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(path), "-q"]) == 0
+    study = optuna.load_study(study_name="members", storage=f"sqlite:///{tmp_path}/s.db")
+    trial = [t for t in study.trials if t.user_attrs.get("kind") == "search"][-1]
+    weights = trial.user_attrs["candidate"]["weights"]
+    assert set(weights) == {"ckpt0", "ckpt1", BASE_WEIGHT} and amplification(weights) <= 3.0 + 1e-9
+    out = tmp_path / "export"
+    assert main(["export", str(path), str(trial.number), str(out), "-q"]) == 0
+    capsys.readouterr()
+    cfg = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert [m["parameters"]["weight"] for m in cfg["models"]] == [weights["ckpt0"], weights["ckpt1"], weights[BASE_WEIGHT]]
+    resident = ResidentModel(ResidentPool(validate_pool(pool["checkpoints"], pool["base"]), torch.device("cpu")))
+    state = resident.state_for_export(MergeSpec.model_validate(trial.user_attrs["candidate"]))
+    exported = tensors(out)
+    assert exported.keys() == state.keys() and all(torch.equal(exported[k], state[k]) for k in state)
