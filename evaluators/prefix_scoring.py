@@ -243,6 +243,10 @@ def score(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, bat
     if mode == "tree":
         for s in range(0, len(groups), batch_size):
             part = groups[s:s + batch_size]
+            if not any(g.prefix for g in part):  # nothing shared: plain causal rows, no 4D mask
+                rows = [g.rows[0] for g in part]
+                read(*scorer.plain(rows), [(i, b, p, t) for b, row in enumerate(rows) for i, p, t in row.reads])
+                continue
             logits, offset, starts = scorer.tree(part)
             read(logits, offset, [(i, b, st + p, t) for b, (g, sts) in enumerate(zip(part, starts, strict=True))
                                   for row, st in zip(g.rows, sts, strict=True) for i, p, t in row.reads])
