@@ -50,9 +50,20 @@ class SpecError(ValueError):
     """An invalid study spec; the message says which field and why."""
 
 
+def refuse_nul(data):
+    """A "before" check for every model a client fills: no NUL byte in a string field (no name,
+    path or metric has one, and PostgreSQL refuses them in text: a 500 otherwise)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(value, str) and "\x00" in value:
+                raise ValueError(f"{key}: a NUL byte is not allowed")
+    return data
+
+
 class _Strict(BaseModel):
     # NaN/Infinity (JSON bodies may carry them) are never a valid setting and cannot be stored as JSON.
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    _no_nul = model_validator(mode="before")(refuse_nul)
 
 
 def _no_duplicates(items: list, key, message: str) -> list:

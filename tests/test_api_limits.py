@@ -244,6 +244,24 @@ def test_paths_that_broke_the_file_system_calls_are_422(client, assets):
     assert stored(c) == before
 
 
+def test_nul_bytes_in_urls_and_string_fields_are_4xx(client, assets):
+    """PostgreSQL refuses NUL in text: a key, a filter or a string field with one was a 500 there."""
+    c, (_, a) = client, assets
+    before = stored(c)
+    for path in ("/v1/studies?state=a%00b", "/v1/studies/a%00b", "/v1/pools/a%00b", "/v1/suites/a%00b",
+                 "/v1/studies/a%00b/trials", "/v1/studies/a%00b/front", "/v1/studies/a%00b/events?follow=false",
+                 "/v1/studies/a%00b/trials/1", "/v1/studies/kept/front?split=a%00"):
+        r = c.get(path)
+        assert r.status_code == 400 and "NUL byte" in r.json()["detail"], (path, r.text)
+    assert c.post("/v1/studies/a%00b/pause", headers=AUTH).status_code == 400
+    suite = {**a["suite"], "tasks": [{"task": "tiny_add", "metric": "acc\x00"}]}
+    for body in ({"name": "n", "pool_id": "a\x00b", "suite_id": "c"}, {"name": "n", "pool": a["pool"], "suite": suite},
+                 {"name": "n", **a, "storage": "x\x00"}):
+        r = c.post("/v1/studies", json=body, headers=AUTH)
+        assert r.status_code == 422 and "NUL byte" in json.dumps(r.json()["detail"]), (body, r.text[:300])
+    assert stored(c) == before
+
+
 def test_a_study_that_cannot_be_set_up_fails_with_its_reason_and_starves_no_one(client, assets):
     """The attack: a study at the highest priority whose set-up fails on every pick (a device the
     worker lacks; a stored spec that is no longer valid, as one with seed 2**70 from before the

@@ -1,5 +1,5 @@
 """Checks made on a request before any route sees it, in this order: the Host header against
-MERGEOPT_ALLOWED_HOSTS (DNS rebinding), the bearer token of a request that needs one (so that
+MERGEOPT_ALLOWED_HOSTS (DNS rebinding), no NUL byte in the URL, the bearer token of a request that needs one (so that
 an unauthenticated client never gets its body read or parsed: 401, not 422), then the body,
 read in full within MERGEOPT_BODY_TIMEOUT_S (a client trickling bytes holds no handler: 408).
 
@@ -48,6 +48,9 @@ class RequestGuard:
             shown = headers.get("host", "")[:100]
             await JSONResponse({"detail": f"host '{shown}' is not served here (MERGEOPT_ALLOWED_HOSTS)"},
                                status_code=400)(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:  # PostgreSQL refuses NUL in text: a 500
+            await JSONResponse({"detail": "the URL must not contain a NUL byte"}, status_code=400)(scope, receive, send)
             return
         if scope["path"].startswith("/v1/") and (method not in SAFE or settings.protect_reads):
             error = token_error(*get_authorization_scheme_param(headers.get("authorization")), settings)

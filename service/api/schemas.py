@@ -15,6 +15,7 @@ from optimizer.spec import (
     SearchSpec,
     ServerPath,
     SuiteSpec,
+    refuse_nul,
 )
 
 # Stored as UTC; SQLite hands them back naive. Responses always carry the offset (RFC 3339).
@@ -23,6 +24,7 @@ Timestamp = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.re
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _no_nul = model_validator(mode="before")(refuse_nul)
 
 
 class PoolCreate(PoolSpec):
