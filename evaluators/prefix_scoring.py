@@ -13,16 +13,21 @@ window is split as ``prefix = window[:-len(cont)]`` (run once per group, cached)
 ``suffix = window[-len(cont):]`` (its logits score ``cont``). A group with one distinct suffix has
 nothing to share and runs as one plain sequence, like HFLM (1-token MC: one forward per context).
 
-Batches: plain sequences are right-padded, no attention mask (causal: padding on the right never
-reaches real positions), exactly as HFLM. Prefixes are right-padded too; their continuations get
-a mask of ``[prefix real tokens, prefix padding = 0, own tokens]`` and positions continuing from
-the group's own prefix length, so no query ever has every key masked. At most ``batch_size`` rows
+Two ways to run a batch of groups (``score(mode=...)``; "auto" picks):
+- tree (eager/sdpa attention, no sliding windows): one forward, one row per group: the prefix,
+  then every suffix, each suffix attending to the prefix and to itself only (a 4D mask), its
+  positions continuing from the prefix. Each unique token is computed once.
+- cache (other attention kernels): the prefixes run once (right-padded), then the suffixes,
+  right-padded, attend to copies of their group's cached keys/values through a mask of
+  ``[prefix real tokens, prefix padding = 0, own tokens]``; no query ever has every key masked.
+Rows with nothing to share run as plain right-padded causal sequences, exactly as HFLM. Logits
+and HFLM's log_softmax are computed only where a token is scored. At most ``batch_size`` rows
 per forward, as HFLM's batch size.
 
-Supported: models whose forward takes a cache (``cache`` or ``past_key_values``), ``position_ids`` and
-``attention_mask`` and returns a ``DynamicCache`` of full-attention layers. Anything else (sliding
-windows, recurrent or quantized caches, legacy tuple caches) raises ``PrefixUnsupported`` before
-any score is returned; the caller then uses lm-eval's own path.
+Supported: models whose forward takes ``position_ids`` and ``attention_mask`` (and, for the
+cache path, a cache: ``cache`` or ``past_key_values``, returned as a ``DynamicCache`` of
+full-attention layers). Anything else raises ``PrefixUnsupported`` before any score is
+returned; the caller then uses lm-eval's own path.
 """
 
 from __future__ import annotations
