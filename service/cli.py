@@ -23,8 +23,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from optimizer.spec import SpecError
     from optimizer.storage import StorageError
     from service.paths import PathNotAllowed
+    from service.worker import SetupFailed  # e.g. `worker --device` naming a device this machine lacks
 
-    return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, OSError, PathNotAllowed, StorageError)
+    return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, OSError, PathNotAllowed, StorageError,
+            SetupFailed)
 
 
 def _stored_url(ref: str, storage: str | None) -> str:

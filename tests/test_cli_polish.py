@@ -143,6 +143,11 @@ def test_bad_storage_url_is_one_error_line(study_yaml, tmp_path, monkeypatch, ca
     assert not (tmp_path / "out").exists()
 
 
+def test_worker_with_a_device_it_lacks_is_one_error_line(tmp_path, capsys):
+    assert main(["worker", "--db", f"sqlite:///{tmp_path}/w.db", "--device", "bogus"]) == 2
+    one_error_line(capsys.readouterr().err, "device 'bogus' is not one of")
+
+
 def test_unreachable_database_is_one_error_line(capsys):
     assert main(["front", "s", "--storage", "postgresql+psycopg://u:pw@127.0.0.1:1/db"]) == 2
     one_error_line(capsys.readouterr().err, "cannot open the database", "127.0.0.1")
