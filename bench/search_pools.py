@@ -2,7 +2,7 @@
 demo's tokenizer, model shape and training loop; the demo's own recipe is not used, so the
 benchmark does not move when the demo changes).
 
-- ``merge_helps``: three single-skill specialists (add, reverse, sort) from the base; each
+- ``merge_helps``: three single-skill specialists (shift, reverse, sort) from the base; each
   forgets the others' skills, so a merge that combines them should beat every one alone.
 - ``single_best``: one checkpoint trained on every skill, one diverged by a far too high
   learning rate, one copy of the strong one with heavy Gaussian noise: the strong checkpoint
@@ -27,13 +27,14 @@ from transformers import LlamaForCausalLM
 from evaluators.demo_pool import make_tokenizer, model_config, train
 from evaluators.demo_tasks import write_tasks
 
-FORMAT = 1
+FORMAT = 3
 POOLS = ("merge_helps", "single_best", "trajectory")
-# Tasks every pool is scored on: three held-in skills and the held-out one (shift is left out
-# to keep an evaluation cheap on a shared 2-core machine).
-TASKS = ("demo_add", "demo_reverse", "demo_sort", "demo_copy")
+# Tasks every pool is scored on: three held-in skills and the held-out one. Addition is left out:
+# these tiny models stay near chance on it, and a near-chance expert makes normalized scores noise.
+TASKS = ("demo_shift", "demo_reverse", "demo_sort", "demo_copy")
 ALL_SKILLS = {"add": 1.0, "reverse": 1.0, "sort": 1.0, "shift": 1.0}
-PRETRAIN = (dict.fromkeys(["add", "reverse", "sort", "shift", "copy"], 1.0), 200, 3e-3)
+# A short pre-training: a base that already knows the skills leaves its specialists nothing to add.
+PRETRAIN = (dict.fromkeys(["add", "reverse", "sort", "shift", "copy"], 1.0), 80, 3e-3)
 CHARACTER = {
     "merge_helps": "specialists from one base whose skills combine",
     "single_best": "one strong checkpoint, one diverged, one noised copy of the strong one",
@@ -81,8 +82,8 @@ def _build(name: str, base: dict, tok, root: Path, scale, seed: int, progress: b
         return model
 
     if name == "merge_helps":
-        for i, skill in enumerate(("add", "reverse", "sort")):
-            out.append((skill, _save(fit(base, {skill: 1.0}, 250, 3e-3, 11 * (i + 1), skill), tok, root / skill)))
+        for i, skill in enumerate(("shift", "reverse", "sort")):
+            out.append((skill, _save(fit(base, {skill: 1.0}, 150, 2e-3, 11 * (i + 1), skill), tok, root / skill)))
     elif name == "single_best":
         strong = fit(base, ALL_SKILLS, 300, 2e-3, 101, "strong")
         out.append(("strong", _save(strong, tok, root / "strong")))
