@@ -3,6 +3,7 @@
 import json
 import math
 
+import optuna
 import pytest
 import torch
 import yaml
@@ -138,5 +139,8 @@ def test_unknown_task_and_bad_paths_are_clear_cli_errors(study_file, tmp_path, c
     bad.write_text("name: [unclosed")
     assert main(["run", str(bad)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+    assert main(["front", "nope", "--storage", f"sqlite:///{tmp_path}/x.db"]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x.db").exists()  # not created empty
+    optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/x.db")  # a database without that study
     assert main(["front", "nope", "--storage", f"sqlite:///{tmp_path}/x.db"]) == 2
     assert "no study named 'nope'" in capsys.readouterr().err
