@@ -140,8 +140,9 @@ def run_cell(pool: BenchPool, evaluator, strategy: str, seed: int, budgets: list
 def run_bench(*, pools: list[str], strategies: list[str], budgets: list[int], seeds: list[int], docs: int,
               steps_scale: float, workdir: Path, layer_groups: int = 3, validation: float = 0.4, threads: int = 1,
               log=print) -> dict:
-    """Every cell's measurements; baseline-only strategies reuse the first search study of
-    their pool and seed (the baselines are the same trials), or run a study of their own."""
+    """Every cell's measurements. Baseline-only strategies (greedy, uniform) run a CMA-ES study
+    of their own to the same budget and read only its baseline trials (simple, at the cost of
+    search trials nobody reads)."""
     t0 = time.perf_counter()
     torch.set_num_threads(threads)  # 1: more threads on shared cores are slower (bench/search_pools.py)
     workdir.mkdir(parents=True, exist_ok=True)
