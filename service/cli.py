@@ -23,7 +23,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from optimizer.spec import SpecError
     from optimizer.storage import StorageError
     from service.paths import PathNotAllowed
-    from service.worker import SetupFailed  # e.g. `worker --device` naming a device this machine lacks
+    from service.worker import SetupFailed  # `worker --device` naming a device it lacks
 
     return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, OSError, PathNotAllowed, StorageError,
             SetupFailed)
