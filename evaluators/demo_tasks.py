@@ -45,6 +45,15 @@ def add(rng: random.Random) -> Example:
     return f"{a}+{b}=", str(s), _distinct(str(s), near, lambda: str(rng.randrange(20, 180)))
 
 
+def sub(rng: random.Random) -> Example:
+    a = rng.randrange(30, 100)
+    b = rng.randrange(10, a - 9)
+    d = a - b
+    near = [str(d + x) for x in (1, -1, 10, -10, 2)]
+    rng.shuffle(near)
+    return f"{a}-{b}=", str(d), _distinct(str(d), near, lambda: str(rng.randrange(5, 90)))
+
+
 def reverse(rng: random.Random) -> Example:
     w = _letters(rng, WORD)
     ans = w[::-1]
@@ -71,7 +80,7 @@ def copy(rng: random.Random) -> Example:
 
 
 SKILLS: dict[str, Callable[[random.Random], Example]] = {
-    "add": add, "reverse": reverse, "sort": sort, "shift": shift, "copy": copy,
+    "add": add, "sub": sub, "reverse": reverse, "sort": sort, "shift": shift, "copy": copy,
 }
 HELD_OUT = "copy"  # seen in pre-training only; no checkpoint is fine-tuned on it
 
@@ -102,7 +111,9 @@ def write_tasks(folder: Path, *, n_docs: int, seed: int) -> list[dict]:
     tasks = []
     for skill, make in SKILLS.items():
         rows, seen = [], set()
-        while len(rows) < n_docs:
+        for _ in range(200 * n_docs):  # a skill has finitely many prompts: never loop forever
+            if len(rows) == n_docs:
+                break
             prompt, answer, wrong = make(rng)
             if not is_eval(prompt) or prompt in seen:
                 continue
@@ -110,6 +121,8 @@ def write_tasks(folder: Path, *, n_docs: int, seed: int) -> list[dict]:
             choices = [answer, *wrong]
             rng.shuffle(choices)
             rows.append({"prompt": prompt, "choices": choices, "label": choices.index(answer)})
+        if len(rows) < n_docs:
+            raise ValueError(f"skill '{skill}' has only {len(rows)} distinct evaluation prompts, not {n_docs}")
         name = task_name(skill)
         data = folder / f"{name}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
