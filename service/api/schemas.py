@@ -142,6 +142,8 @@ class FrontEntry(BaseModel):
 class FrontOut(BaseModel):
     tasks: list[str]
     hypervolume: float
+    hypervolume_skips: list[str] = Field(default_factory=list, description="tasks left out of the hypervolume: "
+                                         "no trial scores above 0 on them, so they would make it 0")
     reference_point: list[float]
     front: list[FrontEntry]
     split: str = Field("search", description="validation (documents the search never saw) or search")
