@@ -52,18 +52,6 @@ def _pieces(runs: Runs, starts: list[int], s: int, e: int) -> Iterator[tuple[int
 
 
 @torch.no_grad()
-def flat_task_vectors(flat: torch.Tensor, flat_base: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """d = t - base for the whole pool in fp32, chunk by chunk (no full-size temporaries)."""
-    work = work_dtype(flat.dtype)
-    out = torch.empty(flat.shape, dtype=work, device=flat.device) if out is None else out
-    step = _chunk(flat.device)
-    for s in range(0, flat.shape[1], step):
-        e = min(flat.shape[1], s + step)
-        torch.sub(flat[:, s:e].to(work), flat_base[s:e].to(work), out=out[:, s:e])
-    return out
-
-
-@torch.no_grad()
 def linear_into(out: torch.Tensor, flat: torch.Tensor, weights, *, normalize: bool,
                 stage: bool = False, runs: Runs | None = None) -> None:
     """out = sum_i w_i t_i (/ sum_i w_i), accumulated like merge_methods.linear. ``flat`` may
@@ -91,7 +79,7 @@ def linear_into(out: torch.Tensor, flat: torch.Tensor, weights, *, normalize: bo
 def task_arithmetic_into(
     out: torch.Tensor,
     flat_base: torch.Tensor,
-    flat_deltas: torch.Tensor,
+    flat: torch.Tensor,
     weights,
     *,
     lambda_: float,
@@ -99,18 +87,22 @@ def task_arithmetic_into(
     stage: bool = False,
     runs: Runs | None = None,
 ) -> None:
-    """out = base + lambda * sum_i w_i d_i (/ sum_i w_i), as merge_methods._combine computes it."""
-    work = flat_deltas.dtype
-    rows, runs = _rows(weights, runs, flat_deltas.shape[0], flat_deltas.shape[1], work, out.device)
+    """out = base + lambda * sum_i w_i d_i (/ sum_i w_i), as merge_methods._combine computes it.
+    The task vectors d_i = t_i - base are formed per chunk from the pool (``flat``) in the work
+    dtype, exactly as merge_methods.task_vectors forms them: no [N, P] fp32 copy of the pool is
+    kept (at 8 x 7B that cache alone was 224 GB)."""
+    work = work_dtype(flat.dtype)
+    rows, runs = _rows(weights, runs, flat.shape[0], flat.shape[1], work, out.device)
     columns = [row.reshape(-1, 1) for row in rows]
     divisors = [w.sum(dim=0) for w in columns]
     for divisor in divisors:
         divisor[divisor.abs() < 1e-8] = 1
     starts = [r[0] for r in runs]
     step = _chunk(out.device)
-    chunks = zip(device_chunks(flat_deltas, out.device, step, stage=stage),
+    chunks = zip(device_chunks(flat, out.device, step, stage=stage),
                  device_chunks(flat_base, out.device, step, stage=stage), strict=True)
-    for (s, e, deltas), (_, _, base) in chunks:
+    for (s, e, members), (_, _, base) in chunks:
+        deltas = members.to(work) - base.to(work).unsqueeze(0)
         for a, b, r in _pieces(runs, starts, s, e):
             mixed = (deltas[:, a:b] * columns[r]).sum(dim=0)
             if normalize:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 
 import torch
 from tqdm.auto import tqdm
@@ -84,8 +85,6 @@ class ResidentPool:
                     self.base[k].copy_(t)
             else:
                 self.base = dict(zip(self.tensor_names, loaded, strict=True))
-        self._deltas: dict[str, torch.Tensor] | None = None
-        self.flat_deltas: torch.Tensor | None = None
         self._orders: dict[str, torch.Tensor] = {}
         self._groups: dict[str, tuple[TensorGroups, fused.Runs, list[tuple[int, int]]]] = {}
         # Magnitude rankings for TIES are cached (int32/int64 per entry) while they fit this budget.
@@ -100,18 +99,12 @@ class ResidentPool:
         s, e = self.offsets[name]
         return flat[..., s:e].unflatten(-1, self.shapes[name])
 
-    def deltas(self) -> dict[str, torch.Tensor]:
-        """Task vectors d_i = t_i - base in fp32, computed once per study."""
+    def deltas(self) -> _Deltas:
+        """Task vectors d_i = t_i - base in the work dtype, one tensor at a time as they are used:
+        keeping them for the whole pool would cost N x P fp32 beside the pool itself."""
         if self.base is None:
             raise PoolError("this merge method needs a base model: set pool.base")
-        if self._deltas is None:
-            if self.flat is not None:
-                self.flat_deltas = fused.flat_task_vectors(
-                    self.flat, self.flat_base, out=self._buffer(tuple(self.flat.shape), fused.work_dtype(self.flat.dtype)))
-                self._deltas = {k: self._view(self.flat_deltas, k) for k in self.tensor_names}
-            else:
-                self._deltas = {k: task_vectors(self.base[k], self.stacks[k]) for k in self.tensor_names}
-        return self._deltas
+        return _Deltas(self)
 
     def groups(self, granularity: Granularity) -> tuple[TensorGroups, fused.Runs, list[tuple[int, int]]]:
         """The tensors' groups for ``granularity`` and the runs of the flat layout, built once."""
@@ -194,10 +187,26 @@ class ResidentPool:
             fused.linear_into(out, self.flat, weights, normalize=spec.resolved_normalize, stage=self.streamed,
                               runs=runs)
         else:
-            self.deltas()
-            fused.task_arithmetic_into(out, self.flat_base, self.flat_deltas, weights, lambda_=spec.lambda_,
+            self.deltas()  # the base check
+            fused.task_arithmetic_into(out, self.flat_base, self.flat, weights, lambda_=spec.lambda_,
                                        normalize=spec.resolved_normalize, stage=self.streamed, runs=runs)
         return True
+
+
+class _Deltas(Mapping):
+    """name -> [N, ...] task vectors of that tensor, formed on access (merge_methods.task_vectors)."""
+
+    def __init__(self, pool: ResidentPool) -> None:
+        self.pool = pool
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return task_vectors(self.pool.base[name], self.pool.stacks[name])
+
+    def __iter__(self):
+        return iter(self.pool.tensor_names)
+
+    def __len__(self) -> int:
+        return len(self.pool.tensor_names)
 
 
 class ResidentModel:

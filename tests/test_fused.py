@@ -90,11 +90,10 @@ def test_task_arithmetic_into_equals_reference(dtype, lam, normalize, stage):
     g = torch.Generator().manual_seed(1)
     base = torch.randn(10_007, generator=g).to(dtype)
     flat = (base + 0.1 * torch.randn(3, 10_007, generator=g)).to(dtype)
-    deltas = fused.flat_task_vectors(flat, base)
-    assert torch.equal(deltas, mm.task_vectors(base, flat))
+    deltas = mm.task_vectors(base, flat)  # the reference's; the fused path forms them per chunk
     w = [0.7, -0.2, 0.5]
     out = torch.empty(10_007, dtype=dtype)
-    fused.task_arithmetic_into(out, base, deltas, w, lambda_=lam, normalize=normalize, stage=stage)
+    fused.task_arithmetic_into(out, base, flat, w, lambda_=lam, normalize=normalize, stage=stage)
     assert torch.equal(out, mm.task_arithmetic(base, deltas, w, lambda_=lam, normalize=normalize))
 
 
@@ -159,3 +158,28 @@ def test_ties_with_cached_rankings_equals_ranking_every_time(tmp_path):
     name = rp.tensor_names[0]
     assert rp.magnitude_orders(name) is None
     assert torch.equal(rp.merged(spec, name), mm.ties(rp.base[name], rp.deltas()[name], [0.6, 1.0, 0.3], density=0.2))
+
+
+def test_task_vector_merges_keep_no_fp32_copy_of_the_pool(tmp_path):
+    """Task arithmetic, TIES and DARE merge from the pool itself: no [N, P] task-vector buffer
+    beside it (8 x 7B would need 224 GB of fp32 for one), and the merges equal the formulas."""
+    from safetensors.torch import load_file, save_file
+
+    pool = make_pool(tmp_path, n=3)
+    for path in [pool["base"], *(p for _, p in pool["checkpoints"])]:  # a bf16 pool, as real ones are
+        tensors = {k: v.to(torch.bfloat16) for k, v in load_file(path / "model.safetensors").items()}
+        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    rp = ResidentPool(validate_pool(pool["checkpoints"], pool["base"]), torch.device("cpu"))
+    rm = ResidentModel(rp)
+    assert rp.flat is not None and rp.flat.dtype == torch.bfloat16
+    n, p = rp.flat.shape
+    for spec in (MergeSpec(method="task_arithmetic", weights={"ckpt0": 1.0, "ckpt1": 0.5, "ckpt2": 0.2}, lambda_=0.6),
+                 MergeSpec(method="ties", weights={"ckpt0": 0.6, "ckpt1": 1.0, "ckpt2": 0.3}, density=0.4)):
+        rm.materialize(spec)
+        state = rm.model.state_dict()
+        for name in rp.tensor_names:
+            assert torch.equal(state[name], rp.merged(spec, name).to(state[name].dtype)), name
+    big = [k for k, v in vars(rp).items() if isinstance(v, torch.Tensor) and v.numel() >= n * p and v.dtype == torch.float32]
+    assert big == [], big  # only the pool itself (bf16) is pool-sized
+    name = rp.tensor_names[0]
+    assert torch.equal(rp.deltas()[name], mm.task_vectors(rp.base[name], rp.stacks[name]))
