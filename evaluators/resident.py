@@ -37,7 +37,7 @@ def pick_device(device: str = "auto") -> torch.device:
 
 class ResidentPool:
     """All checkpoints stacked per parameter ([N, *shape] views of one flat [N, P] buffer when
-    the dtype is uniform), the base, and the fp32 task vectors computed on first use."""
+    the dtype is uniform) and the base; task vectors are formed from them as they are used."""
 
     def __init__(self, pool: PoolInfo, device: torch.device, progress: bool = False) -> None:
         self.pool = pool

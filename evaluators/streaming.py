@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-# Fraction of free device memory the resident pool (+ base, model, task vectors) may take.
+# Fraction of free device memory the resident pool (+ base, model) may take.
 DEVICE_FILL = 0.7
 
 
@@ -28,8 +28,9 @@ def should_stream(n_checkpoints: int, numel: int, itemsize: int, device: torch.d
     if device.type != "cuda":
         return False
     free, _ = torch.cuda.mem_get_info(device)
-    # checkpoints + base + model copy, and fp32 task vectors if a method needs them
-    need = (n_checkpoints + 2) * numel * itemsize + n_checkpoints * numel * 4
+    # checkpoints + base + the model's copy; task vectors are formed per chunk (fused.py) or per
+    # tensor, never kept for the whole pool, so they add one chunk, not N x P fp32
+    need = (n_checkpoints + 2) * numel * itemsize
     return need > DEVICE_FILL * free
 
 

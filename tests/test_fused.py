@@ -183,3 +183,13 @@ def test_task_vector_merges_keep_no_fp32_copy_of_the_pool(tmp_path):
     assert big == [], big  # only the pool itself (bf16) is pool-sized
     name = rp.tensor_names[0]
     assert torch.equal(rp.deltas()[name], mm.task_vectors(rp.base[name], rp.stacks[name]))
+
+
+@pytest.mark.parametrize("free_gb,streamed", [(80, False), (40, False), (24, True), (10, True)])
+def test_placement_counts_the_pool_base_and_model_only(monkeypatch, free_gb, streamed):
+    """8 x 1B bf16: pool + base + model = 20 GB. It stays on a device with 70% of its free memory
+    above that, and streams from the host below (with task vectors no longer kept, a 40 GB
+    device holds it: the old rule counted another 32 GB of fp32 task vectors and streamed)."""
+    monkeypatch.delenv("MERGEOPT_POOL_ON", raising=False)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_gb * 10**9, 80 * 10**9))
+    assert should_stream(8, 10**9, 2, torch.device("cuda")) is streamed
