@@ -432,17 +432,15 @@ def suite_manager(include: Path, roots: Roots, trusted: Sequence[Path] = (), *, 
 
 
 @functools.cache
-def _builtin_index() -> dict:
-    """lm-eval's index of its built-in tasks: scanning its ~10k YAMLs costs seconds of CPU, so
-    once per process. Entries are shared, never changed (a suite's own override them by name)."""
-    from lm_eval.tasks import TaskManager
-
-    return dict(TaskManager(include_path=None, include_defaults=True).task_index)
-
-
-@functools.cache
 def builtin_manager():
-    """lm-eval's TaskManager over its built-in tasks, built once per process."""
+    """lm-eval's TaskManager over its built-in tasks: scanning its ~10k YAMLs costs seconds of
+    CPU, so once per process."""
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=None, include_defaults=True)
+
+
+def _builtin_index() -> dict:
+    """A copy of the built-in index (its entries shared, never changed: a suite's own override
+    them by name in the copy)."""
+    return dict(builtin_manager().task_index)

@@ -59,12 +59,13 @@ def _adopt(session: Session, summary: optuna.study.StudySummary) -> Study | None
     return row
 
 
-def adopt_external(session: Session, url: str, *, force: bool = False) -> int:
+def adopt_external(session: Session, url: str) -> int:
     """Give every mergeopt study in this database's Optuna storage that has no study row one;
-    returns how many were added. Throttled per database unless ``force``."""
+    returns how many were added. Throttled per database: lists are polled, and a lookup of an
+    unknown name must not cost a scan of every study each time."""
     now = time.monotonic()
     with _lock:
-        if not force and now - _last.get(url, -RESCAN_S) < RESCAN_S:
+        if now - _last.get(url, -RESCAN_S) < RESCAN_S:
             return 0
         _last[url] = now
     summaries = optuna.get_all_study_summaries(_storage(url), include_best_trial=False)

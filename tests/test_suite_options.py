@@ -17,7 +17,7 @@ def test_builtin_tasks_beside_local_ones_only_when_asked(tmp_path, monkeypatch):
     include = a["suite"]["include_path"]
     with pytest.raises(SuiteError, match="unknown lm-eval task 'hellaswag'"):
         check_task_names(["tiny_add", "hellaswag"], include)
-    task_files._builtin_index.cache_clear()
+    task_files.builtin_manager.cache_clear()
     from lm_eval.tasks._index import TaskIndex
 
     scans = []

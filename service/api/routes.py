@@ -51,8 +51,8 @@ TRANSITIONS = {
 def _study(session: Session, key: str) -> Study:
     try:
         return registry.get_row(session, Study, key)
-    except registry.NotFound:  # perhaps a `mergeopt run` study not listed yet
-        if not adopt_external(session, str(session.get_bind().url.render_as_string(hide_password=False)), force=True):
+    except registry.NotFound:  # perhaps a `mergeopt run` study not listed yet (rescans throttled as for lists)
+        if not adopt_external(session, str(session.get_bind().url.render_as_string(hide_password=False))):
             raise
         return registry.get_row(session, Study, key)
 
