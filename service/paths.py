@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from evaluators.fileguard import within
+
 
 class PathNotAllowed(ValueError):
     """A path outside the allowed roots (or relative, or with '..')."""
@@ -19,7 +21,7 @@ def guard_path(path: str | Path, roots: list[Path], *, what: str = "path") -> Pa
     if "\0" in str(path) or any(len(os.fsencode(part)) > 255 for part in raw.parts):  # else OSError later: a 500
         raise PathNotAllowed(f"{what} {str(path)[:200]!r} has a NUL byte or a name longer than 255 bytes")
     real = raw.resolve(strict=False)  # follows every symlink on the way
-    if not any(real == root or real.is_relative_to(root) for root in roots):
+    if not within(real, roots):
         shown = ", ".join(str(r) for r in roots)
         via = "" if real == raw else f" (resolves to {real})"
         raise PathNotAllowed(f"{what} {path!s}{via} is outside the allowed roots ({shown})")
