@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from evaluators import fused, streaming
+from evaluators import bounded_merge, fused, streaming
 from evaluators.granularity import Granularity, TensorGroups, layout_key
 from evaluators.merge_methods import magnitude_order, task_vectors
 from evaluators.merge_spec import BASE_WEIGHT, MergeSpec, merge_tensor
@@ -87,8 +87,12 @@ class ResidentPool:
                 self.base = dict(zip(self.tensor_names, loaded, strict=True))
         self._orders: dict[str, torch.Tensor] = {}
         self._groups: dict[str, tuple[TensorGroups, fused.Runs, list[tuple[int, int]]]] = {}
-        # Magnitude rankings for TIES are cached (int32/int64 per entry) while they fit this budget.
-        self.order_budget_bytes = int(float(os.environ.get("MERGEOPT_TOPK_CACHE_GB", "8")) * 1024**3)
+        # Magnitude rankings for TIES (int64 per entry, tensors up to bounded_merge's size) are
+        # cached while they fit this budget: by default a tenth of what the study keeps resident
+        # (at most 8 GiB), so the cache cannot outgrow the pool it speeds up.
+        floor = streaming.resident_bytes(n, self.numel, next(iter(dtypes)).itemsize if uniform else 4)
+        budget = os.environ.get("MERGEOPT_TOPK_CACHE_GB")
+        self.order_budget_bytes = int(float(budget) * 1024**3) if budget else min(8 * 1024**3, floor // 10)
 
     def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if self.streamed:
@@ -147,6 +151,15 @@ class ResidentPool:
         if self.base is None:
             raise PoolError("this merge method needs a base model: set pool.base")
         base = self.base[tensor_name]
+        weights = self.tensor_weights(spec, tensor_name)
+        if spec.method in bounded_merge.METHODS and dtype is None \
+                and base.numel() > bounded_merge.bounded_min() and stack.is_floating_point():
+            kwargs: dict = {"density": spec.density_vector(self.checkpoint_names), "lambda_": spec.lambda_,
+                            "normalize": spec.resolved_normalize}
+            if spec.method != "ties":
+                kwargs["generator"] = spec.generator_for(tensor_name, base.device)
+            return bounded_merge.METHODS[spec.method](
+                stack, base, weights if weights is not None else spec.weight_vector(self.checkpoint_names), **kwargs)
         if dtype is None or dtype == fused.work_dtype(stack.dtype):
             # The cached task vectors are t - base in the work dtype: exact casts, then one
             # subtraction, which is what mergekit computes with that dtype.
@@ -154,7 +167,7 @@ class ResidentPool:
             orders = self.magnitude_orders(tensor_name) if spec.method == "ties" else None
         else:  # mergekit subtracts (and merges) in the merge dtype itself
             deltas, orders = stack.to(dtype) - base.to(dtype).unsqueeze(0), None
-        return merge_tensor(spec, self.checkpoint_names, tensor_name, weights=self.tensor_weights(spec, tensor_name),
+        return merge_tensor(spec, self.checkpoint_names, tensor_name, weights=weights,
                             base=base if dtype is None else base.to(dtype), deltas=deltas, orders=orders)
 
     def _merged_with_base(self, spec: MergeSpec, tensor_name: str, dtype: torch.dtype | None) -> torch.Tensor:
@@ -231,6 +244,7 @@ class ResidentModel:
         missing = [n for n in pool.tensor_names if n not in state]
         if missing:
             raise PoolError(f"checkpoint '{ref.name}': tensor '{missing[0]}' is not a parameter of the model")
+        del state, params  # held, they would keep every loaded parameter alive beside its flat copy
         self.flat_out = self._flatten_parameters()
         # state_dict() tensors share storage with the parameters: copy_ writes the model.
         state = self.model.state_dict()

@@ -17,6 +17,14 @@ import torch
 DEVICE_FILL = 0.7
 
 
+def resident_bytes(n_checkpoints: int, numel: int, itemsize: int, has_base: bool = True) -> int:
+    """What a study keeps resident: the checkpoints, the base and the model's one copy. Task
+    vectors are formed per chunk (fused.py) or per tensor, never kept for the whole pool, so
+    they add one chunk or one tensor, not N x P fp32. The placement rule below and
+    bench/memory.py's floor are this number."""
+    return (n_checkpoints + int(has_base) + 1) * numel * itemsize
+
+
 def should_stream(n_checkpoints: int, numel: int, itemsize: int, device: torch.device) -> bool:
     """Keep the pool on the host when it would not fit on ``device`` (MERGEOPT_POOL_ON=host or
     device forces the choice, e.g. for benchmarks and tests)."""
@@ -28,10 +36,7 @@ def should_stream(n_checkpoints: int, numel: int, itemsize: int, device: torch.d
     if device.type != "cuda":
         return False
     free, _ = torch.cuda.mem_get_info(device)
-    # checkpoints + base + the model's copy; task vectors are formed per chunk (fused.py) or per
-    # tensor, never kept for the whole pool, so they add one chunk, not N x P fp32
-    need = (n_checkpoints + 2) * numel * itemsize
-    return need > DEVICE_FILL * free
+    return resident_bytes(n_checkpoints, numel, itemsize) > DEVICE_FILL * free
 
 
 def host_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -1,0 +1,170 @@
+"""TIES and DARE over one large tensor in chunks, with memory bounded by a chunk, not the tensor.
+
+The per-tensor formulas (merge_methods.py) hold [N, numel] fp32 task vectors and a few copies of
+them, and TIES ranks each task vector with a full argsort (int64 indices): for a 136M-entry
+embedding of a 4-checkpoint pool that is ~8 GB of scratch beside a 6 GB pool. Here a tensor
+above ``BOUNDED_MIN`` entries is merged chunk by chunk along its entries (every step of TIES and
+DARE is per entry except two whole-tensor quantities, found in extra passes):
+
+- TIES' top-k: the k-th largest |d_i| by a two-pass radix select over the fp32 bit patterns
+  (for non-negative floats their order as int32 is their order as floats), then every entry
+  above it and, of the entries equal to it, the first ones by position up to k. That is the top-k
+  of a stable sort: the same set as mergekit's argsort except which entries tied exactly at the
+  threshold are kept (its unstable sort keeps an unspecified subset of them);
+- DARE's rescale: the L1 norms before and after the drop, accumulated in fp64 over a first pass;
+  the second pass replays each row's generator from its saved state, so the masks are the ones
+  the per-tensor formula draws.
+
+The combine (sign election, disjoint mean, lambda) is merge_methods._combine on each chunk."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from evaluators import merge_methods as mm
+
+# Tensors above this many entries are merged in chunks (MERGEOPT_BOUNDED_MIN overrides it).
+BOUNDED_MIN = 1 << 24
+CHUNK_ENTRIES = 1 << 24  # N x chunk entries per pass: 64 MiB of fp32, whatever N is
+BINS = 1 << 16
+
+
+def bounded_min() -> int:
+    return int(os.environ.get("MERGEOPT_BOUNDED_MIN", BOUNDED_MIN))
+
+
+def _chunks(stack: torch.Tensor, base: torch.Tensor, chunk: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(start, end, task vectors [N, end - start] in the work dtype) over the flattened tensor."""
+    rows, flat_base = stack.reshape(stack.shape[0], -1), base.reshape(-1)
+    for s in range(0, flat_base.numel(), chunk):
+        e = min(flat_base.numel(), s + chunk)
+        yield s, e, mm.task_vectors(flat_base[s:e], rows[:, s:e])
+
+
+def _bits(d: torch.Tensor) -> torch.Tensor:
+    """|d| as int32 bit patterns, ordered as the magnitudes are. fp32 for every pool but fp64,
+    whose magnitudes are ranked as mergekit ranks CPU tensors: cast to fp32 (ties included)."""
+    return d.abs().float().view(torch.int32)
+
+
+def _select(counts: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``counts`` [N, BINS]: the bin holding the k-th largest value and how many
+    values lie in higher bins."""
+    above = counts.flip(1).cumsum(1).flip(1) - counts  # values in bins higher than each bin
+    bin_ = ((above < k.unsqueeze(1)) & (above + counts >= k.unsqueeze(1))).int().argmax(1)
+    return bin_, above.gather(1, bin_.unsqueeze(1)).squeeze(1)
+
+
+def topk_thresholds(stack: torch.Tensor, base: torch.Tensor, ks: torch.Tensor, chunk: int,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the fp32 bit pattern of its k-th largest |d| and how many entries equal to it
+    are kept (k minus the entries above it)."""
+    n = stack.shape[0]
+    dev = stack.device
+    offsets = (torch.arange(n, device=dev) * BINS).unsqueeze(1)
+    high = torch.zeros(n * BINS, dtype=torch.int64, device=dev)
+    for _, _, d in _chunks(stack, base, chunk):
+        high += torch.bincount(((_bits(d) >> 16) + offsets).reshape(-1), minlength=n * BINS)
+    ks = ks.to(dev)
+    hbin, above_h = _select(high.reshape(n, BINS), ks)
+    low = torch.zeros(n * BINS, dtype=torch.int64, device=dev)
+    for _, _, d in _chunks(stack, base, chunk):
+        bits = _bits(d)
+        inside = (bits >> 16) == hbin.unsqueeze(1)
+        idx = ((bits & 0xFFFF) + offsets)[inside]
+        low += torch.bincount(idx, minlength=n * BINS)
+    lbin, above_l = _select(low.reshape(n, BINS), ks - above_h)
+    return (hbin << 16) | lbin, ks - above_h - above_l
+
+
+def _trim_mask(d: torch.Tensor, threshold: torch.Tensor, quota: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Entries above the threshold, and tied ones while the row's quota lasts (by position);
+    ``seen`` (ties met in earlier chunks, per row) is advanced."""
+    bits = _bits(d)
+    tied = bits == threshold.unsqueeze(1)
+    rank = tied.cumsum(1) + seen.unsqueeze(1)  # 1-based rank of each tie in its row
+    seen += tied.sum(1)
+    return (bits > threshold.unsqueeze(1)) | (tied & (rank <= quota.unsqueeze(1)))
+
+
+def ties(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, density, lambda_: float,
+         normalize: bool, chunk: int = CHUNK_ENTRIES) -> torch.Tensor:
+    n, numel = stack.shape[0], base.numel()
+    step = max(1, chunk // n)
+    densities = mm._per_model(density, n)
+    dev = stack.device
+    ks = torch.tensor([max(1, int(p * numel)) if 0 < p < 1 else 0 for p in densities], dtype=torch.int64, device=dev)
+    trim = [0 < p < 1 and numel > 0 for p in densities]
+    threshold, quota = topk_thresholds(stack, base, ks, step) if any(trim) else (ks, ks)
+    keep_all = torch.tensor([p >= 1 for p in densities], device=dev).unsqueeze(1)
+    trim_rows = torch.tensor(trim, device=dev).unsqueeze(1)
+    empty = torch.tensor([p <= 0 for p in densities], device=dev)
+    seen = torch.zeros(n, dtype=torch.int64, device=dev)
+    out = torch.empty(numel, dtype=base.dtype, device=base.device)
+    flat_base = base.reshape(-1)
+    for s, e, d in _chunks(stack, base, step):
+        mask = _trim_mask(d, threshold, quota, seen) & trim_rows | keep_all
+        trimmed = d * mask.to(d.dtype)  # as mergekit: delta * mask (so -0.0 where dropped)
+        trimmed[empty] = 0  # density 0: zeros, as magnitude_prune returns them
+        out[s:e] = mm._combine(flat_base[s:e], trimmed, weights, consensus=True, normalize=normalize,
+                               lambda_=lambda_)
+    return out.reshape(base.shape)
+
+
+def _dare(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, density, consensus: bool,
+          lambda_: float, normalize: bool, rescale: bool, generator: torch.Generator | None,
+          chunk: int) -> torch.Tensor:
+    n, numel = stack.shape[0], base.numel()
+    step = max(1, chunk // n)
+    densities = mm._per_model(density, n)
+    rows, flat_base = stack.reshape(n, -1), base.reshape(-1)
+    gen = generator if generator is not None else torch.default_generator
+    states, scale = [], [1.0] * n
+    for i, p in enumerate(densities):  # row by row, as the per-tensor formula draws its masks
+        if p >= 1:
+            states.append(None)
+            continue
+        states.append(gen.get_state())
+        before = after = 0.0
+        for s in range(0, numel, step):
+            d = mm.task_vectors(flat_base[s:s + step], rows[i:i + 1, s:s + step])[0]
+            keep = torch.bernoulli(torch.full_like(d, p), generator=gen)
+            before += float(d.abs().sum(dtype=torch.float64))
+            after += float((d * keep).abs().sum(dtype=torch.float64))
+        if rescale and before >= 1e-7 and after >= 1e-7:  # mergekit's eps
+            scale[i] = before / after
+    replay = []
+    for st in states:
+        g = None
+        if st is not None:
+            g = torch.Generator(device=gen.device)
+            g.set_state(st)
+        replay.append(g)
+    out = torch.empty(numel, dtype=base.dtype, device=base.device)
+    for s, e, d in _chunks(stack, base, step):
+        for i, g in enumerate(replay):
+            if g is not None:
+                d[i] = d[i] * torch.bernoulli(torch.full_like(d[i], densities[i]), generator=g)
+                if scale[i] != 1.0:
+                    d[i] = d[i] * torch.tensor(scale[i], dtype=d.dtype)
+        out[s:e] = mm._combine(flat_base[s:e], d, weights, consensus=consensus, normalize=normalize,
+                               lambda_=lambda_)
+    return out.reshape(base.shape)
+
+
+def dare_ties(stack, base, weights, *, density, lambda_: float, normalize: bool, rescale: bool = True,
+              generator: torch.Generator | None = None, chunk: int = CHUNK_ENTRIES) -> torch.Tensor:
+    return _dare(stack, base, weights, density=density, consensus=True, lambda_=lambda_, normalize=normalize,
+                 rescale=rescale, generator=generator, chunk=chunk)
+
+
+def dare_linear(stack, base, weights, *, density, lambda_: float, normalize: bool, rescale: bool = True,
+                generator: torch.Generator | None = None, chunk: int = CHUNK_ENTRIES) -> torch.Tensor:
+    return _dare(stack, base, weights, density=density, consensus=False, lambda_=lambda_, normalize=normalize,
+                 rescale=rescale, generator=generator, chunk=chunk)
+
+
+METHODS = {"ties": ties, "dare_ties": dare_ties, "dare_linear": dare_linear}
