@@ -28,7 +28,7 @@ from evaluators import merge_methods as mm
 
 # Tensors above this many entries are merged in chunks (MERGEOPT_BOUNDED_MIN overrides it).
 BOUNDED_MIN = 1 << 24
-CHUNK_ENTRIES = 1 << 24  # N x chunk entries per pass: 64 MiB of fp32, whatever N is
+CHUNK_ENTRIES = 1 << 22  # N x chunk entries per pass: 16 MiB of fp32, whatever N is
 BINS = 1 << 16
 
 
@@ -90,8 +90,17 @@ def _trim_mask(d: torch.Tensor, threshold: torch.Tensor, quota: torch.Tensor, se
     return (bits > threshold.unsqueeze(1)) | (tied & (rank <= quota.unsqueeze(1)))
 
 
+def _output(base: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """Where the merge is written: ``out`` (the model's parameter, no extra copy) or a new tensor."""
+    if out is None:
+        return torch.empty_like(base)
+    if out.shape != base.shape or out.dtype != base.dtype or not out.is_contiguous():
+        raise ValueError("out must be a contiguous tensor of the base's shape and dtype")
+    return out
+
+
 def ties(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, density, lambda_: float,
-         normalize: bool, chunk: int = CHUNK_ENTRIES) -> torch.Tensor:
+         normalize: bool, chunk: int = CHUNK_ENTRIES, out: torch.Tensor | None = None) -> torch.Tensor:
     n, numel = stack.shape[0], base.numel()
     step = max(1, chunk // n)
     densities = mm._per_model(density, n)
@@ -103,20 +112,21 @@ def ties(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, d
     trim_rows = torch.tensor(trim, device=dev).unsqueeze(1)
     empty = torch.tensor([p <= 0 for p in densities], device=dev)
     seen = torch.zeros(n, dtype=torch.int64, device=dev)
-    out = torch.empty(numel, dtype=base.dtype, device=base.device)
+    out = _output(base, out)
+    flat_out = out.view(-1)
     flat_base = base.reshape(-1)
     for s, e, d in _chunks(stack, base, step):
         mask = _trim_mask(d, threshold, quota, seen) & trim_rows | keep_all
         trimmed = d * mask.to(d.dtype)  # as mergekit: delta * mask (so -0.0 where dropped)
         trimmed[empty] = 0  # density 0: zeros, as magnitude_prune returns them
-        out[s:e] = mm._combine(flat_base[s:e], trimmed, weights, consensus=True, normalize=normalize,
+        flat_out[s:e] = mm._combine(flat_base[s:e], trimmed, weights, consensus=True, normalize=normalize,
                                lambda_=lambda_)
-    return out.reshape(base.shape)
+    return out
 
 
 def _dare(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, density, consensus: bool,
           lambda_: float, normalize: bool, rescale: bool, generator: torch.Generator | None,
-          chunk: int) -> torch.Tensor:
+          chunk: int, out: torch.Tensor | None) -> torch.Tensor:
     n, numel = stack.shape[0], base.numel()
     step = max(1, chunk // n)
     densities = mm._per_model(density, n)
@@ -143,28 +153,31 @@ def _dare(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, 
             g = torch.Generator(device=gen.device)
             g.set_state(st)
         replay.append(g)
-    out = torch.empty(numel, dtype=base.dtype, device=base.device)
+    out = _output(base, out)
+    flat_out = out.view(-1)
     for s, e, d in _chunks(stack, base, step):
         for i, g in enumerate(replay):
             if g is not None:
                 d[i] = d[i] * torch.bernoulli(torch.full_like(d[i], densities[i]), generator=g)
                 if scale[i] != 1.0:
                     d[i] = d[i] * torch.tensor(scale[i], dtype=d.dtype)
-        out[s:e] = mm._combine(flat_base[s:e], d, weights, consensus=consensus, normalize=normalize,
+        flat_out[s:e] = mm._combine(flat_base[s:e], d, weights, consensus=consensus, normalize=normalize,
                                lambda_=lambda_)
-    return out.reshape(base.shape)
+    return out
 
 
 def dare_ties(stack, base, weights, *, density, lambda_: float, normalize: bool, rescale: bool = True,
-              generator: torch.Generator | None = None, chunk: int = CHUNK_ENTRIES) -> torch.Tensor:
+              generator: torch.Generator | None = None, chunk: int = CHUNK_ENTRIES,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     return _dare(stack, base, weights, density=density, consensus=True, lambda_=lambda_, normalize=normalize,
-                 rescale=rescale, generator=generator, chunk=chunk)
+                 rescale=rescale, generator=generator, chunk=chunk, out=out)
 
 
 def dare_linear(stack, base, weights, *, density, lambda_: float, normalize: bool, rescale: bool = True,
-                generator: torch.Generator | None = None, chunk: int = CHUNK_ENTRIES) -> torch.Tensor:
+                generator: torch.Generator | None = None, chunk: int = CHUNK_ENTRIES,
+                out: torch.Tensor | None = None) -> torch.Tensor:
     return _dare(stack, base, weights, density=density, consensus=False, lambda_=lambda_, normalize=normalize,
-                 rescale=rescale, generator=generator, chunk=chunk)
+                 rescale=rescale, generator=generator, chunk=chunk, out=out)
 
 
 METHODS = {"ties": ties, "dare_ties": dare_ties, "dare_linear": dare_linear}

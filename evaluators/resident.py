@@ -87,12 +87,12 @@ class ResidentPool:
                 self.base = dict(zip(self.tensor_names, loaded, strict=True))
         self._orders: dict[str, torch.Tensor] = {}
         self._groups: dict[str, tuple[TensorGroups, fused.Runs, list[tuple[int, int]]]] = {}
-        # Magnitude rankings for TIES (int64 per entry, tensors up to bounded_merge's size) are
-        # cached while they fit this budget: by default a tenth of what the study keeps resident
-        # (at most 8 GiB), so the cache cannot outgrow the pool it speeds up.
+        # Magnitude rankings for TIES (int32 per entry, tensors up to bounded_merge's size) are
+        # cached while they fit this budget: by default 5% of what the study keeps resident (at
+        # most 8 GiB), so the cache stays small beside the pool it speeds up.
         floor = streaming.resident_bytes(n, self.numel, next(iter(dtypes)).itemsize if uniform else 4)
         budget = os.environ.get("MERGEOPT_TOPK_CACHE_GB")
-        self.order_budget_bytes = int(float(budget) * 1024**3) if budget else min(8 * 1024**3, floor // 10)
+        self.order_budget_bytes = int(float(budget) * 1024**3) if budget else min(8 * 1024**3, floor // 20)
 
     def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if self.streamed:
@@ -129,13 +129,14 @@ class ResidentPool:
         """[N, numel] ranking of each task vector's entries by |value|, computed once."""
         if name not in self._orders:
             d = self.deltas()[name]
-            size = d.numel() * 8
+            size = d.numel() * 4
             if sum(o.numel() * o.element_size() for o in self._orders.values()) + size > self.order_budget_bytes:
                 return None
-            self._orders[name] = torch.stack([magnitude_order(x) for x in d])
+            self._orders[name] = torch.stack([magnitude_order(x).int() for x in d])  # < 2**31 entries
         return self._orders[name]
 
-    def merged(self, spec: MergeSpec, tensor_name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def merged(self, spec: MergeSpec, tensor_name: str, dtype: torch.dtype | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
         """One merged tensor by the reference (per-tensor) formulas. None: in the work dtype (fp32;
         fp64 for fp64 tensors), cast back to the pool's dtype, as the search scores it. ``dtype``:
         as mergekit's `dtype: ...` does it: inputs cast to it, the formulas run in it (linear
@@ -159,7 +160,8 @@ class ResidentPool:
             if spec.method != "ties":
                 kwargs["generator"] = spec.generator_for(tensor_name, base.device)
             return bounded_merge.METHODS[spec.method](
-                stack, base, weights if weights is not None else spec.weight_vector(self.checkpoint_names), **kwargs)
+                stack, base, weights if weights is not None else spec.weight_vector(self.checkpoint_names),
+                out=out, **kwargs)
         if dtype is None or dtype == fused.work_dtype(stack.dtype):
             # The cached task vectors are t - base in the work dtype: exact casts, then one
             # subtraction, which is what mergekit computes with that dtype.
@@ -270,7 +272,9 @@ class ResidentModel:
     def materialize(self, spec: MergeSpec) -> PreTrainedModel:
         if self.flat_out is None or not self.pool.merge_flat_into(spec, self.flat_out):
             for name, target in self.targets.items():
-                target.copy_(self.pool.merged(spec, name))
+                merged = self.pool.merged(spec, name, out=target)  # chunked merges write into it
+                if merged is not target:
+                    target.copy_(merged)
         return self.model
 
     @torch.no_grad()

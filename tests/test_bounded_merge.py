@@ -106,6 +106,8 @@ def test_the_resident_pool_merges_large_tensors_in_chunks(tmp_path, monkeypatch,
     per_tensor = rp.merged(spec, name)
     monkeypatch.setenv("MERGEOPT_BOUNDED_MIN", "100")
     chunked = rp.merged(spec, name)
+    target = torch.empty_like(chunked)
+    assert rp.merged(spec, name, out=target) is target and torch.equal(target, chunked)  # in place
     if method == "ties":
         assert torch.equal(chunked, per_tensor)
     else:

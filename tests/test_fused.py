@@ -147,8 +147,8 @@ def test_mixed_dtypes_fall_back_to_the_per_tensor_path(tmp_path):
 def test_ties_with_cached_rankings_equals_ranking_every_time(tmp_path):
     pool = make_pool(tmp_path, n=3)
     rp = ResidentPool(validate_pool(pool["checkpoints"], pool["base"]), torch.device("cpu"))
-    # By default the cache may take a tenth of the resident floor (too little for every tensor here).
-    assert rp.order_budget_bytes == (3 + 2) * rp.numel * 4 // 10
+    # By default the cache may take 5% of the resident floor (too little for every tensor here).
+    assert rp.order_budget_bytes == (3 + 2) * rp.numel * 4 // 20
     rp.order_budget_bytes = 1 << 30
     for density in (0.7, 0.2):  # the second trial reuses the rankings cached by the first
         spec = MergeSpec(method="ties", weights={"ckpt0": 0.6, "ckpt1": 1.0, "ckpt2": 0.3}, density=density)
