@@ -12,8 +12,9 @@ DARE is per entry except two whole-tensor quantities, found in extra passes):
   of a stable sort: the same set as mergekit's argsort except which entries tied exactly at the
   threshold are kept (its unstable sort keeps an unspecified subset of them);
 - DARE's rescale: the L1 norms before and after the drop, accumulated in fp64 over a first pass;
-  the second pass replays each row's generator from its saved state, so the masks are the ones
-  the per-tensor formula draws.
+  the second pass replays each row's generator from its saved state. On the CPU the masks are
+  the ones the per-tensor formula draws (mt19937 yields the same stream in chunks); CUDA's
+  Philox offsets advance per call, so there the masks are another (equally seeded) draw.
 
 The combine (sign election, disjoint mean, lambda) is merge_methods._combine on each chunk."""
 
