@@ -12,7 +12,7 @@ A separate process that only imports what a study imports (torch, transformers, 
 service) gives the libraries' own share, reported beside the ratio.
 
     python bench/memory.py [--root /tmp/mergeopt-memory] [--methods linear task_arithmetic ties
-                           dare_ties] [--trials 2] [--layers 24]
+                           dare_ties dare_linear] [--trials 2] [--layers 24]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ["linear", "task_arithmetic", "ties", "dare_ties"]
+METHODS = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
 GOALS = {"linear": 1.2}  # the task-vector methods: 1.3
 IMPORTS = ("import torch, transformers, lm_eval.evaluator; import service.cli, service.studies, "
            "evaluators.engine, evaluators.scoring")
