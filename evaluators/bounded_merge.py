@@ -27,14 +27,28 @@ import torch
 
 from evaluators import merge_methods as mm
 
-# Tensors above this many entries are merged in chunks (MERGEOPT_BOUNDED_MIN overrides it).
+# A tensor is merged in chunks when it has over BOUNDED_MIN entries and the per-tensor formulas'
+# scratch for it would exceed SCRATCH_SHARE of what the study keeps resident (the pool, base and
+# model): an embedding beside a small pool, not a 7B's MLP beside 8 x 7B. MERGEOPT_BOUNDED_MIN
+# set: every tensor over that many entries is chunked, whatever the pool.
 BOUNDED_MIN = 1 << 24
+SCRATCH_SHARE = 0.10
 CHUNK_ENTRIES = 1 << 22  # N x chunk entries per pass: 16 MiB of fp32, whatever N is
 BINS = 1 << 16
 
 
-def bounded_min() -> int:
-    return int(os.environ.get("MERGEOPT_BOUNDED_MIN", BOUNDED_MIN))
+def per_tensor_scratch(n: int, numel: int) -> int:
+    """About what merge_methods' TIES needs beside the pool for one tensor: fp32 task vectors and
+    their trimmed, weighted and masked copies (~32 B per checkpoint and entry), and argsort's
+    int64 indices with its sorted copy of one row (~16 B per entry)."""
+    return (32 * n + 16) * numel
+
+
+def use_chunks(n: int, numel: int, resident_bytes: int) -> bool:
+    forced = os.environ.get("MERGEOPT_BOUNDED_MIN")
+    if forced:
+        return numel > int(forced)
+    return numel > BOUNDED_MIN and per_tensor_scratch(n, numel) > SCRATCH_SHARE * resident_bytes
 
 
 def _chunks(stack: torch.Tensor, base: torch.Tensor, chunk: int) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -91,17 +105,24 @@ def _trim_mask(d: torch.Tensor, threshold: torch.Tensor, quota: torch.Tensor, se
     return (bits > threshold.unsqueeze(1)) | (tied & (rank <= quota.unsqueeze(1)))
 
 
-def _output(base: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """Where the merge is written: ``out`` (the model's parameter, no extra copy) or a new tensor."""
+def _output(base: torch.Tensor, out: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor:
+    """Where the merge is written: ``out`` (the model's parameter, no extra copy) or a new tensor
+    of ``dtype`` (None: the base's; the work dtype leaves the result unrounded, for an export)."""
+    dtype = dtype or base.dtype
     if out is None:
-        return torch.empty_like(base)
-    if out.shape != base.shape or out.dtype != base.dtype or not out.is_contiguous():
-        raise ValueError("out must be a contiguous tensor of the base's shape and dtype")
+        return torch.empty(base.shape, dtype=dtype, device=base.device)
+    if out.shape != base.shape or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError("out must be a contiguous tensor of the base's shape and the result's dtype")
     return out
 
 
+def _base_chunk(flat_base: torch.Tensor, s: int, e: int, dtype: torch.dtype | None) -> torch.Tensor:
+    return flat_base[s:e] if dtype is None else flat_base[s:e].to(dtype)  # _combine rounds to its dtype
+
+
 def ties(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, density, lambda_: float,
-         normalize: bool, chunk: int = CHUNK_ENTRIES, out: torch.Tensor | None = None) -> torch.Tensor:
+         normalize: bool, chunk: int = CHUNK_ENTRIES, out: torch.Tensor | None = None,
+         dtype: torch.dtype | None = None) -> torch.Tensor:
     n, numel = stack.shape[0], base.numel()
     step = max(1, chunk // n)
     densities = mm._per_model(density, n)
@@ -113,21 +134,21 @@ def ties(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, d
     trim_rows = torch.tensor(trim, device=dev).unsqueeze(1)
     empty = torch.tensor([p <= 0 for p in densities], device=dev)
     seen = torch.zeros(n, dtype=torch.int64, device=dev)
-    out = _output(base, out)
+    out = _output(base, out, dtype)
     flat_out = out.view(-1)
     flat_base = base.reshape(-1)
     for s, e, d in _chunks(stack, base, step):
         mask = _trim_mask(d, threshold, quota, seen) & trim_rows | keep_all
         trimmed = d * mask.to(d.dtype)  # as mergekit: delta * mask (so -0.0 where dropped)
         trimmed[empty] = 0  # density 0: zeros, as magnitude_prune returns them
-        flat_out[s:e] = mm._combine(flat_base[s:e], trimmed, weights, consensus=True, normalize=normalize,
+        flat_out[s:e] = mm._combine(_base_chunk(flat_base, s, e, dtype), trimmed, weights, consensus=True, normalize=normalize,
                                lambda_=lambda_)
     return out
 
 
 def _dare(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, density, consensus: bool,
           lambda_: float, normalize: bool, rescale: bool, generator: torch.Generator | None,
-          chunk: int, out: torch.Tensor | None) -> torch.Tensor:
+          chunk: int, out: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor:
     n, numel = stack.shape[0], base.numel()
     step = max(1, chunk // n)
     densities = mm._per_model(density, n)
@@ -154,7 +175,7 @@ def _dare(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, 
             g = torch.Generator(device=gen.device)
             g.set_state(st)
         replay.append(g)
-    out = _output(base, out)
+    out = _output(base, out, dtype)
     flat_out = out.view(-1)
     for s, e, d in _chunks(stack, base, step):
         for i, g in enumerate(replay):
@@ -162,23 +183,25 @@ def _dare(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, 
                 d[i] = d[i] * torch.bernoulli(torch.full_like(d[i], densities[i]), generator=g)
                 if scale[i] != 1.0:
                     d[i] = d[i] * torch.tensor(scale[i], dtype=d.dtype)
-        flat_out[s:e] = mm._combine(flat_base[s:e], d, weights, consensus=consensus, normalize=normalize,
+        flat_out[s:e] = mm._combine(_base_chunk(flat_base, s, e, dtype), d, weights, consensus=consensus, normalize=normalize,
                                lambda_=lambda_)
     return out
 
 
 def dare_ties(stack, base, weights, *, density, lambda_: float, normalize: bool, rescale: bool = True,
               generator: torch.Generator | None = None, chunk: int = CHUNK_ENTRIES,
-              out: torch.Tensor | None = None) -> torch.Tensor:
+              out: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     return _dare(stack, base, weights, density=density, consensus=True, lambda_=lambda_, normalize=normalize,
-                 rescale=rescale, generator=generator, chunk=chunk, out=out)
+                 rescale=rescale, generator=generator, chunk=chunk, out=out,
+                 dtype=dtype)
 
 
 def dare_linear(stack, base, weights, *, density, lambda_: float, normalize: bool, rescale: bool = True,
                 generator: torch.Generator | None = None, chunk: int = CHUNK_ENTRIES,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     return _dare(stack, base, weights, density=density, consensus=False, lambda_=lambda_, normalize=normalize,
-                 rescale=rescale, generator=generator, chunk=chunk, out=out)
+                 rescale=rescale, generator=generator, chunk=chunk, out=out,
+                 dtype=dtype)
 
 
 METHODS = {"ties": ties, "dare_ties": dare_ties, "dare_linear": dare_linear}

@@ -90,9 +90,11 @@ class ResidentPool:
         # Magnitude rankings for TIES (int32 per entry, tensors up to bounded_merge's size) are
         # cached while they fit this budget: by default 5% of what the study keeps resident (at
         # most 8 GiB), so the cache stays small beside the pool it speeds up.
-        floor = streaming.resident_bytes(n, self.numel, next(iter(dtypes)).itemsize if uniform else 4)
+        self.resident_bytes = streaming.resident_bytes(n, self.numel, next(iter(dtypes)).itemsize if uniform else 4,
+                                                       pool.base is not None)
         budget = os.environ.get("MERGEOPT_TOPK_CACHE_GB")
-        self.order_budget_bytes = int(float(budget) * 1024**3) if budget else min(8 * 1024**3, floor // 20)
+        self.order_budget_bytes = int(float(budget) * 1024**3) if budget else min(8 * 1024**3,
+                                                                                  self.resident_bytes // 20)
 
     def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if self.streamed:
@@ -153,15 +155,9 @@ class ResidentPool:
             raise PoolError("this merge method needs a base model: set pool.base")
         base = self.base[tensor_name]
         weights = self.tensor_weights(spec, tensor_name)
-        if spec.method in bounded_merge.METHODS and dtype is None \
-                and base.numel() > bounded_merge.bounded_min() and stack.is_floating_point():
-            kwargs: dict = {"density": spec.density_vector(self.checkpoint_names), "lambda_": spec.lambda_,
-                            "normalize": spec.resolved_normalize}
-            if spec.method != "ties":
-                kwargs["generator"] = spec.generator_for(tensor_name, base.device)
-            return bounded_merge.METHODS[spec.method](
-                stack, base, weights if weights is not None else spec.weight_vector(self.checkpoint_names),
-                out=out, **kwargs)
+        if spec.method in bounded_merge.METHODS and (dtype is None or dtype == fused.work_dtype(stack.dtype)) \
+                and bounded_merge.use_chunks(len(self.checkpoint_names), base.numel(), self.resident_bytes):
+            return self._merged_in_chunks(spec, tensor_name, weights, dtype, out)
         if dtype is None or dtype == fused.work_dtype(stack.dtype):
             # The cached task vectors are t - base in the work dtype: exact casts, then one
             # subtraction, which is what mergekit computes with that dtype.
@@ -171,6 +167,18 @@ class ResidentPool:
             deltas, orders = stack.to(dtype) - base.to(dtype).unsqueeze(0), None
         return merge_tensor(spec, self.checkpoint_names, tensor_name, weights=weights,
                             base=base if dtype is None else base.to(dtype), deltas=deltas, orders=orders)
+
+    def _merged_in_chunks(self, spec: MergeSpec, tensor_name: str, weights: list[float] | None,
+                          dtype: torch.dtype | None, out: torch.Tensor | None) -> torch.Tensor:
+        """A large TIES / DARE tensor with scratch bounded by a chunk (bounded_merge.py). The search
+        and the export both take this path, so an exported merge is the one that was scored."""
+        kwargs: dict = {"density": spec.density_vector(self.checkpoint_names), "lambda_": spec.lambda_,
+                        "normalize": spec.resolved_normalize, "dtype": dtype}
+        base = self.base[tensor_name]
+        if spec.method != "ties":
+            kwargs["generator"] = spec.generator_for(tensor_name, base.device)
+        weights = weights if weights is not None else spec.weight_vector(self.checkpoint_names)
+        return bounded_merge.METHODS[spec.method](self.stacks[tensor_name], base, weights, out=out, **kwargs)
 
     def _merged_with_base(self, spec: MergeSpec, tensor_name: str, dtype: torch.dtype | None) -> torch.Tensor:
         """A linear merge whose last member is the base (as the flat path and the export order it)."""

@@ -128,9 +128,9 @@ def test_resident_bytes_is_what_the_pool_and_model_hold(tmp_path):
     assert params == {model.flat_out.untyped_storage().data_ptr()}  # no parameter outside it
 
 
-def test_the_export_merges_large_tensors_as_mergekit_does(tmp_path, monkeypatch):
-    """The search's chunked TIES keeps ties by position; `mergeopt export` (write_merge) ranks
-    with mergekit's argsort whatever the size, so mergekit-yaml reproduces the file."""
+def test_the_export_is_the_merge_the_search_scored(tmp_path, monkeypatch):
+    """Chunked tensors are exported as they were scored (one rounding, to the written dtype),
+    though mergekit's unstable argsort would keep other entries tied at the threshold."""
     from safetensors.torch import load_file
 
     from evaluators.export import write_merge
@@ -140,9 +140,25 @@ def test_the_export_merges_large_tensors_as_mergekit_does(tmp_path, monkeypatch)
     rp = ResidentPool(validate_pool(p["checkpoints"], p["base"]), torch.device("cpu"))
     w = {"ckpt0": 0.5, "ckpt1": 0.8, "ckpt2": 0.3}
     spec = MergeSpec(method="ties", weights=w, density=0.3)
-    written = load_file(str(write_merge(rp, spec, tmp_path / "out") / "model.safetensors"))
+    written = load_file(str(write_merge(rp, spec, tmp_path / "bf16") / "model.safetensors"))
+    wide = load_file(str(write_merge(rp, spec, tmp_path / "fp32", out_dtype="float32") / "model.safetensors"))
+    differs = 0
     for name in rp.tensor_names:
-        want = mm.ties(rp.base[name], rp.deltas()[name], list(w.values()), density=0.3)  # unstable argsort
-        assert torch.equal(written[name], want), name
-    # ... and the chunked rule differs from it somewhere here, or this test could not fail
-    assert any(not torch.equal(rp.merged(spec, n), written[n]) for n in rp.tensor_names)
+        scored = rp.merged(spec, name)
+        assert torch.equal(written[name], scored), name
+        assert wide[name].dtype == torch.float32 and torch.equal(wide[name].to(torch.bfloat16), scored)
+        mergekit = mm.ties(rp.base[name], rp.deltas()[name], list(w.values()), density=0.3)
+        differs += not torch.equal(scored, mergekit)
+    assert differs  # the tie rule is visible here, so the test can fail
+
+
+def test_only_tensors_whose_scratch_would_outweigh_the_pool_are_chunked(monkeypatch):
+    monkeypatch.delenv("MERGEOPT_BOUNDED_MIN", raising=False)
+    small = resident_bytes(4, 494_000_000, 2)  # the memory bench: 4 x Qwen2.5-0.5B's shape
+    assert bm.use_chunks(4, 151_936 * 896, small)  # its embedding
+    assert not bm.use_chunks(4, 4864 * 896, small)  # an MLP matrix: under 16M entries
+    big = resident_bytes(8, 6_740_000_000, 2)  # 8 x Llama-2-7B
+    assert not bm.use_chunks(8, 11_008 * 4096, big)  # MLP: mergekit's own ranking
+    assert bm.use_chunks(8, 32_000 * 4096, big)  # embedding and lm_head: chunked
+    monkeypatch.setenv("MERGEOPT_BOUNDED_MIN", "1000")
+    assert bm.use_chunks(8, 1001, big) and not bm.use_chunks(8, 1000, small)
