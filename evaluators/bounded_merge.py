@@ -1,22 +1,26 @@
 """TIES and DARE over one large tensor in chunks, with memory bounded by a chunk, not the tensor.
 
 The per-tensor formulas (merge_methods.py) hold [N, numel] fp32 task vectors and a few copies of
-them, and TIES ranks each task vector with a full argsort (int64 indices): for a 136M-entry
-embedding of a 4-checkpoint pool that is ~8 GB of scratch beside a 6 GB pool. Here a tensor
-above ``BOUNDED_MIN`` entries is merged chunk by chunk along its entries (every step of TIES and
-DARE is per entry except two whole-tensor quantities, found in extra passes):
+them (~32 B per checkpoint and entry): for a 136M-entry embedding beside 4 checkpoints, ~8 GB of
+scratch next to a 6 GB pool. Every step of TIES and DARE is per entry except a few whole-row
+quantities, so a tensor over CHUNK_MIN entries is merged chunk by chunk along its entries, with
+those quantities found first, in one of two ways (``route``):
 
-- TIES' top-k: the k-th largest |d_i| by a two-pass radix select over the fp32 bit patterns
-  (for non-negative floats their order as int32 is their order as floats), then every entry
-  above it and, of the entries equal to it, the first ones by position up to k. That is the top-k
-  of a stable sort: the same set as mergekit's argsort except which entries tied exactly at the
-  threshold are kept (its unstable sort keeps an unspecified subset of them);
-- DARE's rescale: the L1 norms before and after the drop, accumulated in fp64 over a first pass;
-  the second pass replays each row's generator from its saved state. On the CPU the masks are
-  the ones the per-tensor formula draws (mt19937 yields the same stream in chunks); CUDA's
-  Philox offsets advance per call, so there the masks are another (equally seeded) draw.
+- ``ranked`` (the default): each task vector is ranked whole, one row at a time, by mergekit's
+  own argsort (or the resident pool's cached ranking) into a 1-byte keep mask; DARE's masks and
+  L1 norms are drawn and summed over the whole row, as the formula does. Bit for bit the
+  per-tensor formula, at ~(28 + N) B per entry of one row instead of ~32 N.
+- ``radix``, where even one row's argsort would take over SCRATCH_SHARE of what the study keeps
+  resident (an embedding beside a small pool; never a tensor beside 8 x 7B): TIES' k-th largest
+  |d_i| by a two-pass radix select over the fp32 bit patterns (for non-negative floats their
+  order as int32 is their order as floats), keeping every entry above it and, of those equal to
+  it, the first by position. That is the top-k of a stable sort: mergekit's unstable argsort
+  keeps another subset of the tied entries. DARE's L1 norms are summed in fp64 over chunks.
 
-The combine (sign election, disjoint mean, lambda) is merge_methods._combine on each chunk."""
+DARE's second pass replays each row's generator from its saved state. On the CPU the masks are
+the per-tensor formula's draws (mt19937 yields the same stream in chunks); CUDA's Philox offsets
+advance per call, so there they are another, equally seeded draw. The combine (sign election,
+disjoint mean, lambda) is merge_methods._combine on each chunk."""
 
 from __future__ import annotations
 
@@ -27,28 +31,30 @@ import torch
 
 from evaluators import merge_methods as mm
 
-# A tensor is merged in chunks when it has over BOUNDED_MIN entries and the per-tensor formulas'
-# scratch for it would exceed SCRATCH_SHARE of what the study keeps resident (the pool, base and
-# model): an embedding beside a small pool, not a 7B's MLP beside 8 x 7B. MERGEOPT_BOUNDED_MIN
-# set: every tensor over that many entries is chunked, whatever the pool.
-BOUNDED_MIN = 1 << 24
+CHUNK_MIN = 1 << 20  # smaller tensors take the per-tensor formulas: their scratch is small
+BOUNDED_MIN = 1 << 24  # only tensors over this many entries are ever radix-selected
 SCRATCH_SHARE = 0.10
 CHUNK_ENTRIES = 1 << 22  # N x chunk entries per pass: 16 MiB of fp32, whatever N is
 BINS = 1 << 16
 
 
-def per_tensor_scratch(n: int, numel: int) -> int:
-    """About what merge_methods' TIES needs beside the pool for one tensor: fp32 task vectors and
-    their trimmed, weighted and masked copies (~32 B per checkpoint and entry), and argsort's
-    int64 indices with its sorted copy of one row (~16 B per entry)."""
-    return (32 * n + 16) * numel
+def row_scratch(n: int, numel: int) -> int:
+    """About what ranking one row whole needs: its fp32 task vector and magnitudes, argsort's
+    int64 indices and sorted copy (~28 B per entry), and the N rows' 1-byte keep masks."""
+    return (28 + n) * numel
 
 
-def use_chunks(n: int, numel: int, resident_bytes: int) -> bool:
+def route(n: int, numel: int, resident_bytes: int) -> str | None:
+    """None (the per-tensor formula), "ranked" or "radix" for one tensor of an N-checkpoint pool.
+    MERGEOPT_BOUNDED_MIN=<entries>: radix-select every tensor over that size (tests, or memory)."""
     forced = os.environ.get("MERGEOPT_BOUNDED_MIN")
-    if forced:
-        return numel > int(forced)
-    return numel > BOUNDED_MIN and per_tensor_scratch(n, numel) > SCRATCH_SHARE * resident_bytes
+    if forced and numel > int(forced):
+        return "radix"
+    if numel <= CHUNK_MIN:
+        return None
+    if not forced and numel > BOUNDED_MIN and row_scratch(n, numel) > SCRATCH_SHARE * resident_bytes:
+        return "radix"
+    return "ranked"
 
 
 def _chunks(stack: torch.Tensor, base: torch.Tensor, chunk: int) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -105,6 +111,21 @@ def _trim_mask(d: torch.Tensor, threshold: torch.Tensor, quota: torch.Tensor, se
     return (bits > threshold.unsqueeze(1)) | (tied & (rank <= quota.unsqueeze(1)))
 
 
+def ranked_masks(stack: torch.Tensor, base: torch.Tensor, ks: list[int], orders: torch.Tensor | None,
+                 ) -> torch.Tensor:
+    """[N, numel] keep masks: each row's top k by mergekit's ranking (magnitude_order), one row's
+    task vector at a time; ``orders``: the rankings cached by the resident pool."""
+    n, numel = stack.shape[0], base.numel()
+    rows, flat_base = stack.reshape(n, -1), base.reshape(-1)
+    masks = torch.zeros((n, numel), dtype=torch.bool, device=stack.device)
+    for i, k in enumerate(ks):
+        if k:
+            order = orders[i] if orders is not None else mm.magnitude_order(
+                mm.task_vectors(flat_base, rows[i:i + 1])[0])
+            masks[i, order[:k]] = True
+    return masks
+
+
 def _output(base: torch.Tensor, out: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor:
     """Where the merge is written: ``out`` (the model's parameter, no extra copy) or a new tensor
     of ``dtype`` (None: the base's; the work dtype leaves the result unrounded, for an export)."""
@@ -122,14 +143,17 @@ def _base_chunk(flat_base: torch.Tensor, s: int, e: int, dtype: torch.dtype | No
 
 def ties(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, density, lambda_: float,
          normalize: bool, chunk: int = CHUNK_ENTRIES, out: torch.Tensor | None = None,
-         dtype: torch.dtype | None = None) -> torch.Tensor:
+         dtype: torch.dtype | None = None, ranked: bool = False, orders: torch.Tensor | None = None) -> torch.Tensor:
+    """``ranked``: mergekit's ranking, row by row (``orders``: cached); else the radix select."""
     n, numel = stack.shape[0], base.numel()
     step = max(1, chunk // n)
     densities = mm._per_model(density, n)
     dev = stack.device
-    ks = torch.tensor([max(1, int(p * numel)) if 0 < p < 1 else 0 for p in densities], dtype=torch.int64, device=dev)
+    k_list = [max(1, int(p * numel)) if 0 < p < 1 else 0 for p in densities]
+    ks = torch.tensor(k_list, dtype=torch.int64, device=dev)
     trim = [0 < p < 1 and numel > 0 for p in densities]
-    threshold, quota = topk_thresholds(stack, base, ks, step) if any(trim) else (ks, ks)
+    masks = ranked_masks(stack, base, k_list, orders) if ranked and any(trim) else None
+    threshold, quota = topk_thresholds(stack, base, ks, step) if any(trim) and masks is None else (ks, ks)
     keep_all = torch.tensor([p >= 1 for p in densities], device=dev).unsqueeze(1)
     trim_rows = torch.tensor(trim, device=dev).unsqueeze(1)
     empty = torch.tensor([p <= 0 for p in densities], device=dev)
@@ -138,7 +162,8 @@ def ties(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, d
     flat_out = out.view(-1)
     flat_base = base.reshape(-1)
     for s, e, d in _chunks(stack, base, step):
-        mask = _trim_mask(d, threshold, quota, seen) & trim_rows | keep_all
+        picked = masks[:, s:e] if masks is not None else _trim_mask(d, threshold, quota, seen)
+        mask = picked & trim_rows | keep_all
         trimmed = d * mask.to(d.dtype)  # as mergekit: delta * mask (so -0.0 where dropped)
         trimmed[empty] = 0  # density 0: zeros, as magnitude_prune returns them
         flat_out[s:e] = mm._combine(_base_chunk(flat_base, s, e, dtype), trimmed, weights, consensus=True, normalize=normalize,
@@ -148,26 +173,33 @@ def ties(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, d
 
 def _dare(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, density, consensus: bool,
           lambda_: float, normalize: bool, rescale: bool, generator: torch.Generator | None,
-          chunk: int, out: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor:
+          chunk: int, out: torch.Tensor | None, dtype: torch.dtype | None, ranked: bool) -> torch.Tensor:
     n, numel = stack.shape[0], base.numel()
     step = max(1, chunk // n)
     densities = mm._per_model(density, n)
     rows, flat_base = stack.reshape(n, -1), base.reshape(-1)
     gen = generator if generator is not None else torch.default_generator
-    states, scale = [], [1.0] * n
+    states, scale = [], [None] * n
     for i, p in enumerate(densities):  # row by row, as the per-tensor formula draws its masks
         if p >= 1:
             states.append(None)
             continue
         states.append(gen.get_state())
-        before = after = 0.0
-        for s in range(0, numel, step):
-            d = mm.task_vectors(flat_base[s:s + step], rows[i:i + 1, s:s + step])[0]
+        if ranked:  # the whole row, summed as the formula sums it: the same scale, bit for bit
+            d = mm.task_vectors(flat_base, rows[i:i + 1])[0]
             keep = torch.bernoulli(torch.full_like(d, p), generator=gen)
-            before += float(d.abs().sum(dtype=torch.float64))
-            after += float((d * keep).abs().sum(dtype=torch.float64))
+            before, after = d.abs().sum(), (d * keep).abs().sum()
+            del d, keep
+        else:
+            before = after = 0.0
+            for s in range(0, numel, step):
+                d = mm.task_vectors(flat_base[s:s + step], rows[i:i + 1, s:s + step])[0]
+                keep = torch.bernoulli(torch.full_like(d, p), generator=gen)
+                before += float(d.abs().sum(dtype=torch.float64))
+                after += float((d * keep).abs().sum(dtype=torch.float64))
+            before, after = torch.tensor(before), torch.tensor(after)
         if rescale and before >= 1e-7 and after >= 1e-7:  # mergekit's eps
-            scale[i] = before / after
+            scale[i] = (before / after).to(flat_base.dtype if flat_base.dtype == torch.float64 else torch.float32)
     replay = []
     for st in states:
         g = None
@@ -181,8 +213,8 @@ def _dare(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, 
         for i, g in enumerate(replay):
             if g is not None:
                 d[i] = d[i] * torch.bernoulli(torch.full_like(d[i], densities[i]), generator=g)
-                if scale[i] != 1.0:
-                    d[i] = d[i] * torch.tensor(scale[i], dtype=d.dtype)
+                if scale[i] is not None:
+                    d[i] = d[i] * scale[i]
         flat_out[s:e] = mm._combine(_base_chunk(flat_base, s, e, dtype), d, weights, consensus=consensus, normalize=normalize,
                                lambda_=lambda_)
     return out
@@ -190,18 +222,20 @@ def _dare(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, 
 
 def dare_ties(stack, base, weights, *, density, lambda_: float, normalize: bool, rescale: bool = True,
               generator: torch.Generator | None = None, chunk: int = CHUNK_ENTRIES,
-              out: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+              out: torch.Tensor | None = None, dtype: torch.dtype | None = None, ranked: bool = False,
+) -> torch.Tensor:
     return _dare(stack, base, weights, density=density, consensus=True, lambda_=lambda_, normalize=normalize,
                  rescale=rescale, generator=generator, chunk=chunk, out=out,
-                 dtype=dtype)
+                 dtype=dtype, ranked=ranked)
 
 
 def dare_linear(stack, base, weights, *, density, lambda_: float, normalize: bool, rescale: bool = True,
                 generator: torch.Generator | None = None, chunk: int = CHUNK_ENTRIES,
-                out: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, dtype: torch.dtype | None = None, ranked: bool = False,
+) -> torch.Tensor:
     return _dare(stack, base, weights, density=density, consensus=False, lambda_=lambda_, normalize=normalize,
                  rescale=rescale, generator=generator, chunk=chunk, out=out,
-                 dtype=dtype)
+                 dtype=dtype, ranked=ranked)
 
 
 METHODS = {"ties": ties, "dare_ties": dare_ties, "dare_linear": dare_linear}

@@ -130,10 +130,10 @@ class ResidentPool:
     def magnitude_orders(self, name: str) -> torch.Tensor | None:
         """[N, numel] ranking of each task vector's entries by |value|, computed once."""
         if name not in self._orders:
-            d = self.deltas()[name]
-            size = d.numel() * 4
+            size = len(self.checkpoint_names) * math.prod(self.shapes[name]) * 4
             if sum(o.numel() * o.element_size() for o in self._orders.values()) + size > self.order_budget_bytes:
-                return None
+                return None  # checked first: forming the task vectors is itself N x numel fp32
+            d = self.deltas()[name]
             self._orders[name] = torch.stack([magnitude_order(x).int() for x in d])  # < 2**31 entries
         return self._orders[name]
 
@@ -155,9 +155,10 @@ class ResidentPool:
             raise PoolError("this merge method needs a base model: set pool.base")
         base = self.base[tensor_name]
         weights = self.tensor_weights(spec, tensor_name)
+        route = bounded_merge.route(len(self.checkpoint_names), base.numel(), self.resident_bytes)
         if spec.method in bounded_merge.METHODS and (dtype is None or dtype == fused.work_dtype(stack.dtype)) \
-                and bounded_merge.use_chunks(len(self.checkpoint_names), base.numel(), self.resident_bytes):
-            return self._merged_in_chunks(spec, tensor_name, weights, dtype, out)
+                and route is not None and stack.is_floating_point():
+            return self._merged_in_chunks(spec, tensor_name, weights, dtype, out, ranked=route == "ranked")
         if dtype is None or dtype == fused.work_dtype(stack.dtype):
             # The cached task vectors are t - base in the work dtype: exact casts, then one
             # subtraction, which is what mergekit computes with that dtype.
@@ -169,14 +170,16 @@ class ResidentPool:
                             base=base if dtype is None else base.to(dtype), deltas=deltas, orders=orders)
 
     def _merged_in_chunks(self, spec: MergeSpec, tensor_name: str, weights: list[float] | None,
-                          dtype: torch.dtype | None, out: torch.Tensor | None) -> torch.Tensor:
+                          dtype: torch.dtype | None, out: torch.Tensor | None, *, ranked: bool) -> torch.Tensor:
         """A large TIES / DARE tensor with scratch bounded by a chunk (bounded_merge.py). The search
         and the export both take this path, so an exported merge is the one that was scored."""
         kwargs: dict = {"density": spec.density_vector(self.checkpoint_names), "lambda_": spec.lambda_,
-                        "normalize": spec.resolved_normalize, "dtype": dtype}
+                        "normalize": spec.resolved_normalize, "dtype": dtype, "ranked": ranked}
         base = self.base[tensor_name]
         if spec.method != "ties":
             kwargs["generator"] = spec.generator_for(tensor_name, base.device)
+        elif ranked:
+            kwargs["orders"] = self.magnitude_orders(tensor_name)
         weights = weights if weights is not None else spec.weight_vector(self.checkpoint_names)
         return bounded_merge.METHODS[spec.method](self.stacks[tensor_name], base, weights, out=out, **kwargs)
 

@@ -76,6 +76,35 @@ def test_radix_select_finds_the_kth_magnitude_and_its_tie_quota():
         assert 1 <= quota[i].item() <= int((mags == kth).sum())
 
 
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("chunk", [1000, 1 << 20])
+@pytest.mark.parametrize("density", DENSITIES)
+def test_ranked_ties_in_chunks_is_mergekits_ranking_bit_for_bit(chunk, density, cached):
+    """Rows ranked whole by mergekit's argsort (or the pool's cached int32 rankings), merged in
+    chunks: the per-tensor formula exactly, ties at the threshold included."""
+    stack, base = pool(torch.bfloat16)
+    deltas = mm.task_vectors(base, stack)
+    w = [0.7, -0.2, 0.4, 1.1]
+    want = mm.ties(base, deltas, w, density=density, lambda_=0.8, normalize=True)
+    orders = torch.stack([mm.magnitude_order(d).int() for d in deltas]) if cached else None
+    got = bm.ties(stack, base, w, density=density, lambda_=0.8, normalize=True, chunk=chunk, ranked=True,
+                  orders=orders)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+@pytest.mark.parametrize("chunk", [1000, 1 << 20])
+def test_ranked_dare_in_chunks_is_the_formula_bit_for_bit(method, chunk):
+    stack, base = pool(torch.bfloat16)
+    deltas = mm.task_vectors(base, stack)
+    w, density = [0.6, 0.3, 0.8, 0.2], [0.4, 0.7, 1.0, 0.2]
+    ref = mm.METHODS[method](base, deltas, w, density=density, lambda_=1.3, normalize=False,
+                             generator=torch.Generator().manual_seed(5))
+    got = bm.METHODS[method](stack, base, w, density=density, lambda_=1.3, normalize=False,
+                             generator=torch.Generator().manual_seed(5), chunk=chunk, ranked=True)
+    assert torch.equal(got, ref)
+
+
 @pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
 @pytest.mark.parametrize("chunk", [1000, 1 << 20])
 def test_dare_in_chunks_draws_the_same_masks(method, chunk):
@@ -89,6 +118,28 @@ def test_dare_in_chunks_draws_the_same_masks(method, chunk):
     # The same entries dropped; the rescale's L1 norms are summed in another order (fp64 here).
     assert torch.equal(got == base.float(), ref == base.float())
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_the_resident_pool_ranks_mid_sized_tensors_as_mergekit_does(tmp_path, monkeypatch, method):
+    """Tensors over CHUNK_MIN are merged in chunks with mergekit's ranking: the same tensors as the
+    per-tensor path (and the export) bit for bit, written in place."""
+    p = make_pool(tmp_path, n=3, dtype=torch.bfloat16)
+    rp = ResidentPool(validate_pool(p["checkpoints"], p["base"]), torch.device("cpu"))
+    spec = MergeSpec(method=method, weights={"ckpt0": 0.5, "ckpt1": 0.8, "ckpt2": 0.3},
+                     density={"ckpt0": 0.3, "ckpt1": 0.6, "ckpt2": 0.9}, seed=3)
+    monkeypatch.delenv("MERGEOPT_BOUNDED_MIN", raising=False)
+    per_tensor = {n: rp.merged(spec, n) for n in rp.tensor_names}
+    monkeypatch.setattr(bm, "CHUNK_MIN", 100)
+    calls = []
+    real = bm.METHODS[method]
+    monkeypatch.setitem(bm.METHODS, method, lambda *a, **k: calls.append(k["ranked"]) or real(*a, **k))
+    for name in rp.tensor_names:
+        target = torch.empty_like(per_tensor[name])
+        got = rp.merged(spec, name, out=target)
+        assert (got is target) == (target.numel() > 100)  # smaller ones: the per-tensor formula
+        assert torch.equal(got, per_tensor[name]), name
+    assert calls and all(calls)
 
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties"])
@@ -152,13 +203,13 @@ def test_the_export_is_the_merge_the_search_scored(tmp_path, monkeypatch):
     assert differs  # the tie rule is visible here, so the test can fail
 
 
-def test_only_tensors_whose_scratch_would_outweigh_the_pool_are_chunked(monkeypatch):
+def test_the_route_radix_selects_only_where_one_row_cannot_be_ranked(monkeypatch):
     monkeypatch.delenv("MERGEOPT_BOUNDED_MIN", raising=False)
     small = resident_bytes(4, 494_000_000, 2)  # the memory bench: 4 x Qwen2.5-0.5B's shape
-    assert bm.use_chunks(4, 151_936 * 896, small)  # its embedding
-    assert not bm.use_chunks(4, 4864 * 896, small)  # an MLP matrix: under 16M entries
-    big = resident_bytes(8, 6_740_000_000, 2)  # 8 x Llama-2-7B
-    assert not bm.use_chunks(8, 11_008 * 4096, big)  # MLP: mergekit's own ranking
-    assert bm.use_chunks(8, 32_000 * 4096, big)  # embedding and lm_head: chunked
+    assert bm.route(4, 151_936 * 896, small) == "radix"  # its embedding: 3.8 GB to rank one row
+    assert bm.route(4, 4864 * 896, small) == "ranked"  # an MLP matrix
+    assert bm.route(4, 896 * 896, small) is None  # under 1M entries: the per-tensor formula
+    big = resident_bytes(8, 6_740_000_000, 2)  # 8 x Llama-2-7B: nothing but mergekit's ranking
+    assert bm.route(8, 11_008 * 4096, big) == "ranked" and bm.route(8, 32_000 * 4096, big) == "ranked"
     monkeypatch.setenv("MERGEOPT_BOUNDED_MIN", "1000")
-    assert bm.use_chunks(8, 1001, big) and not bm.use_chunks(8, 1000, small)
+    assert bm.route(8, 1001, big) == "radix" and bm.route(8, 1000, small) is None
