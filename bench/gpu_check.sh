@@ -6,12 +6,14 @@
 #      streamed from pinned host memory vs a pinned host -> device copy: bench/gpu_check.py
 #   3. a 2-worker study on one GPU vs 1 worker: bench/workers_throughput.py (GPU_CHECK_DB: a
 #      PostgreSQL URL; default: a SQLite file in a temp folder)
+#   4. chunked TIES / DARE on the device vs the per-tensor formulas (agreement, time, peak
+#      device memory), 8 x 50M bf16: bench/gpu_bounded.py
 #
 #   bench/gpu_check.sh          on a machine with an NVIDIA GPU (exits 0 with a message without one)
 #   bench/gpu_check.sh --cpu    the same pieces at tiny sizes on the CPU (what the tests run)
 #
 # Parts run in turn; one failing does not stop the others; the exit status is 1 if any failed.
-# GPU_CHECK_PARTS=scoring,materialize,workers (the default) picks the parts to run.
+# GPU_CHECK_PARTS=scoring,materialize,workers,bounded (the default) picks the parts to run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -22,6 +24,7 @@ if [ "${1:-}" = "--cpu" ]; then
   SCORE=(--device cpu --hidden 32 --layers 1 --vocab 64 --docs 4 --ctx 30 --ending 5 --repeats 1 --batch-size 8)
   MAT=(--device cpu --n 2 --params 2e6 --dtype float32 --repeats 1)
   WORK=(--trials 14 --docs 4)
+  BOUNDED=(--device cpu --n 3 --numel 2e5)
 elif [ -n "${1:-}" ]; then
   echo "usage: bench/gpu_check.sh [--cpu]" >&2
   exit 2
@@ -37,13 +40,14 @@ else
   SCORE=(--device cuda --dtype bfloat16 --hidden 1024 --layers 8 --vocab 32000 --docs 400 --repeats 3 --batch-size 32)
   MAT=(--device cuda --n 8 --params 1e9 --dtype bfloat16 --repeats 5)
   WORK=(--trials 40 --docs 1000)
+  BOUNDED=(--device cuda --n 8 --numel 5e7)
 fi
 TMP=$(mktemp -d -t mergeopt-gpucheck-XXXX)
 trap 'rm -rf "$TMP"' EXIT
 DB=${GPU_CHECK_DB:-sqlite:///$TMP/gpu_check.db}
 failed=()
 
-PARTS=",${GPU_CHECK_PARTS:-scoring,materialize,workers},"
+PARTS=",${GPU_CHECK_PARTS:-scoring,materialize,workers,bounded},"
 
 part() {  # part KEY NAME CMD...: run (if KEY is in PARTS), print, remember a failure
   local key=$1 name=$2
@@ -63,6 +67,7 @@ part() {  # part KEY NAME CMD...: run (if KEY is in PARTS), print, remember a fa
 part scoring "scoring throughput (prefix sharing vs lm-eval HFLM vs floor)" "$PY" bench/eval_throughput.py "${SCORE[@]}"
 part materialize "materialization bandwidth" "$PY" bench/gpu_check.py "${MAT[@]}"
 part workers "1 vs 2 workers on one device" "$PY" bench/workers_throughput.py --db "$DB" "${WORK[@]}"
+part bounded "chunked TIES / DARE vs the per-tensor formulas" "$PY" bench/gpu_bounded.py "${BOUNDED[@]}"
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then
