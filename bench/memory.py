@@ -67,7 +67,7 @@ class PeakSampler(threading.Thread):
                 st = read_status(self.pid)
             except (FileNotFoundError, ProcessLookupError):
                 return
-            if st.get("State", 0) == 0 and "RssAnon" not in st:  # a zombie has no memory lines
+            if "RssAnon" not in st:  # a zombie has no memory lines
                 return
             anon = st.get("RssAnon", 0)
             if anon > self.peak_anon:

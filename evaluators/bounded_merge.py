@@ -199,7 +199,7 @@ def _dare(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, 
                 after += float((d * keep).abs().sum(dtype=torch.float64))
             before, after = torch.tensor(before), torch.tensor(after)
         if rescale and before >= 1e-7 and after >= 1e-7:  # mergekit's eps
-            scale[i] = (before / after).to(flat_base.dtype if flat_base.dtype == torch.float64 else torch.float32)
+            scale[i] = (before / after).to(mm._work_dtype(flat_base))  # the formula's 0-dim ratio
     replay = []
     for st in states:
         g = None

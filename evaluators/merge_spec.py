@@ -120,11 +120,17 @@ def merge_tensor(
         assert tensors is not None
         return mm.linear(tensors, weights, normalize=spec.resolved_normalize)
     assert base is not None and deltas is not None
+    kwargs = method_kwargs(spec, names, tensor_name, deltas.device)
+    if spec.method == "ties" and orders is not None:
+        kwargs["orders"] = orders
+    return mm.METHODS[spec.method](base, deltas, weights, **kwargs)
+
+
+def method_kwargs(spec: MergeSpec, names: list[str], tensor_name: str, device: torch.device) -> dict:
+    """A task-vector method's parameters for one tensor (the per-tensor and chunked paths share them)."""
     kwargs: dict = {"lambda_": spec.lambda_, "normalize": spec.resolved_normalize}
     if spec.method in mm.USES_DENSITY:
         kwargs["density"] = spec.density_vector(names)
     if spec.method in mm.RANDOMIZED:
-        kwargs["generator"] = spec.generator_for(tensor_name, deltas.device)
-    if spec.method == "ties" and orders is not None:
-        kwargs["orders"] = orders
-    return mm.METHODS[spec.method](base, deltas, weights, **kwargs)
+        kwargs["generator"] = spec.generator_for(tensor_name, device)
+    return kwargs

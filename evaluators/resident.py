@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from evaluators import bounded_merge, fused, streaming
 from evaluators.granularity import Granularity, TensorGroups, layout_key
 from evaluators.merge_methods import magnitude_order, task_vectors
-from evaluators.merge_spec import BASE_WEIGHT, MergeSpec, merge_tensor
+from evaluators.merge_spec import BASE_WEIGHT, MergeSpec, merge_tensor, method_kwargs
 from evaluators.pool import PoolError, PoolInfo, load_checkpoint_tensors
 
 log = logging.getLogger(__name__)
@@ -155,9 +155,9 @@ class ResidentPool:
             raise PoolError("this merge method needs a base model: set pool.base")
         base = self.base[tensor_name]
         weights = self.tensor_weights(spec, tensor_name)
-        route = bounded_merge.route(len(self.checkpoint_names), base.numel(), self.resident_bytes)
-        if spec.method in bounded_merge.METHODS and (dtype is None or dtype == fused.work_dtype(stack.dtype)) \
-                and route is not None and stack.is_floating_point():
+        route = bounded_merge.route(len(self.checkpoint_names), base.numel(), self.resident_bytes) \
+            if spec.method in bounded_merge.METHODS and stack.is_floating_point() else None
+        if route is not None and (dtype is None or dtype == fused.work_dtype(stack.dtype)):
             return self._merged_in_chunks(spec, tensor_name, weights, dtype, out, ranked=route == "ranked")
         if dtype is None or dtype == fused.work_dtype(stack.dtype):
             # The cached task vectors are t - base in the work dtype: exact casts, then one
@@ -173,12 +173,10 @@ class ResidentPool:
                           dtype: torch.dtype | None, out: torch.Tensor | None, *, ranked: bool) -> torch.Tensor:
         """A large TIES / DARE tensor with scratch bounded by a chunk (bounded_merge.py). The search
         and the export both take this path, so an exported merge is the one that was scored."""
-        kwargs: dict = {"density": spec.density_vector(self.checkpoint_names), "lambda_": spec.lambda_,
-                        "normalize": spec.resolved_normalize, "dtype": dtype, "ranked": ranked}
         base = self.base[tensor_name]
-        if spec.method != "ties":
-            kwargs["generator"] = spec.generator_for(tensor_name, base.device)
-        elif ranked:
+        kwargs = method_kwargs(spec, self.checkpoint_names, tensor_name, base.device)
+        kwargs.update(dtype=dtype, ranked=ranked)
+        if spec.method == "ties" and ranked:
             kwargs["orders"] = self.magnitude_orders(tensor_name)
         weights = weights if weights is not None else spec.weight_vector(self.checkpoint_names)
         return bounded_merge.METHODS[spec.method](self.stacks[tensor_name], base, weights, out=out, **kwargs)
