@@ -49,14 +49,15 @@ class RestartingCmaEs(optuna.samplers.CmaEsSampler):
     """Optuna's CmaEsSampler with IPOP restarts (``restarts=False``: exactly CmaEsSampler)."""
 
     def __init__(self, *, x0: dict[str, float] | None, sigma0: float, popsize: int, seed: int,
-                 restarts: bool, patience: int, max_popsize: int) -> None:
+                 restarts: bool, patience: int, max_popsize: int, first_sigma0: float | None = None) -> None:
         with warnings.catch_warnings():
             # x0/sigma0 are deprecated in Optuna 4.9 (to be moved to OptunaHub) but still honoured;
             # they are how we start at the best baseline with a step wide enough to leave it.
             warnings.simplefilter("ignore")
-            super().__init__(x0=x0, sigma0=sigma0, seed=seed, popsize=popsize, n_startup_trials=0,
+            super().__init__(x0=x0, sigma0=first_sigma0 or sigma0, seed=seed, popsize=popsize, n_startup_trials=0,
                              warn_independent_sampling=False)
         self._first_x0, self._first_popsize = x0, popsize
+        self._sigmas = (first_sigma0 or sigma0, sigma0)  # run 0's step, a restart's
         self._restarts, self._patience, self._max_popsize = restarts, patience, max_popsize
         self.run = 0
 
@@ -65,6 +66,7 @@ class RestartingCmaEs(optuna.samplers.CmaEsSampler):
         self._attr_prefix = "cma:" if run == 0 else f"cma:r{run}:"
         self._popsize = min(self._first_popsize * 2**run, self._max_popsize)
         self._x0 = self._first_x0 if run == 0 else x0
+        self._sigma0 = self._sigmas[0] if run == 0 else self._sigmas[1]
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from optimizer.baselines import Baseline, merge_baselines, single_checkpoints
 from optimizer.candidate import Candidate, Evaluator, base_only
 from optimizer.events import NullListener, StudyListener, no_lock
 from optimizer.normalize import denominators, normalize, scalarize
+from optimizer.reuse import ScoredMerges
 from optimizer.samplers import make_pruner, make_sampler, n_objectives
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, StudySpec
@@ -108,6 +109,7 @@ class StudyRunner:
         self.validation = ValidationPhase(self) if spec.suite.validation else None
         self.failures = 0
         self.prepared = False
+        self._scored_merges = ScoredMerges(R.T_CANDIDATE, R.T_RAW, R.T_FIDELITY)
         self._bar: tqdm | None = None
 
     # ---------------------------------------------------------------- study set-up
@@ -307,7 +309,11 @@ class StudyRunner:
         rungs = search.fidelities if search.pruner != "none" else [1.0]
         total: dict[str, float] = {}
         for i, fraction in enumerate(rungs, 1):
-            raw, timings = self._evaluate(cand, fraction)
+            same = self._scored_merges.find(self._rows(), cand) if fraction == 1 else None
+            if same is not None:  # this merge was scored already (optimizer/reuse.py)
+                raw, timings = same[1], {"total_s": 0.0, "reused_from_trial": float(same[0])}
+            else:
+                raw, timings = self._evaluate(cand, fraction)
             total = {k: total.get(k, 0.0) + v for k, v in timings.items()}
             norm, values, obj = self._scored(raw)
             attrs = self._attrs(cand, "search", f"trial {trial.number}", raw, norm, obj, total)

@@ -20,7 +20,10 @@ def cmaes_sizes(search: SearchSpec, dim: int) -> tuple[int, float]:
 
 def _cmaes(search: SearchSpec, x0: dict[str, float] | None, dim: int) -> optuna.samplers.BaseSampler:
     popsize, sigma0 = cmaes_sizes(search, dim)
-    return ipop.RestartingCmaEs(x0=x0, sigma0=sigma0, popsize=popsize, seed=search.seed,
+    # Warm-started, the first run explores around the best set-up trial with its own step;
+    # restarts (from the incumbent) take the full step.
+    first = search.warm_sigma0 if x0 is not None and search.warm_sigma0 else sigma0
+    return ipop.RestartingCmaEs(x0=x0, sigma0=sigma0, first_sigma0=first, popsize=popsize, seed=search.seed,
                                 restarts=search.restarts == "ipop", patience=search.restart_patience,
                                 max_popsize=MAX_POPULATION)
 

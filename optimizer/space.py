@@ -11,6 +11,9 @@ from optimizer.signed import repair
 from optimizer.spec import SearchSpec
 
 WITH_DENSITY = {"ties", "dare_ties", "dare_linear"}
+# search.weights 'gated': where a left-out member's weight is placed when a set-up trial is
+# embedded, as a share of the range's top (the CMA-ES step decides how often it rejoins).
+GATE_MARGIN = 0.2
 
 
 def weight_param(name: str) -> str:
@@ -30,6 +33,8 @@ class SearchSpace:
         if self.grouped is not None:
             return self.grouped.distributions()
         lo, hi = self.search.weight_range
+        if self.gated:
+            lo = -hi  # the negative half: the member is left out (weight 0)
         dists = {weight_param(n): FloatDistribution(lo, hi) for n in self.names}
         if self.search.method in WITH_DENSITY:
             dists["density"] = FloatDistribution(*self.search.density_range)
@@ -37,11 +42,17 @@ class SearchSpace:
             dists["lambda"] = FloatDistribution(*self.search.lambda_range)
         return dists
 
+    @property
+    def gated(self) -> bool:
+        return self.search.weights == "gated"
+
     def candidate(self, params: dict[str, float], seed: int = 0) -> Candidate:
         if self.grouped is not None:
             return self.grouped.candidate(params, seed)
         weights = {n: float(params[weight_param(n)]) for n in self.names}
         method = self.search.method
+        if self.gated:
+            weights = self._ungate(weights)
         normalize = self.search.normalize
         signed = self.search.signed_weights
         size = sum(abs(w) for w in weights.values()) if signed else sum(weights.values())
@@ -59,6 +70,17 @@ class SearchSpace:
             normalize=normalize,
             seed=seed,
         )
+
+    def _ungate(self, raw: dict[str, float]) -> dict[str, float]:
+        """Gated weights: max(u, 0). A normalized linear merge with every member gated off is the
+        member nearest to joining (the largest u) alone, so the regions of the single checkpoints
+        meet the rest of the space without a jump to the uniform average."""
+        weights = {n: max(u, 0.0) for n, u in raw.items()}
+        normalized = self.search.method == "linear" and self.search.normalize is not False
+        if normalized and not any(w > 0 for w in weights.values()):
+            top = max(raw, key=raw.get)
+            weights = {n: float(n == top) for n in raw}
+        return weights
 
     def embed(self, cand: Candidate) -> dict[str, float]:
         """The point of this space closest to ``cand`` (exact when methods agree)."""
@@ -79,6 +101,9 @@ class SearchSpace:
             # up the range's positive part, inside the box where CMA-ES' first steps stay
             # (at `hi` a uniform start would sit in a corner, half of every step out of bounds).
             weights = [w * (max(lo, 0.0) + hi) / 2 / top for w in weights]
+        if self.gated:  # a left-out member sits a margin below its gate, not on it
+            weights = [w if w > 0 else -GATE_MARGIN * hi for w in weights]
+            lo = -hi
         params = {weight_param(n): min(max(w, lo), hi) for n, w in zip(self.names, weights, strict=True)}
         if self.search.method in WITH_DENSITY:
             dlo, dhi = self.search.density_range

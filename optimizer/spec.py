@@ -178,6 +178,16 @@ class SearchSpec(_Strict):
         description="CMA-ES step, as a fraction of each range; None: 0.3 * min(1, 2 / sqrt(d))",
     )
     warm_start: bool = Field(default=True, description="start CMA-ES at the best baseline")
+    warm_sigma0: float | None = Field(
+        default=None, gt=0, le=1,
+        description="CMA-ES step when it starts at the best set-up trial (a fraction of each range); "
+                    "None: the same as sigma0",
+    )
+    weights: Literal["box", "gated"] = Field(
+        default="box",
+        description="box: each weight searched in weight_range; gated: each searched in [-high, high] and "
+                    "clipped at 0, so a single checkpoint or a sub-soup is a region of the space, not a corner",
+    )
     population_size: int | None = Field(
         default=None, ge=2, le=MAX_POPULATION, description="None: CMA-ES' 4 + floor(3 ln d)"
     )
@@ -218,6 +228,9 @@ class SearchSpec(_Strict):
         f = self.fidelities
         if not f or f[-1] != 1.0 or any(not 0 < a < b for a, b in zip(f, f[1:], strict=False)) or f[0] <= 0:
             raise ValueError(f"fidelities must increase from above 0 to exactly 1.0, got {f}")
+        if self.weights == "gated" and (self.signed_weights or self.weight_range[0] != 0):
+            raise ValueError("search.weights 'gated' needs weight_range [0, high] without signed_weights "
+                             "(its negative half is where a checkpoint is left out)")
         if self.pruner != "none" and self.sampler != "cmaes":
             raise ValueError(f"pruner '{self.pruner}' needs a single-objective study (sampler cmaes)")
         return self
@@ -278,7 +291,8 @@ class StudySpec(_Strict):
             "sampler": self.search.sampler,
             "objective": self.search.objective,
         } | ({} if self.search.granularity == "model"  # studies stored before the option stay the same
-             else {"granularity": self.search.granularity.model_dump()})
+             else {"granularity": self.search.granularity.model_dump()}) \
+          | ({} if self.search.weights == "box" else {"weights": self.search.weights})
 
 
 def format_validation_error(exc: ValidationError) -> str:

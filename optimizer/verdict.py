@@ -1,10 +1,13 @@
-"""The verdict a study ends with: does the search's merge beat the baselines on documents the
-search never saw, by more than noise?
+"""The verdict a study ends with: which merge to use, and did searching pay?
 
-Which trial is "the best merge" is decided on the SEARCH documents (the search trial with the
-highest search objective), and so is the best baseline; how good they are, and their difference,
-is measured on the VALIDATION documents, paired over the same documents. Picking the winner by
-its validation score instead would bring the winner's curse back into the reported number."""
+Two answers. The RECOMMENDED merge is the trial best on the SEARCH documents among all trials,
+set-up included (a single checkpoint, greedy soup or a search trial: whoever found it), so a
+study never leaves its user below a baseline it computed. Separately, the search's best trial
+(the search trial with the highest search objective) is compared with the best single model and
+the best merge baseline: did the search beat set-up? Which trial is best is always decided on
+search documents; how good it is, and every difference, is measured on the VALIDATION documents,
+paired over the same documents. Picking by validation score instead would bring the winner's
+curse back into the reported number."""
 
 from __future__ import annotations
 
@@ -31,9 +34,24 @@ def _headline(role: str, pick: TrialRow, other: TrialRow, c: dict) -> str:
     ci = f"95% CI [{c['lo']:+.4f}, {c['hi']:+.4f}]"
     if c["significant"] and c["diff"] > 0:
         return f"best merge: trial {pick.number} beats the {role} {who} by {c['diff']:+.4f} ({ci})"
-    if c["significant"]:
-        return f"the {role} {who} beats the search's best merge (trial {pick.number}) by {-c['diff']:+.4f} ({ci})"
+    if c["significant"]:  # the other's lead, with its interval turned the same way round
+        flipped = f"95% CI [{-c['hi']:+.4f}, {-c['lo']:+.4f}]"
+        return f"the {role} {who} beats the search's best merge (trial {pick.number}) by {-c['diff']:+.4f} ({flipped})"
     return f"no merge is significantly better than the {role} {who}: trial {pick.number} differs by {c['diff']:+.4f} ({ci})"
+
+
+def recommended(rows: list[TrialRow]) -> TrialRow | None:
+    """The trial to use: best search objective among all complete full-fidelity trials."""
+    done = [r for r in rows if r.state == "COMPLETE" and r.objective is not None]
+    return _by_search(done)
+
+
+def _recommendation(rec: TrialRow, n: int, entries: dict, boot) -> str:
+    obj = boot.summary(V.load_docs(entries[rec.number]))["objective"] if rec.number in entries else None
+    score = "" if obj is None else f"; validation {obj['value']:.4f} [{obj['lo']:.4f}, {obj['hi']:.4f}]"
+    who = "a search trial" if rec.kind == "search" else f"set-up: {shown(rec.label)}"
+    return (f"recommended merge: trial {rec.number} ({who}), the best on search documents of all {n} "
+            f"trials{score}")
 
 
 def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | None:
@@ -50,10 +68,14 @@ def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | Non
     baselines = [r for r in ok if r.kind == "baseline"]
     singles = [r for r in baselines if r.label.startswith("checkpoint:") or r.label == BASE_LABEL]
     pick = _by_search([r for r in ok if r.kind == "search"])
-    out = {"pick": None, "comparisons": [], "documents": {t: int(i.shape[1]) for t, i in boot.idx.items()}}
+    rec = recommended(rows)
+    out = {"pick": None, "recommended": None if rec is None else rec.number, "search_paid": None,
+           "comparisons": [], "documents": {t: int(i.shape[1]) for t, i in boot.idx.items()}}
+    n_done = len([r for r in rows if r.state == "COMPLETE"])
+    top = [] if rec is None or rec.number not in entries else [_recommendation(rec, n_done, entries, boot)]
     if pick is None or not singles:
-        out["text"] = ("no verdict yet: no search trial has validation scores (each is scored once it reaches "
-                       "the search documents' front)")
+        out["text"] = "\n".join([*top, "no verdict yet: no search trial has validation scores (each is scored "
+                                 "once it reaches the search documents' front)"])
         return out
     against = {"best single model": _by_search(singles),
                "best merge baseline": _by_search([r for r in baselines if r not in singles]),
@@ -75,11 +97,19 @@ def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | Non
                      f"(95% CI [{c['lo']:+.4f}, {c['hi']:+.4f}], p={c['p']:.3f})"
                      f"{'  significant' if c['significant'] else '  not significant'}")
     out["pick"] = pick.number
+    # Did searching pay? Only if the search's best beats the set-up trial best on search
+    # documents, significantly, on validation documents.
+    best_setup = _by_search(baselines)
+    c = next(x for x in out["comparisons"] if x["trial"] == best_setup.number) if best_setup.number in seen else None
+    out["search_paid"] = bool(c and c["significant"] and c["diff"] > 0)
+    paid = ("searching paid: the search's best merge beats every set-up trial's best" if out["search_paid"] else
+            f"searching did not pay (yet): the search's best merge is not significantly better than the best "
+            f"set-up trial, {shown(best_setup.label)} (trial {best_setup.number})")
     n = sorted(set(out["documents"].values()))
     per = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
     out["text"] = "\n".join([f"verdict on validation documents ({per} per task, never seen by the search; "
                              "mean normalized score, paired bootstrap over documents; the best merge is "
-                             "the search trial best on search documents):", *heads, *lines])
+                             "the search trial best on search documents):", *heads, *lines, *top, paid])
     return out
 
 

@@ -75,13 +75,13 @@ def run_demo(workdir: Path, *, n_trials: int = 80, fresh: bool = False, progress
     rows, front = trial_rows(study), stored_front(study)
     verdict = study_verdict(study, rows)
     png = plot_study(rows, front, workdir / "front.png", title=f"mergeopt demo: {len(rows)} trials",
-                     pick=verdict and verdict["pick"])
+                     pick=verdict and verdict.get("recommended"))
     print("\n[3/3] the front and the verdict (normalized per task: held-in / best single checkpoint, "
           "held-out / base)")
     print(front_table(rows, front, verdict))
     total = time.perf_counter() - t0
     print(f"\nplot: {png}\nwall time: {total:.0f} s (pool {t_pool:.0f} s)")
     print(f"inspect: mergeopt front demo --storage {spec.storage}")
-    trial = verdict["pick"] if verdict and verdict.get("pick") is not None else "TRIAL"
-    print(f"export the best merge: mergeopt export demo {trial} OUT_DIR --storage {spec.storage}")
+    trial = verdict["recommended"] if verdict and verdict.get("recommended") is not None else "TRIAL"
+    print(f"export the recommended merge: mergeopt export demo {trial} OUT_DIR --storage {spec.storage}")
     return 0

@@ -1,6 +1,6 @@
 """The study plot a researcher looks at first, all on validation documents with 95% intervals:
 
-1. per task, the search's best merge vs the uniform average vs the best single checkpoint vs
+1. per task, the recommended merge vs the uniform average vs the best single checkpoint vs
    the base (bars with intervals);
 2. the best-so-far curve of the search objective, with validated trials' validation scores;
 3. search vs validation objective of every validated trial (the gap is the winner's curse),
@@ -38,7 +38,7 @@ def _bars(ax, rows: list[TrialRow], tasks: list[str], pick: int | None) -> None:
     by = {r.number: r for r in ok}
     singles = [r for r in ok if r.label.startswith("checkpoint:")]
     best_single = _best(singles)
-    groups = [("merge", by.get(pick), "best merge"),
+    groups = [("merge", by.get(pick), "recommended"),
               ("uniform", next((r for r in ok if r.label == "uniform"), None), "uniform average"),
               ("single", best_single, f"best single ({shown(best_single.label)})" if best_single else ""),
               ("base", next((r for r in ok if r.label == BASE_LABEL), None), "base model")]

@@ -97,23 +97,39 @@ def _cell(value: float, interval: dict | None) -> str:
     return f"{value:.3f} ±{(interval['hi'] - interval['lo']) / 2:.3f}"
 
 
+def _marks(verdict: dict | None) -> dict[int, str]:
+    """Trial -> its mark: * the recommended merge, + the search's best (when another trial)."""
+    v = verdict or {}
+    marks = {} if v.get("pick") is None else {v["pick"]: "+"}
+    if v.get("recommended") is not None:
+        marks[v["recommended"]] = "*"
+    return marks
+
+
 def front_table(rows: list[TrialRow], front: dict, verdict: dict | None = None) -> str:
     data = front_json(rows, front, verdict)
     tasks, split = data["tasks"], data["split"]
-    pick = (verdict or {}).get("pick")
+    marks = _marks(verdict) if split == "validation" else {}
     head = ["trial", "label", "mean (95% CI)" if split == "validation" else "mean", "search mean"] + tasks
+    # The marked trials are always shown: below the front when they are not on it.
+    on_front = {e["trial"] for e in data["front"]}
+    by_number = {r.number: r for r in rows}
+    extra = [n for n in marks if n not in on_front and n in by_number]
+    extra_rows = [front_json(rows, {**front, "trials": extra}, verdict)["front"]] if extra else [[]]
     lines = [head]
-    for e in data["front"]:
+    for e in data["front"] + extra_rows[0]:
         iv = e["intervals"]
         mean = (f"{e['objective']:.3f} [{iv['objective']['lo']:.3f}, {iv['objective']['hi']:.3f}]" if iv
                 else f"{e['objective']:.3f}")
         search = e["search"]["objective"]
-        lines.append([f"{e['trial']}{' *' if e['trial'] == pick else ''}", shown(e["label"]), mean,
-                      "" if search is None else f"{search:.3f}"]
+        mark = f" {marks[e['trial']]}" if e["trial"] in marks else ""
+        lines.append([f"{e['trial']}{mark}", shown(e["label"]), mean, "" if search is None else f"{search:.3f}"]
                      + [f"{_cell(e['normalized'][t], iv and iv['normalized'][t])} ({e['raw'][t]:.3f})" for t in tasks])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
+    if extra:
+        out.insert(2 + len(data["front"]), "  ".join("-" * w for w in widths) + "  (not on the front)")
     if split == "validation":
         docs = sorted({n for e in data["front"] if e["intervals"] for n in e["intervals"]["documents"].values()})
         n = f"{docs[0]}" if len(docs) == 1 else f"{docs[0]}-{docs[-1]}" if docs else "?"
@@ -124,10 +140,13 @@ def front_table(rows: list[TrialRow], front: dict, verdict: dict | None = None) 
         out.insert(0, "Pareto front on SEARCH documents (the ones the search optimized on: optimistic scores, "
                       "for diagnosis; the validation front is what to report)")
     out.append("")
-    if pick is not None:
-        out.append("* the search's best merge (chosen on search documents, scored on validation documents)")
+    if "*" in marks.values():
+        out.append("* the recommended merge: best on search documents of all trials, set-up included "
+                   "(scored on validation documents)")
+    if "+" in marks.values():
+        out.append("+ the search's best merge (the verdict's question: did searching beat set-up?)")
     out.append("merge weights (linear shown normalized):")
-    out += [f"  trial {e['trial']}: {_weights(e['merge'])}" for e in data["front"]]
+    out += [f"  trial {e['trial']}: {_weights(e['merge'])}" for e in data["front"] + extra_rows[0]]
     out.append(hypervolume_line(data["hypervolume"], tasks, data["hypervolume_skips"]))
     if verdict is not None and split == "validation":
         out += ["", verdict["text"]]

@@ -33,11 +33,11 @@ def test_study_plot_has_every_panel_and_no_overlapping_labels(tmp_path):
     runner.run()
     rows, front = trial_rows(runner.study), stored_front(runner.study)
     verdict = study_verdict(runner.study, rows)
-    fig = figure_study(rows, front, "plot", verdict["pick"])
+    fig = figure_study(rows, front, "plot", verdict["recommended"])
     labels = list(texts(fig))
     words = {w for w, _ in labels}
     assert {"per task, 95% intervals", "search progress", "mean normalized score: search vs validation"} <= words
-    assert f"best merge, trial {verdict['pick']}" in words and any(w.startswith("best single (") for w in words)
+    assert f"recommended, trial {verdict['recommended']}" in words and any(w.startswith("best single (") for w in words)
     assert "base model, trial 3" in words and "uniform average, trial 4" in words
     overlaps = [(a, b) for (a, ea), (b, eb) in itertools.combinations(labels, 2) if ea.overlaps(eb)]
     assert not overlaps, overlaps

@@ -498,12 +498,13 @@
   }
 
   function bestFact(fact, best) {
-    // On validation documents: the search's best merge (picked on search documents) scored on
-    // documents it never saw, with its interval; else the best search-documents objective.
-    const pick = S.front?.verdict?.pick;
+    // On validation documents: the recommended merge (the best of all trials on search documents,
+    // set-up included) scored on documents it never saw, with its interval; else the best
+    // search-documents objective.
+    const pick = S.front?.verdict?.recommended ?? S.front?.verdict?.pick;
     const t = onValidation() && pick !== null && pick !== undefined ? S.byNumber.get(pick) : null;
     const v = t?.validation?.objective;
-    if (v) return fact("Best merge (validation)", `${fmt(v.value)} [${fmt(v.lo)}, ${fmt(v.hi)}] (#${t.number} ${t.label})`);
+    if (v) return fact("Recommended merge (validation)", `${fmt(v.value)} [${fmt(v.lo)}, ${fmt(v.hi)}] (#${t.number} ${t.label})`);
     return fact("Best score (search docs)", best ? `${fmt(best.objective)} (#${best.trial} ${best.label})` : "–");
   }
 

@@ -1,0 +1,50 @@
+"""Scores reused for a merge the study has already scored.
+
+With gated weights (search.weights) many CMA-ES proposals near a single checkpoint or a
+sub-soup are the same merge once their negative weights are clipped: evaluating them again
+would cost a full evaluation and tell the search nothing new. A proposal whose merge equals a
+completed full-fidelity trial's gets that trial's raw scores (the same documents, the same
+model: the same numbers, up to nondeterminism that an evaluation of it would add)."""
+
+from __future__ import annotations
+
+import json
+
+from optimizer.candidate import Candidate
+
+RANDOMIZED = {"dare_ties", "dare_linear"}  # their seed changes the merge
+
+
+def candidate_key(cand: Candidate) -> str:
+    """Equal for candidates that merge to the same model (normalized linear weights compared
+    as shares of their sum)."""
+    data = cand.to_json()
+    weights = dict(cand.weights)
+    total = sum(weights.values())
+    if cand.method == "linear" and cand.normalize is not False and total > 0 and cand.group_weights is None:
+        weights = {n: w / total for n, w in weights.items()}
+    data["weights"] = {n: round(w, 12) for n, w in sorted(weights.items())}
+    if cand.method not in RANDOMIZED:
+        data["seed"] = 0
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+class ScoredMerges:
+    """Completed full-fidelity trials by the merge they scored (keys cached per trial number)."""
+
+    def __init__(self, candidate_attr: str, raw_attr: str, fidelity_attr: str) -> None:
+        self.attrs = (candidate_attr, raw_attr, fidelity_attr)
+        self.keys: dict[int, str | None] = {}
+
+    def find(self, rows, cand: Candidate) -> tuple[int, dict] | None:
+        """(trial number, raw scores) of a completed trial of ``rows`` with the same merge."""
+        cand_attr, raw_attr, fid_attr = self.attrs
+        key = candidate_key(cand)
+        for t in rows:
+            if t.number not in self.keys:
+                ua = t.user_attrs
+                usable = raw_attr in ua and cand_attr in ua and ua.get(fid_attr, 1.0) == 1.0
+                self.keys[t.number] = candidate_key(Candidate.model_validate(ua[cand_attr])) if usable else None
+            if self.keys[t.number] == key:
+                return t.number, dict(t.user_attrs[raw_attr])
+        return None
