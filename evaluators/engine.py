@@ -14,16 +14,18 @@ from transformers import AutoTokenizer
 
 from evaluators.merge_spec import MergeSpec
 from evaluators.pool import PoolError, validate_pool
+from evaluators.pool_staging import stage_checkpoint
 from evaluators.quiet import quiet_libraries
 from evaluators.resident import ResidentModel, ResidentPool, pick_device
 from evaluators.scoring import SuiteScorer, TaskRequest
+from evaluators.staging import Staging
 
 
 def load_tokenizer(path: Path, who: str):
     try:
         return AutoTokenizer.from_pretrained(str(path))
-    except Exception as exc:
-        raise PoolError(f"{who}: no loadable tokenizer in {path}: {exc}") from exc
+    except Exception as exc:  # its text may quote the file: the type only
+        raise PoolError(f"{who}: no loadable tokenizer ({type(exc).__name__})") from exc
 
 
 class MergeEvaluator:
@@ -50,9 +52,12 @@ class MergeEvaluator:
         self.scorer = SuiteScorer(tasks, include_path, limit=limit, batch_size=batch_size, validation=validation,
                                   roots=roots, trusted=trusted_task_roots, include_defaults=include_defaults)
         ref = self.pool_info.reference
-        self.tokenizer = load_tokenizer(ref.path, f"checkpoint '{ref.name}'")
-        self.resident = ResidentPool(self.pool_info, pick_device(device), progress=progress)
-        self.model = ResidentModel(self.resident)
+        # transformers opens files by name: it gets a private copy read through the guard.
+        with Staging() as staging:
+            staged = stage_checkpoint(ref, staging)
+            self.tokenizer = load_tokenizer(staged, f"checkpoint '{ref.name}'")
+            self.resident = ResidentPool(self.pool_info, pick_device(device), progress=progress)
+            self.model = ResidentModel(self.resident, source=staged)
         self.last_timings: dict[str, float] = {}
         self._resident_spec: MergeSpec | None = None
 

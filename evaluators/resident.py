@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -236,11 +237,13 @@ class _Deltas(Mapping):
 class ResidentModel:
     """One transformers model whose parameters are overwritten in place by each candidate."""
 
-    def __init__(self, pool: ResidentPool) -> None:
+    def __init__(self, pool: ResidentPool, source: Path | None = None) -> None:
+        """``source``: the reference's folder as staged for transformers (pool_staging.py)."""
         self.pool = pool
         ref = pool.pool.reference
         try:
-            model, info = AutoModelForCausalLM.from_pretrained(str(ref.path), dtype="auto", output_loading_info=True)
+            model, info = AutoModelForCausalLM.from_pretrained(str(source or ref.path), dtype="auto",
+                                                               output_loading_info=True)
         except Exception as exc:
             raise PoolError(f"checkpoint '{ref.name}': transformers cannot load it: {exc}") from exc
         # What transformers initialized at random is never written by a merge (validate_pool

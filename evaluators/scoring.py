@@ -3,12 +3,14 @@ is built once per study; each candidate only re-runs lm-eval's ``evaluate`` on i
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jinja2.exceptions import TemplateError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evaluators.fileguard import Roots
@@ -16,7 +18,9 @@ from evaluators.lm_eval_reuse import reuse_requests
 from evaluators.quiet import quiet_libraries
 from evaluators.sandbox import sandbox_templates
 from evaluators.splits import prefix, split_documents
+from evaluators.staging import Staging
 
+log = logging.getLogger(__name__)
 # Before any task is built, in every process that registers suites or scores (API, worker, CLI).
 sandbox_templates()
 
@@ -73,13 +77,15 @@ def _study_hflm():
 
 
 def check_task_names(names: list[str], include_path: str | Path | None, *, roots: Roots = None,
-                     trusted: Sequence[Path] = (), functions: bool = False, include_defaults: bool = False):
+                     trusted: Sequence[Path] = (), functions: bool = False, include_defaults: bool = False,
+                     staging=None):
     """lm-eval's TaskManager for this suite; unknown tasks are a SuiteError listing what exists.
 
     With an include_path, its task files are read and checked first (task_files.py): ``roots``,
     where they may lead (None: anywhere); ``trusted``, where their Python may come from;
     ``functions``, import their ``!function`` tags (to build tasks, not to check names);
-    ``include_defaults``, lm-eval's built-in tasks beside them (always, without an include_path)."""
+    ``include_defaults``, lm-eval's built-in tasks beside them (always, without an include_path);
+    ``staging`` (a staging.Staging), where the data files the tasks read are copied (task_data.py)."""
     if os.environ.get("HF_HUB_OFFLINE"):
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     quiet_libraries()
@@ -93,7 +99,7 @@ def check_task_names(names: list[str], include_path: str | Path | None, *, roots
         from evaluators.task_files import suite_manager
 
         manager = suite_manager(Path(include_path), roots, trusted, functions=functions,
-                                include_defaults=include_defaults)
+                                include_defaults=include_defaults, staging=staging)
     known = set(manager.all_tasks)
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -105,17 +111,21 @@ def check_task_names(names: list[str], include_path: str | Path | None, *, roots
 
 
 def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None, *, roots: Roots = None,
-                   trusted: Sequence[Path] = (), include_defaults: bool = False) -> dict:
+                   trusted: Sequence[Path] = (), include_defaults: bool = False, staging=None) -> dict:
     """Build lm-eval's task dict once (documents, prompts, few-shot samples)."""
     from lm_eval.tasks import get_task_dict
 
     names = [r.task for r in requests]
     manager = check_task_names(names, include_path, roots=roots, trusted=trusted, functions=True,
-                               include_defaults=include_defaults)
+                               include_defaults=include_defaults, staging=staging)
     try:
         task_dict = get_task_dict(names, manager)
-    except Exception as exc:  # dataset files missing, bad YAML...
+    except (SuiteError, TemplateError) as exc:  # messages that name no data (sandbox.py)
         raise SuiteError(f"cannot load tasks {names}: {exc}") from exc
+    except Exception as exc:  # dataset files unreadable...: their text may quote the data
+        log.warning("cannot load tasks %s: %s", names, exc)  # the operator's log has it all
+        raise SuiteError(f"cannot load tasks {names}: {type(exc).__name__} (the data files could not be "
+                         "read as the task says; the worker's log has the details)") from exc
     tasks = task_dict["tasks"] if "tasks" in task_dict else task_dict
     for r in requests:
         if r.num_fewshot is not None:
@@ -151,8 +161,11 @@ class SuiteScorer:
                                if prefix_sharing is None else prefix_sharing)
         self.limit = limit
         self.batch_size = batch_size
+        # With roots (the service), data files are read through the guard into a private copy
+        # that `datasets` reads (staging.py); kept as long as the tasks may read their data.
+        self.staging = Staging() if roots is not None else None
         self.task_dict = load_task_dict(requests, include_path, roots=roots, trusted=trusted,
-                                        include_defaults=include_defaults)
+                                        include_defaults=include_defaults, staging=self.staging)
         self.tasks = self.task_dict["tasks"] if "tasks" in self.task_dict else self.task_dict
         self.directions: dict[str, bool] = {
             r.task: r.higher_is_better for r in requests if r.higher_is_better is not None

@@ -38,6 +38,7 @@ import yaml
 from evaluators import fileguard
 from evaluators.fileguard import FileRefused, Roots
 from evaluators.scoring import SuiteError
+from evaluators.staging import Staging, StagingError
 
 MAX_YAML_BYTES = 1 << 20  # a task YAML is a few kB
 MAX_YAML_NODES = 100_000  # scalars, lists and mappings once every alias is expanded
@@ -225,7 +226,10 @@ def _check_patterns(patterns: list[str], base: str | None, roots: Sequence[Path]
         if base is None and not os.path.isabs(p):
             continue  # a file of the Hub repository
         _inside(p, roots, where, what, target=os.path.join(base or "", p))
-        for f in _matches(p, base or ""):
+        found = _matches(p, base or "")
+        if not found:  # not "nothing to check": a file may appear there (as a link) before it is read
+            raise SuiteError(f"{where}: {what} '{p}' matches no file (it does not exist)")
+        for f in found:
             real = Path(os.path.realpath(f))
             if "://" in f or not fileguard.within(real, roots):
                 raise TaskFileRefused(f"{where}: {what} '{p}' matches {f}, which resolves to {real}, "
@@ -353,11 +357,12 @@ def _import_functions(value):
     return value
 
 
-def read_suite(include: Path, roots: Roots, trusted: Sequence[Path] = (), *,
-               functions: bool = False) -> tuple[dict[Path, dict], dict[Path, str]]:
+def read_suite(include: Path, roots: Roots, trusted: Sequence[Path] = (), *, functions: bool = False,
+               staging: Staging | None = None) -> tuple[dict[Path, dict], dict[Path, str]]:
     """Every YAML lm-eval would index under ``include``: the checked, merged config of each, and
     why each other one is left out. ``functions``: import the ``!function`` tags (to build the
-    tasks; registration only checks them)."""
+    tasks; registration only checks them). ``staging`` (with ``roots``): the data files each
+    config names are copied there and the config names the copies (task_data.py)."""
     from lm_eval.tasks._index import TaskIndex
 
     trusted = tuple(Path(os.path.realpath(t)) for t in trusted)
@@ -373,8 +378,22 @@ def read_suite(include: Path, roots: Roots, trusted: Sequence[Path] = (), *,
             for conf in _configs(cfg):
                 _check_data(conf, roots, f"task file {yml}")
         _check_code(cfg, real, trusted)
+        if staging is not None and roots is not None:
+            _stage(cfg, roots, staging, f"task file {yml}")
         configs[yml] = _import_functions(cfg) if functions else cfg
     return configs, left
+
+
+def _stage(cfg: dict, roots: Sequence[Path], staging: Staging, where: str) -> None:
+    from evaluators.task_data import stage_task_data
+
+    try:
+        for conf in _configs(cfg):
+            stage_task_data(conf, roots, staging, where)
+    except FileRefused as exc:
+        raise TaskFileRefused(f"{where}: {exc}") from exc
+    except StagingError as exc:
+        raise SuiteError(str(exc)) from exc
 
 
 @functools.cache
@@ -424,11 +443,12 @@ def _manager_class() -> type:
 
 
 def suite_manager(include: Path, roots: Roots, trusted: Sequence[Path] = (), *, functions: bool = False,
-                  include_defaults: bool = False):
+                  include_defaults: bool = False, staging: Staging | None = None):
     """lm-eval's TaskManager for the tasks under ``include``, built from their checked configs
     (and lm-eval's built-in tasks with ``include_defaults``); ``.left`` says which YAMLs were left
     out and why."""
-    return _manager_class()(*read_suite(include, roots, trusted, functions=functions), include_defaults)
+    return _manager_class()(*read_suite(include, roots, trusted, functions=functions, staging=staging),
+                            include_defaults)
 
 
 @functools.cache

@@ -168,7 +168,15 @@ def check_same_tokenizer(ref: Tokenizer, others: list[Tokenizer]) -> None:
             continue
         theirs = other.vocab()
         if theirs != mine:
+            # Named by id, never by its text: the text is the file's content (a swapped-in
+            # secret's first line would be echoed to the client).
             token = next(t for t in sorted(set(mine) | set(theirs)) if mine.get(t) != theirs.get(t))
+            if token not in theirs:
+                where = f"its vocabulary lacks the token with id {mine[token]} in {ref.who}"
+            elif token not in mine:
+                where = f"its token with id {theirs[token]} is not in {ref.who}"
+            else:
+                where = f"its token with id {theirs[token]} has id {mine[token]} in {ref.who}"
             raise TokenizerMismatch(
                 f"{other.who}: tokenizer vocabulary differs from {ref.who} ({other.primary} vs "
-                f"{ref.primary}): token {token!r} has id {theirs.get(token)}, in {ref.who} {mine.get(token)}")
+                f"{ref.primary}): {where}")

@@ -42,7 +42,9 @@ def register_pool(session: Session, settings: Settings, name: str, spec: PoolSpe
     if session.scalar(select(Pool).where(Pool.name == name)):
         raise Conflict(f"a pool named '{name}' exists")
     spec = _guard_pool(spec, settings.allowed_roots)
-    info = validate_pool([(c.name, c.path) for c in spec.checkpoints], spec.base)
+    # roots: every file is opened through the guard here too (a side file swapped for a link
+    # after guard_tree is refused, never read).
+    info = validate_pool([(c.name, c.path) for c in spec.checkpoints], spec.base, roots=settings.allowed_roots)
     row = Pool(name=name, base=spec.base, checkpoints=[c.model_dump() for c in spec.checkpoints],
                fingerprint=info.fingerprint())
     if add:

@@ -461,7 +461,7 @@ def test_different_vocabulary_in_any_format_is_refused(pool, fmt):
     swapped = [TOKENS[0], TOKENS[2], TOKENS[1], *TOKENS[3:]]
     for folder in members(pool):
         write_tokenizer(folder, fmt, swapped if folder == ckpt(pool, 1) else TOKENS)
-    raises(pool, ["checkpoint 'ckpt1'", "tokenizer vocabulary differs", "'</s>' has id 1"])
+    raises(pool, ["checkpoint 'ckpt1'", "tokenizer vocabulary differs", "its token with id 1 has id 2"])  # ids, never the file's text
 
 
 @pytest.mark.parametrize("fmt", TOKENIZER_FORMATS)
@@ -471,7 +471,7 @@ def test_differing_checkpoints_are_refused_when_the_base_has_no_tokenizer_json(p
     write_tokenizer(ckpt(pool, 0), "tokenizer.json", TOKENS)
     write_tokenizer(ckpt(pool, 1), "tokenizer.json", TOKENS[:-1] + ["z"])
     write_tokenizer(ckpt(pool, 2), fmt, TOKENS)
-    raises(pool, ["checkpoint 'ckpt1'", "tokenizer vocabulary differs", "'h'"])
+    raises(pool, ["checkpoint 'ckpt1'", "tokenizer vocabulary differs", "lacks the token with id 10"])
 
 
 def test_same_vocabulary_across_formats_is_valid(pool):
@@ -499,7 +499,7 @@ def test_added_tokens_are_compared(pool):
     for folder in members(pool):
         write_tokenizer(folder, "vocab.txt", TOKENS)
     (ckpt(pool, 0) / "added_tokens.json").write_text(json.dumps({"<pad>": len(TOKENS)}))
-    raises(pool, ["checkpoint 'ckpt0'", "tokenizer vocabulary differs", "'<pad>'"])
+    raises(pool, ["checkpoint 'ckpt0'", "tokenizer vocabulary differs", "its token with id 11 is not in"])
 
 
 @pytest.mark.parametrize(("fmt", "name", "garbage"), [

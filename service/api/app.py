@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from evaluators.mergekit_yaml import MergeConfigError
-from evaluators.pool import PoolError
+from evaluators.pool import PoolError, PoolFileRefused
 from evaluators.scoring import SuiteError
 from evaluators.task_files import TaskFileRefused
 from optimizer.spec import SpecError
@@ -34,6 +34,7 @@ ERRORS: dict[type[Exception], int] = {
     Conflict: 409,
     PathNotAllowed: 403,
     TaskFileRefused: 403,  # a SuiteError (the worker fails the study on it); here a refusal
+    PoolFileRefused: 403,  # a PoolError likewise: a pool file leading out of the roots
     SpecError: 422,
     PoolError: 422,
     SuiteError: 422,
