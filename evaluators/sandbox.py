@@ -13,7 +13,26 @@ from __future__ import annotations
 
 import functools
 
+from jinja2.exceptions import SecurityError, TemplateError, TemplateRuntimeError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+# A render's error is stored as the study's error, which anyone who may read studies sees: it
+# says what kind of failure it was and never quotes the document (Jinja's and Python's messages
+# do: "'dict object' has no attribute '<the document's text>'", "invalid literal for int(): ...").
+KINDS = {
+    SecurityError: "a task template did something the sandbox refuses as unsafe",
+    UndefinedError: "a task template used a name, key or attribute the document lacks",
+}
+
+
+def content_free(exc: Exception) -> TemplateError:
+    """The same kind of Jinja error, with a message that quotes nothing rendered."""
+    for kind, text in KINDS.items():
+        if isinstance(exc, kind):
+            return kind(text)
+    if isinstance(exc, TemplateError):
+        return type(exc)(f"a task template failed ({type(exc).__name__})")
+    return TemplateRuntimeError(f"a task template failed ({type(exc).__name__})")
 
 
 @functools.cache
@@ -32,7 +51,10 @@ def sandbox_templates() -> ImmutableSandboxedEnvironment:
     compile_once = functools.lru_cache(maxsize=4096)(env.from_string)
 
     def apply_template(template: str, doc: dict) -> str:
-        return compile_once(template).render(**doc)
+        try:
+            return compile_once(template).render(**doc)
+        except Exception as exc:
+            raise content_free(exc) from exc
 
     utils.env = env
     utils.apply_template = apply_template

@@ -11,6 +11,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.db.models import Event, FrontSnapshot, Trial
 from service.db.session import session_factory
+from service.errors import clean
 
 # Back-off between attempts, ~2 minutes in all: a restart or failover under load can take far
 # longer than a few seconds, and the worker has nothing better to do meanwhile (its trial is
@@ -78,7 +79,7 @@ class DbListener:
         self._result(number, "PRUNED", row)
 
     def trial_failed(self, number: int, error: str) -> None:
-        self._upsert(number, state="FAIL", error=error, worker=self.worker)
+        self._upsert(number, state="FAIL", error=clean(error), worker=self.worker)  # storable (errors.py)
 
     @_retried
     def front_changed(self, front: dict) -> None:
@@ -93,6 +94,7 @@ class DbListener:
         summary, front = result.get("summary") or {}, result.get("front") or {}
         with self.sessions() as s, s.begin():
             s.add(Event(study_id=self.study_id, type="trial_validated", payload={
-                "trial": number, "worker": self.worker, "error": result.get("error"),
+                "trial": number, "worker": self.worker,
+                "error": clean(result["error"]) if result.get("error") else result.get("error"),
                 "objective": summary.get("objective"), "validation_front": front.get("trials", []),
             }))

@@ -24,7 +24,7 @@ import torch
 from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
 from evaluators.pool import PoolError
 from evaluators.resident import pick_device
@@ -35,6 +35,7 @@ from optimizer.spec import DEVICE_PATTERN, SpecError, parse_spec
 from optimizer.storage import open_storage
 from service.db.models import Event, Study, Trial
 from service.db.session import session_factory
+from service.errors import public_error
 from service.listener import DbListener
 from service.locks import study_lock
 from service.settings import Settings
@@ -137,6 +138,20 @@ class Worker:
                 setattr(row, k, v)
             s.add(Event(study_id=study_id, type="state", payload={"state": state, "error": error, "worker": self.id}))
 
+    def _fail(self, study_id: str, exc: BaseException) -> None:
+        """Fail the study with its error as stored errors are (service/errors.py). Where even that
+        cannot be stored (the database refuses it), fail it with a fixed reason: a study whose
+        failure is not recorded would be picked, and fail, forever."""
+        try:
+            self._set_state(study_id, "failed", only_from=("queued", "running"),
+                            error=public_error(exc, (StudyFailed, SetupFailed)))
+        except (OperationalError, InterfaceError, DisconnectionError):
+            raise  # the database is away: retried like any transient error
+        except SQLAlchemyError as store_exc:
+            log.error("study %s: its error could not be stored (%s); failing it without", study_id, store_exc)
+            self._set_state(study_id, "failed", only_from=("queued", "running"),
+                            error=f"failed; its error could not be stored ({type(store_exc).__name__})")
+
     # ------------------------------------------------------------ the resident study
     def _drop_runner(self) -> None:
         self.runner, self.study_id = None, None
@@ -179,7 +194,8 @@ class Worker:
         except (*FATAL, *TRANSIENT):
             raise
         except Exception as exc:
-            raise SetupFailed(f"set-up failed: {type(exc).__name__}: {exc}") from exc
+            log.exception("study %s: set-up failed", row.name)  # the full text for the operator
+            raise SetupFailed(f"set-up failed: {public_error(exc)}") from exc
 
     # ------------------------------------------------------------ the loop
     def run_once(self) -> bool:
@@ -196,7 +212,7 @@ class Worker:
                 result = runner.step()
         except FATAL as exc:
             log.error("study %s failed: %s", row.name, exc)
-            self._set_state(row.id, "failed", only_from=("queued", "running"), error=str(exc))
+            self._fail(row.id, exc)
             self._drop_runner()
             return True
         if result is Step.RAN or result is Step.FAILED:
