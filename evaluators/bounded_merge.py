@@ -143,8 +143,11 @@ def _base_chunk(flat_base: torch.Tensor, s: int, e: int, dtype: torch.dtype | No
 
 def ties(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, density, lambda_: float,
          normalize: bool, chunk: int = CHUNK_ENTRIES, out: torch.Tensor | None = None,
-         dtype: torch.dtype | None = None, ranked: bool = False, orders: torch.Tensor | None = None) -> torch.Tensor:
-    """``ranked``: mergekit's ranking, row by row (``orders``: cached); else the radix select."""
+         dtype: torch.dtype | None = None, ranked: bool = False, orders: torch.Tensor | None = None,
+         ranks: torch.Tensor | None = None) -> torch.Tensor:
+    """``ranked``: mergekit's ranking, row by row (``orders``: cached); else the radix select.
+    ``ranks`` (the resident pool's cached magnitude_ranks): the top k of each row are the entries
+    ranked below k, compared chunk by chunk (no [N, numel] mask)."""
     n, numel = stack.shape[0], base.numel()
     step = max(1, chunk // n)
     densities = mm._per_model(density, n)
@@ -152,8 +155,10 @@ def ties(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, d
     k_list = [max(1, int(p * numel)) if 0 < p < 1 else 0 for p in densities]
     ks = torch.tensor(k_list, dtype=torch.int64, device=dev)
     trim = [0 < p < 1 and numel > 0 for p in densities]
-    masks = ranked_masks(stack, base, k_list, orders) if ranked and any(trim) else None
-    threshold, quota = topk_thresholds(stack, base, ks, step) if any(trim) and masks is None else (ks, ks)
+    ranks = ranks.reshape(n, -1) if ranks is not None and any(trim) else None
+    masks = ranked_masks(stack, base, k_list, orders) if ranked and any(trim) and ranks is None else None
+    threshold, quota = topk_thresholds(stack, base, ks, step) if any(trim) and masks is None and ranks is None \
+        else (ks, ks)
     keep_all = torch.tensor([p >= 1 for p in densities], device=dev).unsqueeze(1)
     trim_rows = torch.tensor(trim, device=dev).unsqueeze(1)
     empty = torch.tensor([p <= 0 for p in densities], device=dev)
@@ -162,7 +167,10 @@ def ties(stack: torch.Tensor, base: torch.Tensor, weights: Sequence[float], *, d
     flat_out = out.view(-1)
     flat_base = base.reshape(-1)
     for s, e, d in _chunks(stack, base, step):
-        picked = masks[:, s:e] if masks is not None else _trim_mask(d, threshold, quota, seen)
+        if ranks is not None:
+            picked = ranks[:, s:e] < ks.unsqueeze(1)
+        else:
+            picked = masks[:, s:e] if masks is not None else _trim_mask(d, threshold, quota, seen)
         mask = picked & trim_rows | keep_all
         trimmed = d * mask.to(d.dtype)  # as mergekit: delta * mask (so -0.0 where dropped)
         trimmed[empty] = 0  # density 0: zeros, as magnitude_prune returns them

@@ -76,6 +76,17 @@ def linear_into(out: torch.Tensor, flat: torch.Tensor, weights, *, normalize: bo
 
 
 @torch.no_grad()
+def flat_task_vectors(flat: torch.Tensor, flat_base: torch.Tensor) -> torch.Tensor:
+    """[N, P] task vectors t - base in the work dtype (merge_methods.task_vectors: exact casts,
+    one subtraction), chunk by chunk: no temporary beyond the result."""
+    out = torch.empty(flat.shape, dtype=work_dtype(flat.dtype), device=flat.device)
+    step = _chunk(flat.device)
+    for s in range(0, flat.shape[1], step):
+        torch.sub(flat[:, s:s + step], flat_base[s:s + step].to(out.dtype), out=out[:, s:s + step])
+    return out
+
+
+@torch.no_grad()
 def task_arithmetic_into(
     out: torch.Tensor,
     flat_base: torch.Tensor,
@@ -86,27 +97,40 @@ def task_arithmetic_into(
     normalize: bool,
     stage: bool = False,
     runs: Runs | None = None,
+    cached: torch.Tensor | None = None,
 ) -> None:
     """out = base + lambda * sum_i w_i d_i (/ sum_i w_i), as merge_methods._combine computes it.
-    The task vectors d_i = t_i - base are formed per chunk from the pool (``flat``) in the work
-    dtype, exactly as merge_methods.task_vectors forms them: no [N, P] fp32 copy of the pool is
-    kept (at 8 x 7B that cache alone was 224 GB)."""
+    ``cached``: the task vectors of the first cached.shape[1] entries (flat_task_vectors, kept by
+    the resident pool while its memory budget holds them); beyond them d_i = t_i - base is formed
+    per chunk from the pool (``flat``), exactly as merge_methods.task_vectors forms it. Each chunk
+    runs in three reused buffers, so no step allocates."""
     work = work_dtype(flat.dtype)
-    rows, runs = _rows(weights, runs, flat.shape[0], flat.shape[1], work, out.device)
+    n, total = flat.shape
+    rows, runs = _rows(weights, runs, n, total, work, out.device)
     columns = [row.reshape(-1, 1) for row in rows]
     divisors = [w.sum(dim=0) for w in columns]
     for divisor in divisors:
         divisor[divisor.abs() < 1e-8] = 1
     starts = [r[0] for r in runs]
     step = _chunk(out.device)
+    width = cached.shape[1] if cached is not None and cached.device == out.device else 0
+    scratch = torch.empty((n, min(step, total)), dtype=work, device=out.device)
+    base_buf, mixed_buf = (torch.empty(min(step, total), dtype=work, device=out.device) for _ in range(2))
     chunks = zip(device_chunks(flat, out.device, step, stage=stage),
                  device_chunks(flat_base, out.device, step, stage=stage), strict=True)
     for (s, e, members), (_, _, base) in chunks:
-        deltas = members.to(work) - base.to(work).unsqueeze(0)
-        for a, b, r in _pieces(runs, starts, s, e):
-            mixed = (deltas[:, a:b] * columns[r]).sum(dim=0)
+        b = base_buf[: e - s]
+        b.copy_(base)  # base.to(work)
+        for a, z, r in _pieces(runs, starts, s, e):
+            d = scratch[:, a:z]
+            if s + z <= width:
+                torch.mul(cached[:, s + a:s + z], columns[r], out=d)
+            else:
+                torch.sub(members[:, a:z], b[a:z], out=d)
+                d.mul_(columns[r])
+            mixed = torch.sum(d, dim=0, out=mixed_buf[a:z])
             if normalize:
-                mixed = mixed / divisors[r]
+                mixed.div_(divisors[r])
             if lambda_ != 1:
-                mixed = mixed * lambda_
-            out[s + a:s + b].copy_(base[a:b].to(work) + mixed)
+                mixed.mul_(lambda_)
+            out[s + a:s + z].copy_(mixed.add_(b[a:z]))  # base + mixed (the same sum either way)

@@ -75,13 +75,26 @@ def magnitude_order(delta: torch.Tensor) -> torch.Tensor:
     return torch.argsort(magnitudes, descending=True)
 
 
-def magnitude_prune(delta: torch.Tensor, density: float, order: torch.Tensor | None = None) -> torch.Tensor:
-    """Keep the top ``density`` fraction of entries by |value| (mergekit ``magnitude``)."""
+def magnitude_ranks(delta: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Each entry's position in magnitude_order: the top k are the entries ranked below k, so a
+    cached ranking serves every density with one comparison (no scatter)."""
+    order = magnitude_order(delta)
+    ranks = torch.empty(order.numel(), dtype=dtype, device=order.device)
+    ranks[order] = torch.arange(order.numel(), dtype=dtype, device=order.device)
+    return ranks
+
+
+def magnitude_prune(delta: torch.Tensor, density: float, order: torch.Tensor | None = None,
+                    rank: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the top ``density`` fraction of entries by |value| (mergekit ``magnitude``);
+    ``order`` (magnitude_order) or ``rank`` (magnitude_ranks): computed before."""
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))
+    if rank is not None:
+        return delta * (rank < k).reshape_as(delta).to(delta.dtype)
     mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
     mask[(magnitude_order(delta) if order is None else order)[:k]] = 1
     return delta * mask.reshape_as(delta)
@@ -162,12 +175,16 @@ def ties(
     lambda_: float = 1.0,
     normalize: bool = True,
     orders: torch.Tensor | None = None,
+    ranks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """TIES-Merging (Yadav et al. 2023): trim, elect sign, disjoint merge. ``orders`` ([N, numel],
-    from magnitude_order) skips re-ranking each task vector."""
-    densities = _per_model(density, deltas.shape[0])
-    ranked = orders if orders is not None else [None] * deltas.shape[0]
-    trimmed = torch.stack([magnitude_prune(d, p, o) for d, p, o in zip(deltas, densities, ranked, strict=True)])
+    """TIES-Merging (Yadav et al. 2023): trim, elect sign, disjoint merge. ``orders`` or ``ranks``
+    ([N, numel], from magnitude_order / magnitude_ranks) skip re-ranking each task vector."""
+    n = deltas.shape[0]
+    densities = _per_model(density, n)
+    orders = orders if orders is not None else [None] * n
+    ranks = ranks.reshape(n, -1) if ranks is not None else [None] * n
+    trimmed = torch.stack([magnitude_prune(d, p, o, r) for d, p, o, r in zip(deltas, densities, orders, ranks,
+                                                                             strict=True)])
     return _combine(base, trimmed, weights, consensus=True, normalize=normalize, lambda_=lambda_)
 
 

@@ -109,7 +109,7 @@ def merge_tensor(
     tensors: torch.Tensor | None = None,
     base: torch.Tensor | None = None,
     deltas: torch.Tensor | None = None,
-    orders: torch.Tensor | None = None,
+    ranks: torch.Tensor | None = None,
     weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Merge one parameter. Linear needs ``tensors``; the task-vector methods need ``base`` and
@@ -121,8 +121,8 @@ def merge_tensor(
         return mm.linear(tensors, weights, normalize=spec.resolved_normalize)
     assert base is not None and deltas is not None
     kwargs = method_kwargs(spec, names, tensor_name, deltas.device)
-    if spec.method == "ties" and orders is not None:
-        kwargs["orders"] = orders
+    if spec.method == "ties" and ranks is not None:
+        kwargs["ranks"] = ranks
     return mm.METHODS[spec.method](base, deltas, weights, **kwargs)
 
 

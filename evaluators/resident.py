@@ -6,13 +6,17 @@ Layout: when every tensor has one floating dtype (the usual case), the pool is o
 buffer. Linear and task-arithmetic candidates are then a chunked loop of a few fused ops over
 the flat buffers (fused.py), written straight into the parameters' storage with at most one
 fp32 chunk of extra memory. Other methods (TIES, DARE: per-tensor top-k / masks) and mixed
-dtypes use the per-tensor formulas of merge_methods.py, which are also the reference."""
+dtypes use the per-tensor formulas of merge_methods.py, which are also the reference.
+
+Memory (memory_budget.py): the study's budget decides placement, and what it leaves beside the
+pool, base and model holds caches while they fit: fp32 task vectors (a prefix of the flat
+layout, for task arithmetic and the task vectors of TIES/DARE) and int32 magnitude rankings
+(TIES). Whatever does not fit is formed per chunk / ranked per candidate, bit for bit alike."""
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from evaluators import bounded_merge, fused, streaming
+from evaluators import bounded_merge, fused, memory_budget, streaming
 from evaluators.granularity import Granularity, TensorGroups, layout_key
-from evaluators.merge_methods import magnitude_order, task_vectors
+from evaluators.merge_methods import magnitude_ranks, task_vectors
 from evaluators.merge_spec import BASE_WEIGHT, MergeSpec, merge_tensor, method_kwargs
 from evaluators.pool import PoolError, PoolInfo, load_checkpoint_tensors
 
@@ -38,11 +42,14 @@ def pick_device(device: str = "auto") -> torch.device:
 
 class ResidentPool:
     """All checkpoints stacked per parameter ([N, *shape] views of one flat [N, P] buffer when
-    the dtype is uniform) and the base; task vectors are formed from them as they are used."""
+    the dtype is uniform) and the base; task vectors are cached or formed as they are used.
+    ``budget``: bytes (or a MERGEOPT_MEMORY_BUDGET string); None: the environment's / default."""
 
-    def __init__(self, pool: PoolInfo, device: torch.device, progress: bool = False) -> None:
+    def __init__(self, pool: PoolInfo, device: torch.device, progress: bool = False,
+                 budget: int | str | None = None) -> None:
         self.pool = pool
         self.device = device
+        self.budget = memory_budget.resolve(device, budget)  # at study start, before the pool loads
         self.tensor_names = sorted(pool.reference.tensors)
         self.checkpoint_names = pool.names
         ref = pool.reference.tensors
@@ -56,8 +63,11 @@ class ResidentPool:
         n = len(pool.checkpoints)
         dtypes = {FLOAT_DTYPES.get(ref[k].dtype) for k in self.tensor_names}  # header names: F32, BF16...
         uniform = len(dtypes) == 1 and None not in dtypes
-        # Too big for the device: the flat pool stays in pinned host memory and is streamed.
-        self.streamed = uniform and streaming.should_stream(n, self.numel, next(iter(dtypes)).itemsize, device)
+        self.resident_bytes = streaming.resident_bytes(n, self.numel, next(iter(dtypes)).itemsize if uniform else 4,
+                                                       pool.base is not None)
+        # Over the budget of a GPU: the flat pool stays in pinned host memory and is streamed.
+        self.streamed = uniform and streaming.should_stream(n, self.numel, next(iter(dtypes)).itemsize, device,
+                                                            self.budget)
         self.storage = torch.device("cpu") if self.streamed else device
         if self.streamed:
             log.info("pool of %d x %d parameters kept in host memory and streamed to %s", n, self.numel, device)
@@ -86,16 +96,12 @@ class ResidentPool:
                     self.base[k].copy_(t)
             else:
                 self.base = dict(zip(self.tensor_names, loaded, strict=True))
-        self._orders: dict[str, torch.Tensor] = {}
         self._groups: dict[str, tuple[TensorGroups, fused.Runs, list[tuple[int, int]]]] = {}
-        # Magnitude rankings for TIES (int32 per entry, tensors up to bounded_merge's size) are
-        # cached while they fit this budget: by default 5% of what the study keeps resident (at
-        # most 8 GiB), so the cache stays small beside the pool it speeds up.
-        self.resident_bytes = streaming.resident_bytes(n, self.numel, next(iter(dtypes)).itemsize if uniform else 4,
-                                                       pool.base is not None)
-        budget = os.environ.get("MERGEOPT_TOPK_CACHE_GB")
-        self.order_budget_bytes = int(float(budget) * 1024**3) if budget else min(8 * 1024**3,
-                                                                                  self.resident_bytes // 20)
+        # Caches take what the budget leaves beside the floor and the bounded paths' scratch (a
+        # streamed pool has no room to spare on its device: none). The model is loaded after
+        # this, so the floor counts it already.
+        scratch = int(bounded_merge.SCRATCH_SHARE * self.resident_bytes)
+        self.caches = memory_budget.Caches(0 if self.streamed else self.budget, self.resident_bytes + scratch)
 
     def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if self.streamed:
@@ -107,11 +113,27 @@ class ResidentPool:
         return flat[..., s:e].unflatten(-1, self.shapes[name])
 
     def deltas(self) -> _Deltas:
-        """Task vectors d_i = t_i - base in the work dtype, one tensor at a time as they are used:
-        keeping them for the whole pool would cost N x P fp32 beside the pool itself."""
+        """Task vectors d_i = t_i - base in the work dtype, per tensor: a view of the cached flat
+        task vectors where they cover it, else formed as used (N x P fp32 may not fit)."""
         if self.base is None:
             raise PoolError("this merge method needs a base model: set pool.base")
         return _Deltas(self)
+
+    def flat_task_vectors(self) -> torch.Tensor | None:
+        """[N, P'] fp32 task vectors of the first P' entries of the flat layout, P' as many as the
+        budget holds (None: not one chunk's worth); built once, by the first candidate needing it."""
+        if self.flat is None or self.flat_base is None:
+            return None
+        cached = self.caches.get("task_vectors", "flat")
+        if cached is None:
+            n, work = self.flat.shape[0], fused.work_dtype(self.flat.dtype)
+            width = min(self.numel, self.caches.room("task_vectors") // (n * work.itemsize))
+            width -= width % fused.CPU_CHUNK if width < self.numel else 0  # whole chunks
+            if width <= 0:
+                return None
+            cached = self.caches.put("task_vectors", "flat", n * width * work.itemsize,
+                                     lambda: fused.flat_task_vectors(self.flat[:, :width], self.flat_base[:width]))
+        return cached
 
     def groups(self, granularity: Granularity) -> tuple[TensorGroups, fused.Runs, list[tuple[int, int]]]:
         """The tensors' groups for ``granularity`` and the runs of the flat layout, built once."""
@@ -128,15 +150,21 @@ class ResidentPool:
         groups = self.groups(spec.granularity)[0]
         return groups.weights_at(spec.group_weights, self.checkpoint_names, groups.key(tensor_name))
 
-    def magnitude_orders(self, name: str) -> torch.Tensor | None:
-        """[N, numel] ranking of each task vector's entries by |value|, computed once."""
-        if name not in self._orders:
-            size = len(self.checkpoint_names) * math.prod(self.shapes[name]) * 4
-            if sum(o.numel() * o.element_size() for o in self._orders.values()) + size > self.order_budget_bytes:
-                return None  # checked first: forming the task vectors is itself N x numel fp32
-            d = self.deltas()[name]
-            self._orders[name] = torch.stack([magnitude_order(x).int() for x in d])  # < 2**31 entries
-        return self._orders[name]
+    def magnitude_ranks(self, name: str) -> torch.Tensor | None:
+        """[N, numel] rank of each task-vector entry in mergekit's magnitude order (int32 below
+        2**31 entries), kept while the budget holds it; None: rank per candidate instead."""
+        ranks = self.caches.get("ties_ranks", name)
+        if ranks is None:
+            n, numel = len(self.checkpoint_names), math.prod(self.shapes[name])
+            dtype = torch.int32 if numel < 2**31 else torch.int64
+            ranks = self.caches.put(  # scratch: one row ranked at a time (checked before it is formed)
+                "ties_ranks", name, n * numel * dtype.itemsize, lambda: self._ranks(name, dtype),
+                scratch=bounded_merge.row_scratch(1, numel))
+        return ranks
+
+    def _ranks(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        base, rows = self.base[name], self.stacks[name]
+        return torch.stack([magnitude_ranks(task_vectors(base, rows[i:i + 1])[0], dtype) for i in range(len(rows))])
 
     def merged(self, spec: MergeSpec, tensor_name: str, dtype: torch.dtype | None = None,
                out: torch.Tensor | None = None) -> torch.Tensor:
@@ -156,29 +184,32 @@ class ResidentPool:
             raise PoolError("this merge method needs a base model: set pool.base")
         base = self.base[tensor_name]
         weights = self.tensor_weights(spec, tensor_name)
+        work = dtype is None or dtype == fused.work_dtype(stack.dtype)
+        ranks = self.magnitude_ranks(tensor_name) if spec.method == "ties" and work else None
         route = bounded_merge.route(len(self.checkpoint_names), base.numel(), self.resident_bytes) \
             if spec.method in bounded_merge.METHODS and stack.is_floating_point() else None
-        if route is not None and (dtype is None or dtype == fused.work_dtype(stack.dtype)):
-            return self._merged_in_chunks(spec, tensor_name, weights, dtype, out, ranked=route == "ranked")
-        if dtype is None or dtype == fused.work_dtype(stack.dtype):
-            # The cached task vectors are t - base in the work dtype: exact casts, then one
-            # subtraction, which is what mergekit computes with that dtype.
+        if route is not None and work:  # cached rankings: mergekit's ranking at no scratch
+            return self._merged_in_chunks(spec, tensor_name, weights, dtype, out, ranks=ranks,
+                                          ranked=route == "ranked" or ranks is not None)
+        if work:
+            # The task vectors are t - base in the work dtype: exact casts, then one subtraction,
+            # which is what mergekit computes with that dtype.
             deltas = self.deltas()[tensor_name]
-            orders = self.magnitude_orders(tensor_name) if spec.method == "ties" else None
         else:  # mergekit subtracts (and merges) in the merge dtype itself
-            deltas, orders = stack.to(dtype) - base.to(dtype).unsqueeze(0), None
+            deltas = stack.to(dtype) - base.to(dtype).unsqueeze(0)
         return merge_tensor(spec, self.checkpoint_names, tensor_name, weights=weights,
-                            base=base if dtype is None else base.to(dtype), deltas=deltas, orders=orders)
+                            base=base if dtype is None else base.to(dtype), deltas=deltas, ranks=ranks)
 
     def _merged_in_chunks(self, spec: MergeSpec, tensor_name: str, weights: list[float] | None,
-                          dtype: torch.dtype | None, out: torch.Tensor | None, *, ranked: bool) -> torch.Tensor:
+                          dtype: torch.dtype | None, out: torch.Tensor | None, *, ranked: bool,
+                          ranks: torch.Tensor | None) -> torch.Tensor:
         """A large TIES / DARE tensor with scratch bounded by a chunk (bounded_merge.py). The search
         and the export both take this path, so an exported merge is the one that was scored."""
         base = self.base[tensor_name]
         kwargs = method_kwargs(spec, self.checkpoint_names, tensor_name, base.device)
         kwargs.update(dtype=dtype, ranked=ranked)
-        if spec.method == "ties" and ranked:
-            kwargs["orders"] = self.magnitude_orders(tensor_name)
+        if ranks is not None:
+            kwargs["ranks"] = ranks
         weights = weights if weights is not None else spec.weight_vector(self.checkpoint_names)
         return bounded_merge.METHODS[spec.method](self.stacks[tensor_name], base, weights, out=out, **kwargs)
 
@@ -214,7 +245,8 @@ class ResidentPool:
         else:
             self.deltas()  # the base check
             fused.task_arithmetic_into(out, self.flat_base, self.flat, weights, lambda_=spec.lambda_,
-                                       normalize=spec.resolved_normalize, stage=self.streamed, runs=runs)
+                                       normalize=spec.resolved_normalize, stage=self.streamed, runs=runs,
+                                       cached=self.flat_task_vectors())
         return True
 
 
@@ -225,7 +257,11 @@ class _Deltas(Mapping):
         self.pool = pool
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return task_vectors(self.pool.base[name], self.pool.stacks[name])
+        pool = self.pool
+        cached = pool.caches.get("task_vectors", "flat")
+        if cached is not None and pool.offsets[name][1] <= cached.shape[1]:
+            return pool._view(cached, name)
+        return task_vectors(pool.base[name], pool.stacks[name])
 
     def __iter__(self):
         return iter(self.pool.tensor_names)

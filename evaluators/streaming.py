@@ -13,8 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-# Fraction of free device memory the resident pool (+ base, model) may take.
-DEVICE_FILL = 0.7
+from evaluators import memory_budget
 
 
 def resident_bytes(n_checkpoints: int, numel: int, itemsize: int, has_base: bool = True) -> int:
@@ -25,9 +24,11 @@ def resident_bytes(n_checkpoints: int, numel: int, itemsize: int, has_base: bool
     return (n_checkpoints + int(has_base) + 1) * numel * itemsize
 
 
-def should_stream(n_checkpoints: int, numel: int, itemsize: int, device: torch.device) -> bool:
-    """Keep the pool on the host when it would not fit on ``device`` (MERGEOPT_POOL_ON=host or
-    device forces the choice, e.g. for benchmarks and tests)."""
+def should_stream(n_checkpoints: int, numel: int, itemsize: int, device: torch.device,
+                  budget: int | None = None) -> bool:
+    """Keep the pool on the host when pool + base + model exceed the GPU's memory budget
+    (memory_budget.py; None: the study's, by default 70% of the free memory). A CPU pool is on
+    the host anyway. MERGEOPT_POOL_ON=host or device forces the choice (benchmarks, tests)."""
     forced = os.environ.get("MERGEOPT_POOL_ON", "auto")
     if forced not in {"auto", "host", "device"}:
         raise ValueError(f"MERGEOPT_POOL_ON must be auto, host or device, not '{forced}'")
@@ -35,8 +36,8 @@ def should_stream(n_checkpoints: int, numel: int, itemsize: int, device: torch.d
         return forced == "host"
     if device.type != "cuda":
         return False
-    free, _ = torch.cuda.mem_get_info(device)
-    return resident_bytes(n_checkpoints, numel, itemsize) > DEVICE_FILL * free
+    budget = memory_budget.resolve(device) if budget is None else budget
+    return resident_bytes(n_checkpoints, numel, itemsize) > budget
 
 
 def host_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -29,6 +29,12 @@ def stable_orders(deltas: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.argsort(d.abs().reshape(-1), descending=True, stable=True) for d in deltas])
 
 
+def stable_ranks(deltas: torch.Tensor) -> torch.Tensor:
+    """Each entry's position in stable_orders."""
+    orders = stable_orders(deltas)
+    return torch.empty_like(orders).scatter_(1, orders, torch.arange(orders.shape[1]).expand_as(orders))
+
+
 DENSITIES = [0.35, [0.2, 0.5, 1.0, 0.05], [1.0, 1.0, 1.0, 1.0], [0.0, 0.3, 0.6, 0.9]]
 
 
@@ -136,17 +142,19 @@ def test_the_resident_pool_ranks_mid_sized_tensors_as_mergekit_does(tmp_path, mo
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties"])
 def test_the_resident_pool_merges_large_tensors_in_chunks(tmp_path, monkeypatch, method):
-    """Tensors above MERGEOPT_BOUNDED_MIN take the bounded path; the others the per-tensor one;
-    the model's merge is the same either way (TIES to the stable tie rule, DARE to rounding)."""
+    """Tensors above MERGEOPT_BOUNDED_MIN take the bounded path where the budget holds no
+    rankings; the others the per-tensor one; the model's merge is the same either way (TIES to
+    the stable tie rule, DARE to rounding)."""
     p = make_pool(tmp_path, n=3, dtype=torch.bfloat16)
-    rp = ResidentPool(validate_pool(p["checkpoints"], p["base"]), torch.device("cpu"))
+    rp = ResidentPool(validate_pool(p["checkpoints"], p["base"]), torch.device("cpu"), budget=1)
     spec = MergeSpec(method=method, weights={"ckpt0": 0.5, "ckpt1": 0.8, "ckpt2": 0.3},
                      density={"ckpt0": 0.3, "ckpt1": 0.6, "ckpt2": 0.9}, seed=3)
     name = max(rp.tensor_names, key=lambda n: rp.base[n].numel())
     monkeypatch.setenv("MERGEOPT_BOUNDED_MIN", str(10**12))
     if method == "ties":  # the per-tensor path with the stable tie rule
-        monkeypatch.setattr(rp, "magnitude_orders", lambda n: stable_orders(rp.deltas()[n]))
+        monkeypatch.setattr(rp, "magnitude_ranks", lambda n: stable_ranks(rp.deltas()[n]))
     per_tensor = rp.merged(spec, name)
+    monkeypatch.undo()
     monkeypatch.setenv("MERGEOPT_BOUNDED_MIN", "100")
     chunked = rp.merged(spec, name)
     target = torch.empty_like(chunked)
@@ -179,8 +187,8 @@ def test_the_export_is_the_merge_the_search_scored(tmp_path, monkeypatch):
     from evaluators.export import write_merge
 
     monkeypatch.setenv("MERGEOPT_BOUNDED_MIN", "100")
-    p = make_pool(tmp_path, n=3, dtype=torch.bfloat16)
-    rp = ResidentPool(validate_pool(p["checkpoints"], p["base"]), torch.device("cpu"))
+    p = make_pool(tmp_path, n=3, dtype=torch.bfloat16)  # no room for rankings: the radix select
+    rp = ResidentPool(validate_pool(p["checkpoints"], p["base"]), torch.device("cpu"), budget=1)
     w = {"ckpt0": 0.5, "ckpt1": 0.8, "ckpt2": 0.3}
     spec = MergeSpec(method="ties", weights=w, density=0.3)
     written = load_file(str(write_merge(rp, spec, tmp_path / "bf16") / "model.safetensors"))

@@ -146,33 +146,31 @@ def test_mixed_dtypes_fall_back_to_the_per_tensor_path(tmp_path):
 
 def test_ties_with_cached_rankings_equals_ranking_every_time(tmp_path):
     pool = make_pool(tmp_path, n=3)
-    rp = ResidentPool(validate_pool(pool["checkpoints"], pool["base"]), torch.device("cpu"))
-    # By default the cache may take 5% of the resident floor (too little for every tensor here).
-    assert rp.order_budget_bytes == (3 + 2) * rp.numel * 4 // 20
-    rp.order_budget_bytes = 1 << 30
+    info = validate_pool(pool["checkpoints"], pool["base"])
+    rp = ResidentPool(info, torch.device("cpu"), budget=1 << 40)  # room for every ranking
     for density in (0.7, 0.2):  # the second trial reuses the rankings cached by the first
         spec = MergeSpec(method="ties", weights={"ckpt0": 0.6, "ckpt1": 1.0, "ckpt2": 0.3}, density=density)
         for name in rp.tensor_names:
             expected = mm.ties(rp.base[name], rp.deltas()[name], [0.6, 1.0, 0.3], density=density)
             assert torch.equal(rp.merged(spec, name), expected), name
-    assert set(rp._orders) == set(rp.tensor_names)
-    rp.order_budget_bytes = 0  # over budget: rank per trial, same result
-    rp._orders.clear()
+    assert all(rp.caches.get("ties_ranks", name) is not None for name in rp.tensor_names)
+    tight = ResidentPool(info, torch.device("cpu"), budget=1)  # over budget: rank per trial, same result
     name = rp.tensor_names[0]
-    assert rp.magnitude_orders(name) is None
-    assert torch.equal(rp.merged(spec, name), mm.ties(rp.base[name], rp.deltas()[name], [0.6, 1.0, 0.3], density=0.2))
+    assert tight.magnitude_ranks(name) is None and tight.caches.held == 0
+    assert torch.equal(tight.merged(spec, name), mm.ties(rp.base[name], rp.deltas()[name], [0.6, 1.0, 0.3], density=0.2))
 
 
 def test_task_vector_merges_keep_no_fp32_copy_of_the_pool(tmp_path):
-    """Task arithmetic, TIES and DARE merge from the pool itself: no [N, P] task-vector buffer
-    beside it (8 x 7B would need 224 GB of fp32 for one), and the merges equal the formulas."""
+    """With no memory to spare beyond the floor, task arithmetic, TIES and DARE merge from the pool
+    itself: no [N, P] task-vector buffer beside it (8 x 7B would need 224 GB of fp32 for one), and
+    the merges equal the formulas."""
     from safetensors.torch import load_file, save_file
 
     pool = make_pool(tmp_path, n=3)
     for path in [pool["base"], *(p for _, p in pool["checkpoints"])]:  # a bf16 pool, as real ones are
         tensors = {k: v.to(torch.bfloat16) for k, v in load_file(path / "model.safetensors").items()}
         save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-    rp = ResidentPool(validate_pool(pool["checkpoints"], pool["base"]), torch.device("cpu"))
+    rp = ResidentPool(validate_pool(pool["checkpoints"], pool["base"]), torch.device("cpu"), budget=1)
     rm = ResidentModel(rp)
     assert rp.flat is not None and rp.flat.dtype == torch.bfloat16
     n, p = rp.flat.shape
@@ -184,6 +182,7 @@ def test_task_vector_merges_keep_no_fp32_copy_of_the_pool(tmp_path):
             assert torch.equal(state[name], rp.merged(spec, name).to(state[name].dtype)), name
     big = [k for k, v in vars(rp).items() if isinstance(v, torch.Tensor) and v.numel() >= n * p and v.dtype == torch.float32]
     assert big == [], big  # only the pool itself (bf16) is pool-sized
+    assert rp.caches.held == 0
     name = rp.tensor_names[0]
     assert torch.equal(rp.deltas()[name], mm.task_vectors(rp.base[name], rp.stacks[name]))
 
