@@ -1,19 +1,15 @@
 """Greedy soup (Wortsman et al. 2022, "Model soups"): the seed paper's second baseline beside
 the uniform average. Checkpoints are taken best first (by their search objective); each joins
 the soup when the uniform average of the soup with it scores at least as well as the soup
-without it. Every soup tried is an evaluation, recorded as a baseline trial."""
+without it. Every soup tried is an evaluation, recorded as a baseline trial. Its steps are
+sequential by nature: each depends on whether the one before joined."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
 from optimizer.baselines import Baseline
 from optimizer.candidate import Candidate
-from optimizer.records import T_LABEL, T_OBJ
-
-if TYPE_CHECKING:
-    from optimizer.loop import StudyRunner
 
 LABEL = "greedy soup +{}"
 
@@ -37,17 +33,25 @@ def greedy_soup(ranked: list[tuple[str, float]], score: Callable[[str, list[str]
     return soup
 
 
-def run(runner: StudyRunner) -> list[str]:
-    """The study's greedy soup; resumable: a soup already tried is read back, not evaluated."""
-    names = runner.spec.checkpoint_names
-    done = {t.user_attrs.get(T_LABEL): t.user_attrs.get(T_OBJ) for t in runner._rows()}
+def plan(names: list[str], results: Mapping[str, float | None], slots: int) -> tuple[list[Baseline], Baseline | None]:
+    """Greedy soup replayed over what is stored, so that any process can take its next step:
+    ``results`` maps the labels evaluated so far ("checkpoint:NAME" for each checkpoint, then
+    soups) to their objective (None: failed); ``slots``: how many soups may still become trials
+    (the budget; a failed soup takes none). Returns the soups evaluated so far, in order, and
+    the next soup to evaluate (None once the soup is complete)."""
+    tried: list[Baseline] = []
+    pending: list[Baseline] = []
 
     def score(added: str, members: list[str]) -> float | None:
         label = LABEL.format(added)
-        if label not in done:
-            if runner._budget_left() <= 0:
-                return None
-            done[label] = runner._run_baseline(Baseline(label, soup_candidate(names, members)))
-        return done[label]
+        if pending:
+            return None  # the steps after an unevaluated one wait for it
+        if label in results:
+            tried.append(Baseline(label, soup_candidate(names, members)))
+            return results[label]
+        if sum(results[t.label] is not None for t in tried) < slots:
+            pending.append(Baseline(label, soup_candidate(names, members)))
+        return None
 
-    return greedy_soup([(n, done[f"checkpoint:{n}"]) for n in names], score)
+    greedy_soup([(n, results[f"checkpoint:{n}"]) for n in names], score)
+    return tried, (pending[0] if pending else None)

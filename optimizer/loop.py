@@ -2,7 +2,8 @@
 
 1. references: each checkpoint alone (and the base, when there is one) is evaluated; the
    checkpoints' scores give the held-in experts, the base's the held-out reference;
-2. baselines: uniform average, task arithmetic, TIES, DARE-TIES (when the spec asks);
+2. baselines: uniform average, task arithmetic, TIES, DARE-TIES, greedy soup (when the spec asks);
+   1 and 2 (and the validation of their trials) are units any process may take (setup.py);
 3. search: the sampler proposes weights until the budget (n_trials, baselines included) is met.
 
 Reference and baseline trials are added with ``study.add_trial`` so that samplers do not mistake
@@ -24,17 +25,16 @@ from enum import Enum
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState, create_trial
+from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from optimizer import greedy
 from optimizer import records as R
-from optimizer.baselines import Baseline, merge_baselines, single_checkpoints
-from optimizer.candidate import Candidate, Evaluator, base_only
+from optimizer.candidate import Candidate, Evaluator
 from optimizer.events import NullListener, StudyListener, no_lock
-from optimizer.normalize import denominators, normalize, scalarize
+from optimizer.normalize import normalize, scalarize
 from optimizer.reuse import ScoredMerges
 from optimizer.samplers import make_pruner, make_sampler, n_objectives
+from optimizer.setup import SetupPhase
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, StudySpec
 from optimizer.storage import (
@@ -57,6 +57,7 @@ class StudyFailed(RuntimeError):
 
 class Step(Enum):
     RAN = "ran"  # a trial completed
+    SETUP = "setup"  # a set-up unit was evaluated (a reference, a baseline, a soup)
     PRUNED = "pruned"  # stopped early on a low-fidelity rung (partial scores kept)
     FAILED = "failed"  # a trial failed (error stored)
     VALIDATED = "validated"  # a front trial was scored on the validation documents
@@ -107,6 +108,7 @@ class StudyRunner:
         self.storage = storage or open_storage(spec.storage)
         self.study = self._open_study()
         self.validation = ValidationPhase(self) if spec.suite.validation else None
+        self.setup = SetupPhase(self)
         self.failures = 0
         self.prepared = False
         self._scored_merges = ScoredMerges(R.T_CANDIDATE, R.T_RAW, R.T_FIDELITY)
@@ -155,84 +157,29 @@ class StudyRunner:
             R.T_NORM: norm, R.T_OBJ: obj, R.T_TIMES: timings,
         }
 
-    # ---------------------------------------------------------------- phase 1: references
-    def _references(self) -> dict:
-        refs = dict(self.study.user_attrs.get(R.A_REFS) or {"singles": {}, "base": None, "timings": {}})
-        names = self.spec.checkpoint_names
-        todo = [(b.label.split(":", 1)[1], b.candidate) for b in single_checkpoints(names)]
-        todo = [(n, c) for n, c in todo if n not in refs["singles"]]
-        if self.evaluator.has_base and refs["base"] is None:
-            todo.append(("__base__", base_only(names)))
-        for key, cand in todo:
-            raw, timings = self._evaluate(cand)
-            if key == "__base__":
-                refs["base"] = raw
-            else:
-                refs["singles"][key] = raw
-            refs["timings"][key] = timings
-            self.study.set_user_attr(R.A_REFS, refs)  # saved per model: a crash loses at most one
-            self._tick(f"reference {key}")
-        overrides = {t.task: t.higher_is_better for t in self.tasks if t.higher_is_better is not None}
-        stored = self.study.user_attrs.get(R.A_DIRECTIONS) or {}
-        self.directions = {**stored, **self.evaluator.directions, **overrides}
-        self.study.set_user_attr(R.A_DIRECTIONS, self.directions)
-        self.dens = denominators(self.tasks, refs["singles"], refs["base"], self.directions)
-        return refs
-
-    def _add_done(self, cand: Candidate, label: str, raw: dict, timings: dict) -> None:
-        norm, values, obj = self._scored(raw)
-        attrs = self._attrs(cand, "baseline", label, raw, norm, obj, timings)
-        self.study.add_trial(
-            create_trial(params=self.space.embed(cand), distributions=self.space.distributions(),
-                         values=values, user_attrs=attrs)
-        )
-        number = max(t.number for t in self._rows())
-        self.listener.trial_finished(number, {"number": number, **attrs})
-        self._after_trial()
-
-    # ---------------------------------------------------------------- phase 2: baselines
-    def _baselines(self, refs: dict) -> None:
-        have = {t.user_attrs.get(R.T_LABEL) for t in self._rows()}
-        for b in single_checkpoints(self.spec.checkpoint_names):
-            if b.label not in have:
-                n = b.label.split(":", 1)[1]
-                self._add_done(b.candidate, b.label, refs["singles"][n], refs["timings"].get(n, {}))
-        if refs["base"] is not None and R.BASE_LABEL not in have:  # a point like every checkpoint
-            self._add_done(base_only(self.spec.checkpoint_names), R.BASE_LABEL, refs["base"],
-                           refs["timings"].get("__base__", {}))
-        if not self.spec.search.baselines:
-            return
-        for b in merge_baselines(self.spec.checkpoint_names, self.evaluator.has_base):
-            if b.label not in have and self._budget_left() > 0:
-                self._run_baseline(b)
-        if self.spec.search.greedy_soup and len(self.spec.checkpoint_names) > 2:
-            greedy.run(self)
-
-    def _run_baseline(self, b: Baseline) -> float | None:
-        """Evaluate and record a baseline; its objective, or None when it failed."""
-        try:
-            raw, timings = self._evaluate(b.candidate)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # a failing baseline is reported, not fatal
-            self._fail_note(f"baseline {b.label} failed: {exc}")
+    def prepare(self, *, wait: bool = True) -> Step | None:
+        """Set-up (setup.py: references, baselines, soups, their validation; what is stored is
+        not redone), then the sampler. ``wait=False``: at most one unit of set-up work, returning
+        its Step (SETUP, VALIDATED, or WAIT while other processes hold every open unit) until
+        set-up is complete; None once prepared."""
+        if self.prepared:
             return None
-        self._add_done(b.candidate, b.label, raw, timings)
-        return self._scored(raw)[2]
-
-    def prepare(self) -> None:
-        """References and baselines (idempotent: what is stored is not redone), then the sampler."""
-        self._fail_stale()
-        self._tick("references")
-        refs = self._references()
-        self._baselines(refs)
-        if self.validation is not None:
-            self.validation.prepare(refs)
-        else:
+        while (step := self._setup_step()) is not None:
+            if not wait:
+                return step
+            if step is Step.WAIT:  # units held by other processes (or dead ones, until their grace ends)
+                time.sleep(min(self.heartbeat_s, 2.0))
+        if self.validation is None:
             self._warn("suite.validation is 0: every reported score is on the documents the search "
                        "optimized on, so the best trials' scores are biased upward")
         self.study.sampler = make_sampler(self.spec.search, self._x0(), dim=len(self.space.distributions()))
         self.prepared = True
+        return None
+
+    def _setup_step(self) -> Step | None:
+        self._fail_stale()
+        self._tick("set-up")
+        return self.setup.step()
 
     # ---------------------------------------------------------------- phase 3: search
     def _x0(self) -> dict[str, float] | None:

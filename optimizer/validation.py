@@ -14,12 +14,11 @@ validation is redone once and a finished one is never redone."""
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
+from optimizer.claims import Claims as WorkClaims
 from optimizer.front import front_hypervolume, non_dominated
 from optimizer.spec import StudySpec
 from optimizer.stats import Bootstrap, DocScores, TaskTerm
@@ -84,7 +83,7 @@ def bootstrap(spec: StudySpec, attrs: Mapping) -> Bootstrap | None:
     if vrefs is None:
         return None
     entries = stored(attrs)
-    if any(n is not None and n not in entries for n in vrefs.values()):
+    if not entries or any(n is not None and n not in entries for n in vrefs.values()):
         return None
     directions = attrs.get("directions") or {}
     weighted = spec.search.objective == "weighted"
@@ -112,41 +111,9 @@ def front(spec: StudySpec, attrs: Mapping, complete: set[int]) -> dict:
     return {**empty, "trials": [n for n, _ in kept], "hypervolume": hv, "hypervolume_skips": skipped}
 
 
-class Claims:
-    """Validation work shared by workers: claim under the study lock, keep alive, take over when
-    the claimant's heartbeat stopped for ``grace_s``."""
+class Claims(WorkClaims):
+    """Validation work shared by workers (``valclaim:N`` claims, ``val:N`` results): see
+    optimizer/claims.py."""
 
     def __init__(self, study, owner: str, *, heartbeat_s: float, grace_s: float) -> None:
-        self.study, self.owner = study, owner
-        self.heartbeat_s, self.grace_s = heartbeat_s, grace_s
-
-    def fresh(self, claim: Mapping | None) -> bool:
-        return claim is not None and time.time() - claim.get("at", 0) < self.grace_s
-
-    def open_work(self, attrs: Mapping, numbers: list[int]) -> tuple[list[int], list[int]]:
-        """(numbers nobody validates yet, numbers being validated by a live claimant)."""
-        todo, busy = [], []
-        for n in numbers:
-            if val_key(n) in attrs:
-                continue
-            claim = attrs.get(claim_key(n))
-            (busy if self.fresh(claim) and claim.get("by") != self.owner else todo).append(n)
-        return todo, busy
-
-    def take(self, number: int) -> Callable[[], None]:
-        """Claim ``number`` now and refresh the claim from a daemon thread; returns the stop."""
-        stop = threading.Event()
-
-        def mark() -> None:
-            self.study.set_user_attr(claim_key(number), {"by": self.owner, "at": time.time()})
-
-        def beat() -> None:
-            while not stop.wait(self.heartbeat_s):
-                try:
-                    mark()
-                except Exception:  # a database blip must not kill the validation; the next beat retries
-                    pass
-
-        mark()
-        threading.Thread(target=beat, daemon=True, name=f"validation-{number}").start()
-        return stop.set
+        super().__init__(study, owner, heartbeat_s=heartbeat_s, grace_s=grace_s, claim_prefix=CLAIM, done_prefix=VAL)

@@ -1,12 +1,13 @@
 """The validation work of a running study (see validation.py for what is stored and why):
-references and baselines during set-up, then each new search-front trial, claimed by whichever
-worker asks first. Also the noise guidance printed when a study starts."""
+references and baselines during set-up (optimizer/setup.py), then each new search-front trial,
+each claimed by whichever worker asks first. Also the noise guidance printed when set-up ends."""
 
 from __future__ import annotations
 
 import logging
 import math
 import uuid
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
@@ -56,22 +57,22 @@ class ValidationPhase:
         r._tick(f"validated trial {number}")
         return entry
 
-    # ------------------------------------------------------------ set-up (one worker)
-    def prepare(self, refs: dict) -> None:
-        """References first (they normalize everything else), then the merge baselines."""
+    # ------------------------------------------------------------ set-up (optimizer/setup.py)
+    def set_references(self, singles: dict, numbers: dict[str, int]) -> None:
+        """Each task's reference trial on validation documents (once the references are trials)."""
         r = self.r
-        trials = self._complete()
-        baselines = {n: ua for n, ua in trials.items() if ua.get(R.T_KIND) == "baseline"}
-        numbers = {ua.get(R.T_LABEL): n for n, ua in baselines.items()}
-        done = V.stored(r.study.user_attrs)
+        r.study.set_user_attr(V.A_VREFS, V.reference_trials(r.spec, singles, r.directions, numbers))
+
+    def setup_work(self, attrs) -> list[int]:
+        """Set-up trials (references first: they normalize everything else) not yet validated."""
+        baselines = {n: ua for n, ua in self._complete().items() if ua.get(R.T_KIND) == "baseline"}
         is_ref = lambda n: baselines[n][R.T_LABEL].startswith("checkpoint:") or baselines[n][R.T_LABEL] == R.BASE_LABEL  # noqa: E731
-        for n in sorted(baselines, key=lambda n: (not is_ref(n), n)):
-            if n not in done:
-                if not is_ref(n) and V.A_VREFS not in r.study.user_attrs:
-                    self._set_references(refs, numbers)
-                done[n] = self._validate(n, baselines[n][R.T_CANDIDATE])
-        if V.A_VREFS not in r.study.user_attrs:
-            self._set_references(refs, numbers)
+        return [n for n in sorted(baselines, key=lambda n: (not is_ref(n), n)) if V.val_key(n) not in attrs]
+
+    def finish_setup(self, numbers: dict[str, int]) -> None:
+        """Every set-up trial validated: the summaries that waited for the references' scores,
+        the validation front, the noise guidance."""
+        r = self.r
         boot = V.bootstrap(r.spec, r.study.user_attrs)
         for n, entry in V.stored(r.study.user_attrs).items():
             if "docs" in entry and "summary" not in entry and boot is not None:
@@ -79,21 +80,27 @@ class ValidationPhase:
         self._update_front()
         self._noise_guidance(numbers)
 
-    def _set_references(self, refs: dict, numbers: dict[str, int]) -> None:
-        r = self.r
-        r.study.set_user_attr(V.A_VREFS, V.reference_trials(r.spec, refs["singles"], r.directions, numbers))
-
-    # ------------------------------------------------------------ during the search (any worker)
+    # ------------------------------------------------------------ claimed work (any worker)
     def step(self) -> Step | None:
         """Validate one wanted trial nobody has validated; None when there is nothing to do."""
+        from optimizer.loop import Step
+
+        done, busy = self.run_one(self._wanted)
+        if done is not None:
+            return done
+        return Step.WAIT if busy and self.r.budget_done() else None
+
+    def run_one(self, wanted: Callable[[Mapping], list[int]]) -> tuple[Step | None, bool]:
+        """Validate the first of ``wanted(attrs)`` that is free: (Step.VALIDATED, False), or
+        (None, whether live claims elsewhere hold some of them)."""
         from optimizer.loop import Step
 
         r = self.r
         with r.claim():
             attrs = r.study.user_attrs
-            todo, busy = self.claims.open_work(attrs, self._wanted(attrs))
+            todo, busy = self.claims.open_work(attrs, wanted(attrs))
             if not todo:
-                return Step.WAIT if busy and r.budget_done() else None
+                return None, bool(busy)
             number = todo[0]
             stop = self.claims.take(number)
         try:
@@ -104,7 +111,7 @@ class ValidationPhase:
         listener = getattr(r.listener, "trial_validated", None)
         if listener is not None:
             listener(number, {"summary": entry.get("summary"), "error": entry.get("error"), "front": vfront})
-        return Step.VALIDATED
+        return Step.VALIDATED, False
 
     def _wanted(self, attrs) -> list[int]:
         """The search front, and the search's best merge (the verdict's pick) even when a

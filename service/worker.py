@@ -5,7 +5,10 @@ study rows for state/priority/setup, a short lock around "budget left? then ask"
 A worker keeps the pool of its current study resident between trials; switching studies
 reloads. Pause and cancel are honoured between trials; a worker that dies mid-trial leaves a
 RUNNING trial whose heartbeat stops, and fail_stale_trials (run by every step) fails it after
-the grace period so its budget is claimed again."""
+the grace period so its budget is claimed again. Set-up (references, baselines, soups, their
+validation) is split into units that every worker takes in turn, claimed the same way
+(optimizer/setup.py): a dead worker's unit is taken over after the grace period, a live one's
+never, and no finished unit is redone."""
 
 from __future__ import annotations
 
@@ -18,12 +21,12 @@ import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import torch
 from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
 from evaluators.pool import PoolError
@@ -31,6 +34,7 @@ from evaluators.resident import pick_device
 from evaluators.scoring import SuiteError
 from optimizer import records as R
 from optimizer.loop import Step, StudyFailed, StudyRunner
+from optimizer.setup import has_free_work
 from optimizer.spec import DEVICE_PATTERN, SpecError, parse_spec
 from optimizer.storage import open_storage
 from service.db.models import Event, Study, Trial
@@ -42,7 +46,6 @@ from service.settings import Settings
 from service.studies import build_evaluator
 
 log = logging.getLogger(__name__)
-SETUP_LEASE = timedelta(minutes=30)  # references + baselines of a big pool take a while
 
 
 class SetupFailed(RuntimeError):
@@ -97,19 +100,17 @@ class Worker:
         self.runner: StudyRunner | None = None
         self.study_id: str | None = None
         self.trials_run = 0
-        self.waiting_for_setup = False  # a study exists but another worker is still setting it up
+        self.waiting_for_setup = False  # a study exists but other workers hold all its set-up work
 
     # ------------------------------------------------------------ study selection
-    def _claim_setup(self, study_id: str) -> bool:
-        now = datetime.now(UTC)
-        with self.sessions() as s, s.begin():
-            result = s.execute(
-                update(Study)
-                .where(Study.id == study_id, Study.prepared.is_(False),
-                       or_(Study.setup_owner.is_(None), Study.setup_owner == self.id, Study.setup_at < now - SETUP_LEASE))
-                .values(setup_owner=self.id, setup_at=now)
-            )
-            return result.rowcount == 1
+    def _setup_open(self, row: Study) -> bool:
+        """Whether a study being set up has a unit for this worker (read from Optuna's study
+        attributes, without loading its pool)."""
+        try:
+            attrs = self.storage.get_study_user_attrs(self.storage.get_study_id_from_name(row.name))
+        except KeyError:  # no worker has opened it yet
+            return True
+        return has_free_work(attrs, self.settings.grace_s)
 
     def pick(self) -> Study | None:
         """Highest priority, then oldest, running or queued study this worker may work on."""
@@ -120,7 +121,7 @@ class Worker:
             ).all()
         waiting = False
         for row in rows:
-            if row.prepared or self._claim_setup(row.id):
+            if row.prepared or self._setup_open(row):
                 self.waiting_for_setup = False
                 return row
             waiting = True
@@ -180,17 +181,19 @@ class Worker:
             self.study_id = row.id
         return self.runner
 
-    def _set_up(self, row: Study) -> StudyRunner:
-        """The study's runner with its references and baselines done; SetupFailed for any error
-        that is neither already fatal nor transient (see TRANSIENT)."""
+    def _set_up(self, row: Study) -> tuple[StudyRunner, Step | None]:
+        """The study's runner, after doing set-up units while any is free: Step.WAIT when
+        other workers hold the rest (or a stop was asked), None once set-up is complete;
+        SetupFailed for any error that is neither already fatal nor transient (see TRANSIENT)."""
         try:
             runner = self._runner_for(row)
-            if not runner.prepared:
-                runner.prepare()
+            while (step := runner.prepare(wait=False)) is not None:
+                if step is Step.WAIT or self.stop.is_set():
+                    return runner, Step.WAIT
             if not row.prepared:
                 with self.sessions() as s, s.begin():
-                    s.execute(update(Study).where(Study.id == row.id).values(prepared=True, setup_owner=None))
-            return runner
+                    s.execute(update(Study).where(Study.id == row.id).values(prepared=True))
+            return runner, None
         except (*FATAL, *TRANSIENT):
             raise
         except Exception as exc:
@@ -205,8 +208,10 @@ class Worker:
             return False
         self._set_state(row.id, "running", only_from=("queued",))
         try:
-            runner = self._set_up(row)
-            if self.record_missed(runner) and runner.budget_done():
+            runner, setup = self._set_up(row)
+            if setup is not None:
+                result = setup  # set-up units left, all held by other workers
+            elif self.record_missed(runner) and runner.budget_done():
                 result = Step.WAIT  # complete only once every finished trial is recorded
             else:
                 result = runner.step()

@@ -5,6 +5,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 import uuid
 
 import optuna
@@ -205,7 +206,14 @@ def test_exit_when_idle_waits_for_another_workers_setup(client, assets):
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
     setting_up = Worker(client.settings, worker_id="slow-setup")
-    assert setting_up._claim_setup(sid)  # holds the setup lease (references + baselines under way)
+    with session_factory(client.settings.database_url)() as s:
+        study = setting_up._runner_for(s.get(Study, sid)).study
+    units = setting_up.runner.setup.open_units()
+    assert units and all(u.startswith("checkpoint:") or u in ("base", "uniform", "task_arithmetic", "ties", "dare_ties")
+                         for u in units)
+    for u in units:  # it holds every set-up unit (references + merge baselines under way), heart-beating
+        study.set_user_attr(f"setupclaim:{u}", {"by": "slow-setup", "at": time.time() + 60})
+    study.set_user_attr("setup_open", [[f"setup:{u}", f"setupclaim:{u}"] for u in units])
     waiting = Worker(client.settings, worker_id="joiner")
     t = threading.Thread(target=waiting.run_forever, kwargs={"max_idle_s": 0.3})
     t.start()

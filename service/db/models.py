@@ -57,8 +57,8 @@ class Study(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     n_trials: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
-    setup_owner: Mapped[str | None] = mapped_column(String(64))  # worker running references/baselines
-    setup_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set-up (references, baselines) finished; its work units and their claims live in Optuna's
+    # study attributes (optimizer/setup.py), so no worker owns it as a whole.
     prepared: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
