@@ -44,13 +44,16 @@ class MergeEvaluator:
         include_defaults: bool = False,
         roots: list[Path] | None = None,
         trusted_task_roots: Sequence[Path] = (),
+        task_box=None,
+        should_stop=None,
     ) -> None:
         quiet_libraries()
         # roots (the service's allowed roots): pool and task files are re-checked as they are
         # opened; Python in task folders runs only from trusted_task_roots.
         self.pool_info = validate_pool(checkpoints, base, roots=roots)
         self.scorer = SuiteScorer(tasks, include_path, limit=limit, batch_size=batch_size, validation=validation,
-                                  roots=roots, trusted=trusted_task_roots, include_defaults=include_defaults)
+                                  roots=roots, trusted=trusted_task_roots, include_defaults=include_defaults,
+                                  box=task_box, should_stop=should_stop)
         ref = self.pool_info.reference
         # transformers opens files by name: it gets a private copy read through the guard.
         with Staging() as staging:

@@ -16,6 +16,10 @@ import functools
 from jinja2.exceptions import SecurityError, TemplateError, TemplateRuntimeError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from evaluators import render_memo
+
+MAX_PRODUCT = 1 << 20
+MAX_POWER_BITS = 1 << 16
 # A render's error is stored as the study's error, which anyone who may read studies sees: it
 # says what kind of failure it was and never quotes the document (Jinja's and Python's messages
 # do: "'dict object' has no attribute '<the document's text>'", "invalid literal for int(): ...").
@@ -35,12 +39,30 @@ def content_free(exc: Exception) -> TemplateError:
     return TemplateRuntimeError(f"a task template failed ({type(exc).__name__})")
 
 
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, and no ``'x' * 200000000`` or ``10 ** 10 ** 8``: a product or power whose
+    result would exceed MAX_PRODUCT items (characters) or MAX_POWER_BITS bits is refused before
+    it is built. (Loops and concatenation are bounded by the task build's process limits.)"""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | bytes | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_PRODUCT:
+                    raise SecurityError(f"a task template builds a sequence longer than {MAX_PRODUCT}")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 \
+                and right * max(abs(left), 2).bit_length() > MAX_POWER_BITS:
+            raise SecurityError(f"a task template computes a number larger than {MAX_POWER_BITS} bits")
+        return super().call_binop(context, operator, left, right)
+
+
 @functools.cache
 def sandbox_templates() -> ImmutableSandboxedEnvironment:
     import lm_eval.utils as utils
 
     plain = utils.env
-    env = ImmutableSandboxedEnvironment(
+    env = BoundedSandbox(
         loader=plain.loader, undefined=plain.undefined, keep_trailing_newline=plain.keep_trailing_newline,
         trim_blocks=plain.trim_blocks, lstrip_blocks=plain.lstrip_blocks, autoescape=plain.autoescape,
     )
@@ -50,11 +72,19 @@ def sandbox_templates() -> ImmutableSandboxedEnvironment:
         env.tests.setdefault(name, fn)
     compile_once = functools.lru_cache(maxsize=4096)(env.from_string)
 
-    def apply_template(template: str, doc: dict) -> str:
+    def render(template: str, doc: dict) -> str:
         try:
             return compile_once(template).render(**doc)
+        except MemoryError:
+            raise  # the task build's memory limit (task_box.py), reported as such
         except Exception as exc:
             raise content_free(exc) from exc
+
+    def apply_template(template: str, doc: dict) -> str:
+        memo = render_memo.active()  # a study's renders, made in its bounded child (task_box.py)
+        if memo is None or not render_memo.is_template(template):
+            return render(template, doc)
+        return memo.render(template, doc, render)
 
     utils.env = env
     utils.apply_template = apply_template

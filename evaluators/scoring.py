@@ -13,6 +13,7 @@ from pathlib import Path
 from jinja2.exceptions import TemplateError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from evaluators import render_memo
 from evaluators.fileguard import Roots
 from evaluators.lm_eval_reuse import reuse_requests
 from evaluators.quiet import quiet_libraries
@@ -100,6 +101,11 @@ def check_task_names(names: list[str], include_path: str | Path | None, *, roots
 
         manager = suite_manager(Path(include_path), roots, trusted, functions=functions,
                                 include_defaults=include_defaults, staging=staging)
+    return check_names(names, manager)
+
+
+def check_names(names: list[str], manager):
+    """``manager``, once every name is one of its tasks (else a SuiteError listing what exists)."""
     known = set(manager.all_tasks)
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -113,13 +119,21 @@ def check_task_names(names: list[str], include_path: str | Path | None, *, roots
 def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None, *, roots: Roots = None,
                    trusted: Sequence[Path] = (), include_defaults: bool = False, staging=None) -> dict:
     """Build lm-eval's task dict once (documents, prompts, few-shot samples)."""
-    from lm_eval.tasks import get_task_dict
-
     names = [r.task for r in requests]
     manager = check_task_names(names, include_path, roots=roots, trusted=trusted, functions=True,
                                include_defaults=include_defaults, staging=staging)
+    return tasks_from_manager(requests, manager)
+
+
+def tasks_from_manager(requests: list[TaskRequest], manager) -> dict:
+    """lm-eval's task dict for ``requests`` from a manager whose names were checked."""
+    from lm_eval.tasks import get_task_dict
+
+    names = [r.task for r in requests]
     try:
         task_dict = get_task_dict(names, manager)
+    except MemoryError:
+        raise  # the task build's memory limit (task_box.py), reported as such
     except (SuiteError, TemplateError) as exc:  # messages that name no data (sandbox.py)
         raise SuiteError(f"cannot load tasks {names}: {exc}") from exc
     except Exception as exc:  # dataset files unreadable...: their text may quote the data
@@ -153,7 +167,11 @@ class SuiteScorer:
         trusted: Sequence[Path] = (),
         prefix_sharing: bool | None = None,
         include_defaults: bool = False,
+        box=None,
+        should_stop=None,
     ) -> None:
+        """``box`` (a task_box.BoxLimits, with ``roots``): the tasks are built first in a bounded
+        child, and every render here replays its renders (task_box.py); ``should_stop`` stops it."""
         self.requests = requests
         # Log-likelihoods scored with each shared context run once (prefix_scoring.py), same
         # scores as lm-eval's; False, or MERGEOPT_PREFIX_SHARING=0 for None, keeps lm-eval's path.
@@ -164,8 +182,15 @@ class SuiteScorer:
         # With roots (the service), data files are read through the guard into a private copy
         # that `datasets` reads (staging.py); kept as long as the tasks may read their data.
         self.staging = Staging() if roots is not None else None
-        self.task_dict = load_task_dict(requests, include_path, roots=roots, trusted=trusted,
-                                        include_defaults=include_defaults, staging=self.staging)
+        self.replay = None
+        if box is not None and roots is not None and include_path is not None:
+            from evaluators.task_box import build_boxed
+
+            self.task_dict, self.replay = build_boxed(requests, Path(include_path), roots, trusted, include_defaults,
+                                                      self.staging, box, should_stop)
+        else:
+            self.task_dict = load_task_dict(requests, include_path, roots=roots, trusted=trusted,
+                                            include_defaults=include_defaults, staging=self.staging)
         self.tasks = self.task_dict["tasks"] if "tasks" in self.task_dict else self.task_dict
         self.directions: dict[str, bool] = {
             r.task: r.higher_is_better for r in requests if r.higher_is_better is not None
@@ -195,7 +220,8 @@ class SuiteScorer:
         from lm_eval.evaluator import evaluate
 
         lm = self._lm_for(model, tokenizer)
-        return evaluate(lm, self.task_dict, samples=samples, bootstrap_iters=0, log_samples=log_samples)
+        with render_memo.using(self.replay):  # no client template rendered here (task_box.py)
+            return evaluate(lm, self.task_dict, samples=samples, bootstrap_iters=0, log_samples=log_samples)
 
     def _metric(self, out: dict, r: TaskRequest) -> float:
         result = out["results"].get(r.task, {})

@@ -68,6 +68,22 @@ class Settings(BaseSettings):
                     "more get 429 (0: no limit)",
     )
 
+    task_memory_mb: int = Field(
+        default=4096, ge=64, le=1 << 22,
+        description="memory (MiB of address space) of the child process that builds a study's tasks and "
+                    "renders their templates (evaluators/task_box.py)",
+    )
+    task_cpu_s: int = Field(default=900, ge=1, le=86_400, description="CPU seconds of that child")
+    task_wall_s: float = Field(default=1200.0, gt=0, le=86_400, description="wall-clock seconds of that child")
+    task_renders_mb: int = Field(default=512, ge=1, le=1 << 16,
+                                 description="MiB of rendered prompts the worker keeps from that child")
+
+    def task_box(self):
+        from evaluators.task_box import BoxLimits
+
+        return BoxLimits(memory_mb=self.task_memory_mb, cpu_s=self.task_cpu_s, wall_s=self.task_wall_s,
+                         renders_mb=self.task_renders_mb)
+
     @field_validator("allowed_roots", "trusted_task_roots", mode="before")
     @classmethod
     def _roots(cls, v):

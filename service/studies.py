@@ -22,9 +22,11 @@ DEFAULT_STORAGE = "sqlite:///mergeopt.db"
 
 
 def build_evaluator(spec: StudySpec, progress: bool = True, roots: list[Path] | None = None,
-                    trusted_task_roots: Sequence[Path] = ()) -> MergeEvaluator:
+                    trusted_task_roots: Sequence[Path] = (), task_box=None, should_stop=None) -> MergeEvaluator:
     """``roots``: where pool and task files may lead (None: anywhere, for the operator's CLI);
-    ``trusted_task_roots``: where Python in task folders may run from (MERGEOPT_TRUSTED_TASK_ROOTS)."""
+    ``trusted_task_roots``: where Python in task folders may run from (MERGEOPT_TRUSTED_TASK_ROOTS);
+    ``task_box``: the limits of the child that builds the tasks first (evaluators/task_box.py),
+    ``should_stop`` stops it (a cancel)."""
     tasks = [TaskRequest(t.task, t.metric, t.num_fewshot, t.higher_is_better) for t in spec.suite.tasks]
     return MergeEvaluator(
         [(c.name, c.path) for c in spec.pool.checkpoints],
@@ -39,6 +41,8 @@ def build_evaluator(spec: StudySpec, progress: bool = True, roots: list[Path] | 
         include_defaults=spec.suite.include_defaults,
         roots=roots,
         trusted_task_roots=trusted_task_roots,
+        task_box=task_box,
+        should_stop=should_stop,
     )
 
 

@@ -32,6 +32,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError,
 from evaluators.pool import PoolError
 from evaluators.resident import pick_device
 from evaluators.scoring import SuiteError
+from evaluators.task_box import TaskBoxStopped
 from optimizer import records as R
 from optimizer.loop import Step, StudyFailed, StudyRunner
 from optimizer.setup import has_free_work
@@ -57,7 +58,7 @@ FATAL = (StudyFailed, PoolError, SuiteError, SpecError, SetupFailed)
 # What goes away by itself (the database restarting, a dropped connection): the worker backs off
 # and retries. Any other error while setting a study up fails the study, with its reason, so
 # that a study cannot fail on every pick and, with a high priority, starve all the others.
-TRANSIENT = (SQLAlchemyError, StorageInternalError, ConnectionError, TimeoutError)
+TRANSIENT = (SQLAlchemyError, StorageInternalError, ConnectionError, TimeoutError, TaskBoxStopped)
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 
@@ -153,6 +154,14 @@ class Worker:
             self._set_state(study_id, "failed", only_from=("queued", "running"),
                             error=f"failed; its error could not be stored ({type(store_exc).__name__})")
 
+    def _stop_building(self, study_id: str) -> bool:
+        """Whether a study's task build (evaluators/task_box.py) is to be killed: the worker is
+        stopping, or the study was cancelled or paused meanwhile."""
+        if self.stop.is_set():
+            return True
+        with self.sessions() as s:
+            return s.scalar(select(Study.state).where(Study.id == study_id)) in ("cancelled", "paused", None)
+
     # ------------------------------------------------------------ the resident study
     def _drop_runner(self) -> None:
         self.runner, self.study_id = None, None
@@ -175,7 +184,9 @@ class Worker:
             log.info("worker %s: loading study %s", self.id, row.name)
             self.runner = StudyRunner(
                 spec, build_evaluator(spec, progress=False, roots=self.settings.allowed_roots,
-                                      trusted_task_roots=self.settings.trusted_task_roots), progress=False,
+                                      trusted_task_roots=self.settings.trusted_task_roots,
+                                      task_box=self.settings.task_box(),
+                                      should_stop=lambda: self._stop_building(row.id)), progress=False,
                 listener=DbListener(self.url, row.id, self.id), claim=study_lock(self.url, row.id), storage=self.storage,
             )
             self.study_id = row.id

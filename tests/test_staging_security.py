@@ -28,13 +28,14 @@ def secret_file(sec):  # noqa: F811
     return path
 
 
-def text_task(sec, lines: str = "1+1=\n2+2=\n3+3=\n4+4=\n5+5=\n6+6=\n"):  # noqa: F811
-    """A `text` dataset whose template puts each line into a KeyError (the attack's template)."""
+def text_task(sec, lines: str = "1+1=\n2+2=\n3+3=\n4+4=\n5+5=\n6+6=\n",  # noqa: F811
+              template: str = "{{ {}[text] }}"):
+    """A `text` dataset whose template (by default) puts each line into a KeyError (the attack's)."""
     folder = folder_with(sec, lambda t: t)
     data = folder / "lines.txt"
     data.write_text(lines)
     text = (f"task: tiny_add\ndataset_path: text\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-            "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{ {}[text] }}'\n"
+            f"test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{template}\"\n"
             "doc_to_choice: ['a', 'b']\ndoc_to_target: 0\n"
             "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
     (folder / "tiny_add.yaml").write_text(text)
@@ -51,9 +52,10 @@ def everything_readable(c) -> str:
 
 def test_a_data_file_swapped_for_a_link_as_datasets_opens_it_leaks_nothing(sec, secret_file, tmp_path, monkeypatch):  # noqa: F811
     """Finding 1: the data file passes every check, then becomes a link to the server's secrets
-    the moment `datasets` is called. `datasets` is only ever given the staged copy, so the
-    template error carries no secret, and neither does anything an anonymous reader sees."""
-    folder, data = text_task(sec)
+    the moment the worker calls `datasets`; the template is harmless on the real lines and puts a
+    secret line into its error. The old worker read the link and stored the secret as the study's
+    error. Now `datasets` is only given staged copies: the study runs, nothing leaks."""
+    folder, data = text_task(sec, template="{{ {}[text] if text.startswith('MERGEOPT') else text }}")
     seen: list = []
     real_load = datasets.load_dataset
 
@@ -71,8 +73,8 @@ def test_a_data_file_swapped_for_a_link_as_datasets_opens_it_leaks_nothing(sec, 
         monkeypatch.undo()
         study = c.get(f"/v1/studies/{name}").json()
         readable = everything_readable(c)
-    assert study["state"] == "failed", study
-    assert "s3cr3t" not in readable and "s3cr3t" not in (study["error"] or "")
+    assert study["state"] == "running" and study["error"] is None, study
+    assert "s3cr3t" not in readable
     assert seen and all(str(data) not in s for s in seen), seen  # never the client's own path
 
 
