@@ -10,6 +10,14 @@ benchmark does not move when the demo changes).
 - ``trajectory``: four snapshots of one continued run on every skill (equal segments, each a
   fresh warm-up/decay of the demo's schedule): merges of nearby snapshots, as in checkpoint
   averaging, may help a little or not at all.
+- ``recycle8`` / ``recycle16``: the seed paper's setting, checkpoints from separate runs of one
+  base: each run draws its data mixture (Dirichlet over the skills), learning rate (log-uniform)
+  and length; one run is over-trained (a far too high rate), one under-trained (a few steps).
+- ``weighted_helps``: three specialists of very unequal strength (one trained long at a high
+  rate, two briefly): the equal-weight soups let the strong one's large task vector drown the
+  others, so a weighted merge may beat every soup and every single model.
+
+These characters were fixed before any search default was tuned on them.
 
 Built into a folder once; ``pools.json`` (written last) records what was built and with which
 settings, so a changed setting rebuilds and an unchanged one is reused."""
@@ -21,14 +29,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
 from evaluators.demo_pool import make_tokenizer, model_config, train
 from evaluators.demo_tasks import write_tasks
 
-FORMAT = 3
-POOLS = ("merge_helps", "single_best", "trajectory")
+FORMAT = 4
+POOLS = ("merge_helps", "single_best", "trajectory", "recycle8", "recycle16", "weighted_helps")
 # Tasks every pool is scored on: three held-in skills and the held-out one. Addition is left out:
 # these tiny models stay near chance on it, and a near-chance expert makes normalized scores noise.
 TASKS = ("demo_shift", "demo_reverse", "demo_sort", "demo_copy")
@@ -39,7 +48,26 @@ CHARACTER = {
     "merge_helps": "specialists from one base whose skills combine",
     "single_best": "one strong checkpoint, one diverged, one noised copy of the strong one",
     "trajectory": "4 snapshots of one continued run",
+    "recycle8": "8 checkpoints from separate runs of one base (random mixtures, rates, lengths)",
+    "recycle16": "16 checkpoints from separate runs of one base (random mixtures, rates, lengths)",
+    "weighted_helps": "3 specialists of very unequal strength",
 }
+TRAIN_SKILLS = ("add", "reverse", "sort", "shift")  # copy stays held out (pre-training only)
+
+
+def recycle_recipes(n: int, seed: int) -> list[tuple[str, dict, int, float]]:
+    """(name, mixture, steps, lr) of ``n`` separate runs; run 0 over-trained, run 1 under-trained."""
+    rng = np.random.default_rng(seed + 4242 + n)
+    out = []
+    for i in range(n):
+        mix = dict(zip(TRAIN_SKILLS, map(float, rng.dirichlet([0.5] * len(TRAIN_SKILLS))), strict=True))
+        steps, lr = int(rng.integers(40, 300)), float(10 ** rng.uniform(np.log10(5e-4), np.log10(5e-3)))
+        if i == 0:
+            steps, lr = 300, 2e-2
+        elif i == 1:
+            steps = 12
+        out.append((f"run{i:02d}", mix, steps, lr))
+    return out
 
 
 @dataclass(frozen=True)
@@ -99,6 +127,14 @@ def _build(name: str, base: dict, tok, root: Path, scale, seed: int, progress: b
             model = fit(state, ALL_SKILLS, 60, 3e-3, 201 + i, f"snapshot{i + 1}")
             out.append((f"step{60 * (i + 1)}", _save(model, tok, root / f"step{60 * (i + 1)}")))
             state = _state(model)
+    elif name in ("recycle8", "recycle16"):
+        for i, (label, mix, steps, lr) in enumerate(recycle_recipes(int(name.removeprefix("recycle")), seed)):
+            out.append((label, _save(fit(base, mix, steps, lr, 301 + i, label), tok, root / label)))
+    elif name == "weighted_helps":
+        recipes = [("shift_strong", "shift", 400, 5e-3), ("reverse_weak", "reverse", 60, 1e-3),
+                   ("sort_weak", "sort", 60, 1e-3)]
+        for i, (label, skill, steps, lr) in enumerate(recipes):
+            out.append((label, _save(fit(base, {skill: 1.0}, steps, lr, 401 + i, label), tok, root / label)))
     else:
         raise ValueError(f"unknown pool '{name}' (pools: {', '.join(POOLS)})")
     return out
@@ -143,7 +179,7 @@ def build_pools(root: Path, names: list[str], *, n_docs: int, steps_scale: float
             tmp.replace(manifest)
     finally:
         torch.set_num_threads(threads)
-    wanted = set(TASKS)
-    tasks = [t for t in write_tasks(root / "tasks", n_docs=n_docs, seed=seed) if t["task"] in wanted]
+    skills = [t.removeprefix("demo_") for t in TASKS]
+    tasks = write_tasks(root / "tasks", n_docs=n_docs, seed=seed, skills=skills)
     return {name: BenchPool(name, root / "base", [(n, Path(p)) for n, p in built["pools"][name]], root / "tasks", tasks)
             for name in names}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 LETTERS = "abcdefgh"
@@ -104,12 +104,15 @@ def training_text(rng: random.Random, mixture: dict[str, float], n: int) -> list
     return out
 
 
-def write_tasks(folder: Path, *, n_docs: int, seed: int) -> list[dict]:
-    """One lm-eval multiple-choice YAML + jsonl per skill; returns the study's task entries."""
+def write_tasks(folder: Path, *, n_docs: int, seed: int, skills: Iterable[str] | None = None) -> list[dict]:
+    """One lm-eval multiple-choice YAML + jsonl per skill (default: all); returns the study's task entries."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed + 7919)
     tasks = []
+    wanted = set(SKILLS if skills is None else skills)
     for skill, make in SKILLS.items():
+        if skill not in wanted:
+            continue
         rows, seen = [], set()
         for _ in range(200 * n_docs):  # a skill has finitely many prompts: never loop forever
             if len(rows) == n_docs:

@@ -13,15 +13,19 @@ import json
 from optimizer.candidate import Candidate
 
 RANDOMIZED = {"dare_ties", "dare_linear"}  # their seed changes the merge
+# mergekit's default of `normalize` per method (None means it), as evaluators/merge_methods.py has it
+NORMALIZED_BY_DEFAULT = {"linear", "ties", "dare_ties"}
 
 
 def candidate_key(cand: Candidate) -> str:
     """Equal for candidates that merge to the same model (normalized linear weights compared
     as shares of their sum)."""
     data = cand.to_json()
+    if cand.normalize is None:
+        data["normalize"] = cand.method in NORMALIZED_BY_DEFAULT
     weights = dict(cand.weights)
     total = sum(weights.values())
-    if cand.method == "linear" and cand.normalize is not False and total > 0 and cand.group_weights is None:
+    if cand.method == "linear" and data["normalize"] and total > 0 and cand.group_weights is None:
         weights = {n: w / total for n, w in weights.items()}
     data["weights"] = {n: round(w, 12) for n, w in sorted(weights.items())}
     if cand.method not in RANDOMIZED:

@@ -1,6 +1,6 @@
-"""bench/search.py end to end on its smallest setting: one tiny pool, a search strategy and a
-baseline strategy, a budget of a few search trials. Checks the table's structure and that what
-it reports are numbers in range (not the benchmark's findings: those are in bench/RESULTS.md)."""
+"""bench/search.py end to end on its smallest setting: one tiny pool, two strategies, a budget of
+a few search trials, a small reference search. Checks what the benchmark reports and that it
+holds together (not its findings: those are in bench/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -18,36 +18,48 @@ import search as bench  # noqa: E402
 @pytest.fixture(scope="module")
 def result(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("search-bench")
-    return bench.run_bench(pools=["merge_helps"], strategies=["cmaes", "uniform"], budgets=[11, 13], seeds=[0],
-                           docs=16, steps_scale=0.02, workdir=work, log=lambda *_: None)
+    return bench.run_bench(pools=["merge_helps"], strategies=["box", "gated_local"], budgets=[11, 13], seeds=[0],
+                           docs={"search": 16, "validation": 16}, reference_budget=12, steps_scale=0.02,
+                           workdir=work, log=lambda *_: None)
 
 
-def test_cells_hold_validation_scores_in_range(result):
-    assert {(c["strategy"], c["seed"]) for c in result["cells"]} == {("cmaes", 0), ("uniform", 0)}
+def test_cells_hold_the_recommendation_and_the_search_best(result):
+    assert {(c["strategy"], c["seed"]) for c in result["cells"]} == {("box", 0), ("gated_local", 0)}
     for cell in result["cells"]:
         assert cell["setup_trials"] == 10  # 3 checkpoints, base, 4 merge baselines, 2 greedy soups
+        setup = cell["best_setup"]
         for budget in ("11", "13"):
-            got = cell["budgets"][budget]
-            assert got is not None, (cell["strategy"], budget)
-            assert 0 <= got["value"] < 10 and got["half"] >= 0 and math.isfinite(got["diff"])
-            assert isinstance(got["better"], bool)
-            if cell["strategy"] == "cmaes":
-                assert got["trial"] < int(budget)  # the pick at N is one of the first N trials
-    search = next(c for c in result["cells"] if c["strategy"] == "cmaes")
-    for key in ("trials_to_baseline", "trials_to_baseline_plus_half"):
-        assert search[key] is None or 11 <= search[key] <= 13
+            rec = cell["budgets"][budget]["recommended"]
+            assert rec["trial"] < int(budget)  # the recommendation at N is one of the first N trials
+            assert 0 <= rec["value"] < 10 and math.isfinite(rec["vs_setup"]["diff"]) and rec["vs_setup"]["mdd"] >= 0
+            if rec["kind"] == "baseline":  # set-up's best is recommended: no difference to it
+                assert rec["trial"] == setup["trial"] and rec["vs_setup"]["diff"] == 0
+            sb = cell["budgets"][budget]["search_best"]
+            assert sb["kind"] == "search" and 10 <= sb["trial"] < int(budget)
+            # the recommendation is at least as good as the search's best on search documents
+            assert rec["search_value"] >= sb["search_value"]
+    pool = result["pools"]["merge_helps"]
+    assert pool["reference"]["value"] > 0 and pool["validation_docs"]
+    assert set(pool["validation_docs"].values()) == {16}
 
 
-def test_table_has_a_row_per_strategy_and_a_column_per_budget(result):
+def test_the_reference_is_the_best_on_search_documents_of_every_study(result):
+    best_cell = max(e["search_value"] for c in result["cells"] for b in c["budgets"].values()
+                    for e in (b["recommended"], b["search_best"]))
+    ref = result["pools"]["merge_helps"]["reference"]
+    # no cell's trial beats the reference on search documents (it was chosen over all of them)
+    assert ref["search_value"] >= best_cell
+    assert ref["vs_setup"]["lo"] <= ref["vs_setup"]["diff"] <= ref["vs_setup"]["hi"]
+
+
+def test_table_has_a_row_per_strategy_and_budget(result):
     lines = bench.table(result).splitlines()
-    assert lines[0] == ("| pool | strategy | val @11 | val @13 | trials to best baseline | to baseline + half-CI "
-                        "| sig. > best baseline @13 |")
-    rows = [line.split(" | ") for line in lines[2:4]]
-    assert [r[1] for r in rows] == ["cmaes", "uniform"]
+    assert lines[0].startswith("| pool | strategy | budget | recommended - best set-up")
+    rows = [line.split(" | ") for line in lines[2:6]]
+    assert [(r[1], r[2]) for r in rows] == [("box", "11"), ("box", "13"), ("gated_local", "11"),
+                                            ("gated_local", "13")]
     for r in rows:
-        assert len(r) == 7
-        value = float(r[2].split()[0])
-        assert 0 <= value < 10
-        assert r[-1].rstrip(" |") in ("0/1", "1/1")
-    assert rows[1][4] == "(baseline)"
-    assert any(line.startswith("- merge_helps (") and "best baseline" in line for line in lines)
+        assert len(r) == 10
+        float(r[3].split()[0])  # a signed difference
+        assert r[7] in ("0/1", "1/1")
+    assert any(line.startswith("- merge_helps (") and "reference" in line for line in lines)
