@@ -38,8 +38,32 @@ class TargetExists(FileExistsError):
     """The export target exists (a file, or a folder that is not empty)."""
 
 
+# Never opened for a client, whatever the roots: the service's own settings and secrets (the
+# .env it reads, its SQLite database; configure() adds them) and, unless allowed, hidden files.
+SECRET_NAMES = frozenset({".env"})
+_policy: dict = {"allow_hidden": False, "private": frozenset()}
+
+
+def configure(*, allow_hidden: bool = False, private: Sequence[Path] = ()) -> None:
+    """The service's file policy (service/settings.py: MERGEOPT_ALLOW_HIDDEN, its own files)."""
+    _policy["allow_hidden"] = allow_hidden
+    _policy["private"] = frozenset(Path(os.path.realpath(p)) for p in private)
+
+
 def within(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == r or path.is_relative_to(r) for r in roots)
+
+
+def refusal(real: Path, roots: Sequence[Path]) -> str | None:
+    """Why a client may not use the resolved path ``real`` (None: it may)."""
+    inside = [r for r in roots if real == r or real.is_relative_to(r)]
+    if not inside:
+        return "outside the allowed roots"
+    if real.name in SECRET_NAMES or real in _policy["private"]:
+        return "which is a settings or secrets file of the service"
+    if not _policy["allow_hidden"] and all(any(p.startswith(".") for p in real.relative_to(r).parts) for r in inside):
+        return "which is hidden (a name starting with '.'; MERGEOPT_ALLOW_HIDDEN=1 allows them)"
+    return None
 
 
 def fd_path(fd: int) -> Path | None:
@@ -52,8 +76,8 @@ def fd_path(fd: int) -> Path | None:
 
 def _resolved(path: Path, roots: Roots, what: str) -> Path:
     real = Path(os.path.realpath(path))
-    if roots is not None and not within(real, roots):
-        raise FileRefused(f"{what} {path} resolves to {real}, outside the allowed roots")
+    if roots is not None and (why := refusal(real, roots)):
+        raise FileRefused(f"{what} {path} resolves to {real}, {why}")
     return real
 
 
@@ -66,8 +90,8 @@ def _check_open(fd: int, real: Path, path: Path, roots: Roots, what: str) -> Non
         if (st.st_dev, st.st_ino) != (named.st_dev, named.st_ino):
             raise FileRefused(f"{what} {path} changed while it was opened")
         now = real
-    if not within(now, roots):
-        raise FileRefused(f"{what} {path} resolves to {now}, outside the allowed roots")
+    if why := refusal(now, roots):
+        raise FileRefused(f"{what} {path} resolves to {now}, {why}")
 
 
 def _open(path: Path, flags: int, roots: Roots, what: str) -> int:

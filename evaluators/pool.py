@@ -184,8 +184,8 @@ def inspect_checkpoint(name: str, path: str | Path, roots: Roots = None) -> Chec
     p = Path(path).expanduser()
     who = f"checkpoint '{name}' ({p})"
     roots = tuple(roots) if roots is not None else None
-    if roots is not None and not fileguard.within(Path(os.path.realpath(p)), roots):
-        raise PoolFileRefused(f"{who}: resolves to {os.path.realpath(p)}, outside the allowed roots")
+    if roots is not None and (why := fileguard.refusal(Path(os.path.realpath(p)), roots)):
+        raise PoolFileRefused(f"{who}: resolves to {os.path.realpath(p)}, {why}")
     if not p.exists():
         raise PoolError(f"{who}: path does not exist")
     if not p.is_dir():

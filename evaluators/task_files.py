@@ -198,9 +198,9 @@ def _configs(cfg: dict) -> Iterator[dict]:
 def _inside(raw: str | Path, roots: Sequence[Path], where: str, what: str, target: str | None = None) -> Path:
     """The real path of ``target`` (default: ``raw``, as written), which must lie inside the roots."""
     real = Path(os.path.realpath(target or raw))
-    if not fileguard.within(real, roots):
+    if why := fileguard.refusal(real, roots):
         via = f" (resolves to {real})" if str(real) != str(raw) else ""
-        raise TaskFileRefused(f"{where}: {what} '{raw}'{via} is outside the allowed roots")
+        raise TaskFileRefused(f"{where}: {what} '{raw}'{via} is {why.removeprefix('which is ')}")
     return real
 
 
@@ -231,9 +231,9 @@ def _check_patterns(patterns: list[str], base: str | None, roots: Sequence[Path]
             raise SuiteError(f"{where}: {what} '{p}' matches no file (it does not exist)")
         for f in found:
             real = Path(os.path.realpath(f))
-            if "://" in f or not fileguard.within(real, roots):
-                raise TaskFileRefused(f"{where}: {what} '{p}' matches {f}, which resolves to {real}, "
-                                      "outside the allowed roots")
+            why = "outside the allowed roots" if "://" in f else fileguard.refusal(real, roots)
+            if why:
+                raise TaskFileRefused(f"{where}: {what} '{p}' matches {f}, which resolves to {real}, {why}")
 
 
 def _check_local_folder(path: str, folder: Path, data_dir: str | None, data_files, roots: Sequence[Path],
@@ -369,6 +369,9 @@ def read_suite(include: Path, roots: Roots, trusted: Sequence[Path] = (), *, fun
     configs: dict[Path, dict] = {}
     left: dict[Path, str] = {}
     for yml in TaskIndex._iter_yaml_files(include):  # lm-eval's own walk: **/*.yaml, sorted
+        if any(part.startswith(".") for part in yml.relative_to(include).parts):
+            left[yml] = "a hidden file (left out)"  # fileguard would refuse it: nothing left out is used
+            continue
         try:
             cfg, real = _load(yml, roots, set())
         except _Left as exc:

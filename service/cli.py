@@ -129,8 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api.app import create_app
+    from service.serve_policy import check_serve
 
-    settings = _settings(args)
+    settings = check_serve(_settings(args))  # roots needed off loopback; loopback Host names only (serve_policy.py)
     if not settings.tokens:
         token = secrets.token_urlsafe(24)
         settings.tokens = [token]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from evaluators.fileguard import within
+from evaluators.fileguard import refusal
 
 
 class PathNotAllowed(ValueError):
@@ -21,10 +21,11 @@ def guard_path(path: str | Path, roots: list[Path], *, what: str = "path") -> Pa
     if "\0" in str(path) or any(len(os.fsencode(part)) > 255 for part in raw.parts):  # else OSError later: a 500
         raise PathNotAllowed(f"{what} {str(path)[:200]!r} has a NUL byte or a name longer than 255 bytes")
     real = raw.resolve(strict=False)  # follows every symlink on the way
-    if not within(real, roots):
+    if why := refusal(real, roots):
         shown = ", ".join(str(r) for r in roots)
         via = "" if real == raw else f" (resolves to {real})"
-        raise PathNotAllowed(f"{what} {path!s}{via} is outside the allowed roots ({shown})")
+        why = f"is {why} ({shown})" if why.startswith("outside") else f"is refused: {why.removeprefix('which is ')}"
+        raise PathNotAllowed(f"{what} {path!s}{via} {why}")
     return real
 
 

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
                     "more get 429 (0: no limit)",
     )
 
+    allow_hidden: bool = Field(
+        default=False,
+        description="let pools and tasks use hidden files and folders (names starting with '.') under the "
+                    "roots; the service's own .env and database are refused whatever this says",
+    )
     task_memory_mb: int = Field(
         default=4096, ge=64, le=1 << 22,
         description="memory (MiB of address space) of the child process that builds a study's tasks and "
@@ -77,6 +82,21 @@ class Settings(BaseSettings):
     task_wall_s: float = Field(default=1200.0, gt=0, le=86_400, description="wall-clock seconds of that child")
     task_renders_mb: int = Field(default=512, ge=1, le=1 << 16,
                                  description="MiB of rendered prompts the worker keeps from that child")
+
+    def private_files(self) -> list[Path]:
+        """Files the service reads its settings or secrets from, or keeps its data in: never
+        readable through a pool or a task (evaluators/fileguard.py)."""
+        files = [Path(".env").resolve()]
+        if self.database_url.startswith("sqlite:///") and self.database_url != "sqlite:///:memory:":
+            db = Path(self.database_url.removeprefix("sqlite:///")).resolve()
+            files += [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-journal")]
+        return files
+
+    def guard_files(self) -> None:
+        """Apply this service's file policy to every later open for a client (fileguard)."""
+        from evaluators import fileguard
+
+        fileguard.configure(allow_hidden=self.allow_hidden, private=self.private_files())
 
     def task_box(self):
         from evaluators.task_box import BoxLimits

@@ -91,6 +91,7 @@ class Worker:
                  stop: threading.Event | None = None) -> None:
         if device:
             check_device(device)  # the operator's choice for every study: refused at start, not per study
+        settings.guard_files()  # fileguard refuses the service's own files to every study (settings.py)
         self.settings = settings
         self.url = settings.database_url
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"

@@ -45,6 +45,7 @@ ERRORS: dict[type[Exception], int] = {
 def create_app(settings: Settings | None = None, *, worker: bool = False, migrate: bool = True,
                freeze_gc: bool = False) -> FastAPI:
     settings = settings or get_settings()
+    settings.guard_files()  # no client reads the service's .env, its database or (by default) hidden files
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
