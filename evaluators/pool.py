@@ -17,9 +17,8 @@ from safetensors import safe_open
 
 from evaluators import fileguard
 from evaluators.fileguard import SIDE_FILES, FileRefused, Roots
+from evaluators.pool_bounds import HeaderBudget, attention_refusal, count_refusal, duplicate_refusal
 from evaluators.tokenizer_check import Tokenizer, TokenizerMismatch, check_same_tokenizer
-
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 
 class PoolError(ValueError):
@@ -117,7 +116,7 @@ class PoolInfo:
         }
 
 
-def _read_header(file: Path, who: str, roots: Roots = None) -> dict[str, dict]:
+def _read_header(file: Path, who: str, roots: Roots = None, budget: HeaderBudget | None = None) -> dict[str, dict]:
     try:
         fd = fileguard.open_file(file, roots, "file")
     except FileRefused as exc:
@@ -131,8 +130,10 @@ def _read_header(file: Path, who: str, roots: Roots = None) -> dict[str, dict]:
             if len(raw_len) < 8:
                 raise PoolError(f"{who}: {file.name} is not a safetensors file (too short)")
             (n,) = struct.unpack("<Q", raw_len)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
+            if 8 + n > size:
                 raise PoolError(f"{who}: {file.name} has a corrupt safetensors header (length {n})")
+            if why := (budget or HeaderBudget()).take(n):  # before reading it (pool_bounds.py)
+                raise PoolError(f"{who}: {file.name}: {why}")
             header = json.loads(fh.read(n))
     except PoolError:
         raise
@@ -178,7 +179,8 @@ def _weight_files(path: Path, who: str, roots: Roots = None) -> list[Path]:
     return files
 
 
-def inspect_checkpoint(name: str, path: str | Path, roots: Roots = None) -> CheckpointInfo:
+def inspect_checkpoint(name: str, path: str | Path, roots: Roots = None,
+                       budget: HeaderBudget | None = None) -> CheckpointInfo:
     """Read config.json and every safetensors header of one HF checkpoint directory. With
     ``roots``, every file read, and every side file the export copies, must lie inside them."""
     p = Path(path).expanduser()
@@ -198,15 +200,19 @@ def inspect_checkpoint(name: str, path: str | Path, roots: Roots = None) -> Chec
         raise PoolError(f"{who}: unreadable config.json: {exc}") from exc
     if not isinstance(config, dict):
         raise PoolError(f"{who}: config.json is not a JSON object")
+    if why := attention_refusal(config):
+        raise PoolError(f"{who}: {why}")
     archs = config.get("architectures")
     if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
         raise PoolError(f"{who}: config.json 'architectures' is not a list of names")
     tensors: dict[str, TensorInfo] = {}
     for file in _weight_files(p, who, roots):
-        for tname, entry in _read_header(file, who, roots).items():
+        for tname, entry in _read_header(file, who, roots, budget).items():
             tensors[tname] = TensorInfo(entry["dtype"], tuple(entry["shape"]), file)
     if not tensors:
         raise PoolError(f"{who}: holds no tensors")
+    if why := count_refusal(config, list(tensors)):  # before transformers builds anything from it
+        raise PoolError(f"{who}: {why}")
     if roots is not None:
         _check_side_files(p, who, roots)
     return CheckpointInfo(name=name, path=p, config=config, tensors=tensors, roots=roots)
@@ -286,8 +292,11 @@ def validate_pool(
     dupes = sorted(n for n, k in Counter(n for n, _ in checkpoints).items() if k > 1)
     if dupes:
         raise PoolError(f"checkpoint name '{dupes[0]}' is used twice")
-    infos = [inspect_checkpoint(n, p, roots) for n, p in checkpoints]
-    base_info = inspect_checkpoint("base", base, roots) if base is not None else None
+    if why := duplicate_refusal(checkpoints):  # resolved first: a link is no second model
+        raise PoolError(why)
+    budget = HeaderBudget()
+    infos = [inspect_checkpoint(n, p, roots, budget) for n, p in checkpoints]
+    base_info = inspect_checkpoint("base", base, roots, budget) if base is not None else None
     pool = PoolInfo(checkpoints=infos, base=base_info)
     for other in ([*infos] if base_info else infos[1:]):
         _check_same_layout(pool.reference, other)
