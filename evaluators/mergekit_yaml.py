@@ -10,12 +10,19 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from evaluators import yaml_bounds
 from evaluators.granular_yaml import granular_inputs
 from evaluators.granularity import TensorGroups
 from evaluators.merge_methods import DEFAULT_NORMALIZE, NEEDS_BASE, RANDOMIZED, USES_DENSITY
 from evaluators.merge_spec import BASE_WEIGHT, MergeSpec
 
 DTYPES = {"float32", "float16", "bfloat16", "float64"}
+
+
+def _shown(value) -> str:
+    """A value in an error message: its repr, cut short (a config's value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "...(cut)"
 
 
 class MergeConfigError(ValueError):
@@ -34,7 +41,7 @@ class MergeJob:
 def _scalar(value, key: str, model: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MergeConfigError(
-            f"models[{model}].parameters.{key}: only a single number is supported, got {value!r} "
+            f"models[{model}].parameters.{key}: only a single number is supported, got {_shown(value)} "
             "(per-layer gradients and filters are not)"
         )
     return float(value)
@@ -55,33 +62,35 @@ def _mapping(value, where: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise MergeConfigError(f"{where} must be a mapping, got {value!r}")
+        raise MergeConfigError(f"{where} must be a mapping, got {_shown(value)}")
     return value
 
 
 def _number(value, where: str, kind=float):
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise MergeConfigError(f"{where} must be a number, got {value!r}")
+        raise MergeConfigError(f"{where} must be a number, got {_shown(value)}")
     return kind(value)
 
 
 def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
     try:
-        cfg = yaml.safe_load(text)
+        cfg = yaml_bounds.safe_load(text)  # an alias bomb is refused before it is built
+    except yaml_bounds.YamlTooLarge as exc:
+        raise MergeConfigError(f"the config is too large: {exc}") from None
     except yaml.YAMLError as exc:
         raise MergeConfigError(f"not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(cfg, dict):
         raise MergeConfigError("the config must be a mapping")
     method = cfg.get("merge_method")
     if method not in DEFAULT_NORMALIZE:
-        raise MergeConfigError(f"merge_method {method!r} is not supported (use one of {sorted(DEFAULT_NORMALIZE)})")
+        raise MergeConfigError(f"merge_method {_shown(method)} is not supported (use one of {sorted(DEFAULT_NORMALIZE)})")
     models = cfg.get("models")
     if not isinstance(models, list) or not models:
         raise MergeConfigError("'models' must be a non-empty list of {model: PATH, parameters: {...}}")
 
     def resolve(p, where: str) -> Path:
         if not isinstance(p, str):
-            raise MergeConfigError(f"{where} must be a path string, got {p!r}")
+            raise MergeConfigError(f"{where} must be a path string, got {_shown(p)}")
         path = Path(p).expanduser()
         return path if path.is_absolute() else (base_dir / path).resolve()
 
@@ -89,7 +98,7 @@ def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
     entries = []
     for i, m in enumerate(models):
         if not isinstance(m, dict):
-            raise MergeConfigError(f"models[{i}] must be a mapping {{model: PATH, parameters: {{...}}}}, got {m!r}")
+            raise MergeConfigError(f"models[{i}] must be a mapping {{model: PATH, parameters: {{...}}}}, got {_shown(m)}")
         entries.append((resolve(m.get("model"), f"models[{i}].model"), _mapping(m.get("parameters"), f"models[{i}].parameters")))
     if base is not None and method == "linear" and base not in [p for p, _ in entries]:
         # mergekit treats a linear base_model as one more input that needs a weight.
@@ -110,7 +119,7 @@ def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
     rescale = glob.get("rescale", method in RANDOMIZED)
     if rescale is not (method in RANDOMIZED):
         # DARE always rescales here; TIES / task arithmetic never do (mergekit's defaults).
-        raise MergeConfigError(f"parameters.rescale: {rescale!r} is not supported for {method}")
+        raise MergeConfigError(f"parameters.rescale: {_shown(rescale)} is not supported for {method}")
     try:
         spec = MergeSpec(
             method=method,
@@ -127,7 +136,7 @@ def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
     dtypes = {key: cfg.get(key) or None for key in ("dtype", "out_dtype")}
     for key, value in dtypes.items():
         if value is not None and value not in DTYPES:
-            raise MergeConfigError(f"{key} {value!r} is not one of {sorted(DTYPES)}")
+            raise MergeConfigError(f"{key} {_shown(value)} is not one of {sorted(DTYPES)}")
     return MergeJob(spec=spec, checkpoints=list(zip(names, [p for p, _ in entries], strict=True)), base=base,
                     out_dtype=dtypes["out_dtype"], dtype=dtypes["dtype"])
 
