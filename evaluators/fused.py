@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from evaluators import native
 from evaluators.streaming import device_chunks
 
 FUSED = frozenset({"linear", "task_arithmetic"})
@@ -60,6 +61,9 @@ def linear_into(out: torch.Tensor, flat: torch.Tensor, weights, *, normalize: bo
     work = work_dtype(flat.dtype)
     w, runs = _rows(weights, runs, flat.shape[0], flat.shape[1], work, out.device)
     totals = [row.sum() for row in w]  # a 1-D sum per row, as the reference sums its weights
+    if not stage and native.supports(out, flat):  # one compiled pass, the same arithmetic
+        native.linear_pieces(out, flat, w, [float(t) for t in totals], list(runs), normalize)
+        return
     starts = [r[0] for r in runs]
     step = _chunk(out.device)
     acc_buf = torch.empty(min(step, flat.shape[1]), dtype=work, device=out.device)

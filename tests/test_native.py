@@ -1,0 +1,63 @@
+"""The compiled linear pass (evaluators/native.py) against merge_methods.linear bit for bit, over
+values that stress every rounding step, and torch's path where it is off or does not apply."""
+
+import pytest
+import torch
+
+from evaluators import fused, native
+from evaluators import merge_methods as mm
+
+needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler")
+
+
+def stress(n: int, p: int, seed: int) -> torch.Tensor:
+    """Magnitudes over 1e-40..3e38 (subnormals, overflow to inf), +-0.0, every sign."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, p, generator=g) * torch.exp(torch.randn(n, p, generator=g) * 10)
+    x[:, ::13], x[:, ::17] = 0.0, -0.0
+    x[:, 5::19] *= 1e-40
+    x[:, 7::23] = 3e38
+    return x
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16 if t.element_size() == 2 else torch.int32)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n", [1, 3, 4, 7, 20])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_the_compiled_pass_is_the_formula_bit_for_bit(dtype, n, normalize):
+    flat = stress(n, 70_001 + n, seed=n).to(dtype)  # several thread tasks and a ragged block
+    w = (torch.randn(n, generator=torch.Generator().manual_seed(n)) * 3).tolist()
+    out = torch.empty(flat.shape[1], dtype=dtype)
+    assert native.supports(out, flat)
+    fused.linear_into(out, flat, w, normalize=normalize)
+    assert torch.equal(bits(out), bits(mm.linear(flat, w, normalize=normalize)))
+
+
+@needs_native
+def test_granular_runs_take_their_own_weight_rows():
+    flat = stress(3, 50_000, seed=1).to(torch.bfloat16)
+    rows = [[0.2, 0.5, 0.3], [1.0, -0.4, 0.9]]
+    runs = [(0, 10_000, 0), (10_000, 33_333, 1), (33_333, 50_000, 0)]
+    out = torch.empty(50_000, dtype=torch.bfloat16)
+    fused.linear_into(out, flat, rows, normalize=True, runs=runs)
+    for a, b, r in runs:
+        assert torch.equal(bits(out[a:b]), bits(mm.linear(flat[:, a:b], rows[r], normalize=True)))
+
+
+def test_switched_off_or_not_applicable_it_is_torchs_path(monkeypatch):
+    flat = stress(4, 5_000, seed=2).to(torch.bfloat16)
+    out = torch.empty(5_000, dtype=torch.bfloat16)
+    assert not native.supports(out, flat.t().contiguous().t())  # not contiguous
+    assert not native.supports(out, flat.to(torch.float16))  # no fp16 kernel
+    native.library.cache_clear()
+    monkeypatch.setenv("MERGEOPT_NATIVE", "0")
+    try:
+        assert native.library() is None and not native.supports(out, flat)
+        fused.linear_into(out, flat, [0.1, 0.2, 0.3, 0.4], normalize=True)
+        assert torch.equal(bits(out), bits(mm.linear(flat, [0.1, 0.2, 0.3, 0.4], normalize=True)))
+    finally:
+        native.library.cache_clear()
