@@ -163,6 +163,10 @@ class Worker:
         with self.sessions() as s:
             return s.scalar(select(Study.state).where(Study.id == study_id)) in ("cancelled", "paused", None)
 
+    def _state(self, study_id: str) -> str | None:
+        with self.sessions() as s:
+            return s.scalar(select(Study.state).where(Study.id == study_id))
+
     # ------------------------------------------------------------ the resident study
     def _drop_runner(self) -> None:
         self.runner, self.study_id = None, None
@@ -200,8 +204,8 @@ class Worker:
         try:
             runner = self._runner_for(row)
             while (step := runner.prepare(wait=False)) is not None:
-                if step is Step.WAIT or self.stop.is_set():
-                    return runner, Step.WAIT
+                if step is Step.WAIT or self.stop.is_set() or self._state(row.id) != "running":
+                    return runner, Step.WAIT  # nothing free, or stop / pause / cancel between units
             if not row.prepared:
                 with self.sessions() as s, s.begin():
                     s.execute(update(Study).where(Study.id == row.id).values(prepared=True))
