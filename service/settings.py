@@ -67,6 +67,21 @@ class Settings(BaseSettings):
         description="export downloads (GET .../export) one client address may start per minute; "
                     "more get 429 (0: no limit)",
     )
+    memory_budget: str | None = Field(
+        default=None,
+        description="memory a study may hold on its device: bytes ('24GiB', '12G') or a share of what is available "
+                    "when it starts ('0.6', '60%'); unset: 70%. Decides GPU placement and the caches kept beside "
+                    "the pool (fp32 task vectors, TIES rankings); the evaluators read this same variable",
+    )
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _memory_budget(cls, v):
+        if v is not None:
+            from evaluators.memory_budget import parse  # imports torch: only when the budget is set
+
+            parse(v)
+        return v
 
     allow_hidden: bool = Field(
         default=False,
