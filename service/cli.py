@@ -129,6 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api.app import create_app
+    from service.api.connections import connection_cap, guarded_protocol
     from service.serve_policy import check_serve
 
     settings = check_serve(_settings(args))  # roots needed off loopback; loopback Host names only (serve_policy.py)
@@ -140,7 +141,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     where = f"http://{settings.host}:{settings.port}"
     print(f"mergeopt API on {where} (docs: {where}/docs); database {_shown(settings.database_url)}; "
           f"{'no in-process worker' if args.no_worker else 'one in-process worker'}", file=sys.stderr)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    # Header timeout and per-client connection cap (connections.py); below the descriptor limit.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", http=guarded_protocol(settings),
+                limit_concurrency=connection_cap())
     return 0
 
 

@@ -119,6 +119,24 @@ class Settings(BaseSettings):
         return BoxLimits(memory_mb=self.task_memory_mb, cpu_s=self.task_cpu_s, wall_s=self.task_wall_s,
                          renders_mb=self.task_renders_mb)
 
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="a connection whose request headers are not complete this long after it opened (or after "
+                    "its previous response) is closed (`serve`)",
+    )
+    max_connections_per_client: int = Field(
+        default=64, ge=1, le=100_000,
+        description="open connections per client address (`serve`); more are closed at once",
+    )
+    export_disk_mb: int = Field(
+        default=20_480, ge=1, le=1 << 30,
+        description="disk (MiB) that export downloads being sent may hold in all; more get 429",
+    )
+    export_send_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="a download whose client takes no data this long is dropped and its disk freed",
+    )
+
     @field_validator("allowed_roots", "trusted_task_roots", mode="before")
     @classmethod
     def _roots(cls, v):

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from starlette.background import BackgroundTask
 
 from service import registry
+from service.api.connections import stream_cap
 from service.db.models import Event, Study
 from service.db.session import session_factory
 from service.settings import Settings
@@ -114,6 +115,7 @@ class EventHub:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.max_streams = stream_cap(settings)  # also within the descriptor limit (connections.py)
         self.open = 0
         self.by_client: Counter[str] = Counter()
         self.feeds: dict[str, Feed] = {}
@@ -126,8 +128,10 @@ class EventHub:
         if self.by_client[client] >= self.settings.max_streams_per_client:
             raise TooManyStreams(f"too many open event streams from {client} "
                                  f"({self.settings.max_streams_per_client}, MERGEOPT_MAX_STREAMS_PER_CLIENT): close one first")
-        if self.open >= self.settings.max_streams:
-            raise TooManyStreams(f"too many open event streams ({self.settings.max_streams}, MERGEOPT_MAX_STREAMS): "
+        if self.open >= self.max_streams:
+            fds = "; capped below it by the process's file descriptor limit" \
+                if self.max_streams < self.settings.max_streams else ""
+            raise TooManyStreams(f"too many open event streams ({self.max_streams}, MERGEOPT_MAX_STREAMS{fds}): "
                                  "retry later")
         self.open += 1
         self.by_client[client] += 1

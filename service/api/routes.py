@@ -11,12 +11,12 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.background import BackgroundTask
 
 from optimizer.spec import parse_spec
 from service import registry, views
 from service.api import hot_reads
 from service.api.deps import DB, Cfg, require_read, require_write
+from service.api.downloads import prepared
 from service.api.events import MAX_EVENT_ID, open_stream
 from service.api.export_gate import client_of, export_gate
 from service.api.schemas import (
@@ -230,5 +230,4 @@ def export_archive(key: str, number: int, request: Request, settings: Cfg):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return FileResponse(archive, media_type="application/gzip", filename=archive.name,
-                        background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
+    return prepared(archive, path, tmp, request)  # disk bounded, freed on disconnect or stall (downloads.py)
