@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from evaluators import fileguard
+from evaluators import fileguard, yaml_bounds
 from evaluators.fileguard import FileRefused, Roots
 from evaluators.scoring import SuiteError
 from evaluators.staging import Staging, StagingError
@@ -64,37 +64,13 @@ class _Left(Exception):
     """A YAML lm-eval leaves out too (no YAML, no mapping, an include missing or cyclic)."""
 
 
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
-
-
 def _check_budget(root: yaml.Node, path: Path) -> None:
-    """Nodes and depth of the document once aliases are expanded, counted on the composed graph
-    (each distinct node once), before any object is built."""
-    done: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth)
-    open_: set[int] = set()  # nodes whose subtree is being counted: met again, a recursive alias
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        key, kids = id(node), _children(node)
-        if finished:
-            open_.discard(key)
-            size = 1 + sum(done[id(k)][0] for k in kids)
-            depth = 1 + max((done[id(k)][1] for k in kids), default=0)
-            if size > MAX_YAML_NODES:
-                raise SuiteError(f"task file {path}: more than {MAX_YAML_NODES} YAML nodes once its aliases "
-                                 "are expanded (an alias bomb?)")
-            if depth > MAX_YAML_DEPTH:
-                raise SuiteError(f"task file {path}: nested more than {MAX_YAML_DEPTH} levels deep")
-            done[key] = (size, depth)
-        elif key not in done:
-            if key in open_:
-                raise SuiteError(f"task file {path}: a recursive YAML alias")
-            open_.add(key)
-            stack.append((node, True))
-            stack.extend((k, False) for k in kids if id(k) not in done)
+    """Nodes, depth and characters of the document once aliases are expanded (yaml_bounds.py),
+    counted on the composed graph before any object is built."""
+    try:
+        yaml_bounds.check_budget(root, MAX_YAML_NODES, MAX_YAML_DEPTH)
+    except yaml_bounds.YamlTooLarge as exc:
+        raise SuiteError(f"task file {path}: {exc}") from None
 
 
 @functools.cache
