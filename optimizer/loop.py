@@ -145,7 +145,7 @@ class StudyRunner:
         return scores, timings
 
     def _scored(self, raw: dict[str, float]) -> tuple[dict[str, float], list[float], float]:
-        norm = normalize(raw, self.dens, self.directions)
+        norm = normalize(raw, self.dens, self.directions, {t.task: t.chance for t in self.tasks})
         obj = scalarize(norm, self.tasks, self.spec.search.objective)
         values = [obj] if len(self.study.directions) == 1 else [norm[t] for t in self.task_names]
         return norm, values, obj

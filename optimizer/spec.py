@@ -119,6 +119,11 @@ class TaskSpec(_Strict):
     weight: float = Field(default=1.0, ge=0, le=1e6, description="weight in the 'weighted' objective")
     num_fewshot: int | None = Field(default=None, ge=0, le=128)
     higher_is_better: bool | None = None
+    chance: float | None = Field(
+        default=None, ge=0, lt=1,
+        description="the score of random guessing (1/choices for multiple choice): normalized as "
+                    "(s - chance) / (reference - chance), so a near-chance expert does not dominate the mean",
+    )
 
     @property
     def normalization(self) -> str:
@@ -284,7 +289,7 @@ class StudySpec(_Strict):
             del pool["base_in_search"]
         return {
             "pool": pool,
-            "tasks": [t.model_dump() for t in self.suite.tasks],
+            "tasks": [_task_identity(t) for t in self.suite.tasks],
             "limit": self.suite.limit,
             "validation": self.suite.validation,
             "method": self.search.method,
@@ -293,6 +298,13 @@ class StudySpec(_Strict):
         } | ({} if self.search.granularity == "model"  # studies stored before the option stay the same
              else {"granularity": self.search.granularity.model_dump()}) \
           | ({} if self.search.weights == "box" else {"weights": self.search.weights})
+
+
+def _task_identity(t: TaskSpec) -> dict:
+    out = t.model_dump()
+    if out["chance"] is None:  # studies stored before the option stay the same
+        del out["chance"]
+    return out
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -128,13 +128,17 @@ class TaskTerm:
     weight: float
     higher_is_better: bool
     reference: DocScores | None  # None: unnormalized
+    chance: float | None = None  # chance-corrected: (s - chance) / (reference - chance)
 
 
-def _normalized(model: np.ndarray, ref: np.ndarray | None, higher: bool) -> np.ndarray:
+def _normalized(model: np.ndarray, ref: np.ndarray | None, higher: bool, chance: float | None = None) -> np.ndarray:
     if ref is None:
         return model
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = model / ref if higher else ref / model
+        if chance is not None and higher:
+            out = np.where(ref > chance, (model - chance) / (ref - chance), model / ref)
+        else:
+            out = model / ref if higher else ref / model
     # normalize() leaves a score unnormalized when the reference is 0 (nothing to divide by)
     return np.where(np.isfinite(out), out, model)
 
@@ -165,8 +169,8 @@ class Bootstrap:
         ref = self._ref[task]
         if ref is None:
             return float(point[0]), draws
-        return (float(_normalized(point, np.array([ref[0]]), term.higher_is_better)[0]),
-                _normalized(draws, ref[1], term.higher_is_better))
+        return (float(_normalized(point, np.array([ref[0]]), term.higher_is_better, term.chance)[0]),
+                _normalized(draws, ref[1], term.higher_is_better, term.chance))
 
     def objective(self, docs: Mapping[str, DocScores]) -> tuple[float, np.ndarray]:
         value, draws = 0.0, 0.0

@@ -91,7 +91,7 @@ def bootstrap(spec: StudySpec, attrs: Mapping) -> Bootstrap | None:
     for t in spec.suite.tasks:
         ref_n = vrefs.get(t.task)
         ref = None if ref_n is None else DocScores.from_json(entries[ref_n]["docs"][t.task])
-        terms.append(TaskTerm(t.task, t.weight if weighted else 1.0, directions.get(t.task, True), ref))
+        terms.append(TaskTerm(t.task, t.weight if weighted else 1.0, directions.get(t.task, True), ref, t.chance))
         counts[t.task] = next(iter(entries.values()))["docs"][t.task]["n"]
     return Bootstrap(terms, counts)
 

@@ -137,3 +137,27 @@ def test_a_lead_of_the_other_side_has_its_interval_the_same_way_round():
     c = {"diff": -0.375, "lo": -0.7732, "hi": -0.0417, "significant": True}
     line = _headline("best single model", Row(7, "search"), Row(2, "checkpoint:c2"), c)
     assert "beats the search's best merge (trial 7) by +0.3750 (95% CI [+0.0417, +0.7732])" in line
+
+
+def test_chance_corrected_normalization_scales_by_the_margin_over_guessing(tmp_path):
+    from optimizer.normalize import normalize
+    from optimizer.stats import Bootstrap, DocScores, TaskTerm
+
+    dens, up = {"add": 0.385, "sort": 0.9}, {"add": True, "sort": True}
+    plain = normalize({"add": 0.30, "sort": 0.81}, dens, up)
+    fixed = normalize({"add": 0.30, "sort": 0.81}, dens, up, {"add": 0.25, "sort": 0.25})
+    assert plain["add"] == pytest.approx(0.30 / 0.385) and fixed["add"] == pytest.approx(0.05 / 0.135)
+    assert fixed["sort"] == pytest.approx(0.56 / 0.65)
+    # a reference at or below chance has no margin: the plain ratio is kept
+    assert normalize({"a": 0.2}, {"a": 0.25}, {"a": True}, {"a": 0.25})["a"] == pytest.approx(0.8)
+    # validation documents resample the same formula
+    ref = DocScores([1.0] * 27 + [0.0] * 73, "mean")
+    model = DocScores([1.0] * 30 + [0.0] * 70, "mean")
+    boot = Bootstrap([TaskTerm("add", 1.0, True, ref, 0.25)], {"add": 100})
+    value, draws = boot.normalized("add", model)
+    assert value == pytest.approx((0.30 - 0.25) / (0.27 - 0.25)) and draws.shape[0] > 100
+    # the option is part of the spec; a study stored without it keeps its identity
+    s = spec(tmp_path)
+    assert "chance" not in s.identity()["tasks"][0]
+    with pytest.raises(SpecError):
+        parse_spec({**s.model_dump(by_alias=True), "suite": {"tasks": [{"task": "x", "chance": 1.5}]}})
