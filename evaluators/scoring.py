@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evaluators import render_memo
 from evaluators.fileguard import Roots
+from evaluators.filter_bounds import bound_filters
 from evaluators.lm_eval_reuse import reuse_requests
 from evaluators.quiet import quiet_libraries
 from evaluators.sandbox import sandbox_templates
@@ -24,6 +25,7 @@ from evaluators.staging import Staging
 log = logging.getLogger(__name__)
 # Before any task is built, in every process that registers suites or scores (API, worker, CLI).
 sandbox_templates()
+bound_filters()  # client regexes on model outputs: each match under a timeout (filter_bounds.py)
 
 # lm-eval aggregations whose per-document values can be resampled (the optimizer's stats.py):
 # a mean of per-document values, or a perplexity of per-document log-likelihoods.

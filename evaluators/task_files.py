@@ -220,8 +220,9 @@ def _check_local_folder(path: str, folder: Path, data_dir: str | None, data_file
 
     try:
         module = LocalDatasetModuleFactory(path, data_dir=data_dir, data_files=data_files).get_module()
-    except Exception as exc:
-        raise SuiteError(f"{where}: dataset_path '{path}': {exc}") from exc
+    except Exception as exc:  # by type: its text may quote the folder's README
+        raise SuiteError(f"{where}: dataset_path '{path}' is not a dataset folder `datasets` can read "
+                         f"({type(exc).__name__})") from exc
     configs = [(module.builder_kwargs.get("data_files"), data_dir)]
     configs += [(c.data_files, c.data_dir) for c in module.builder_configs_parameters.builder_configs or []]
     for files, sub in configs:
@@ -394,7 +395,7 @@ def _manager_class() -> type:
                 try:
                     TaskIndex.process_cfg(cfg, path, index)
                 except Exception as exc:  # neither a task nor a group: lm-eval skips it too
-                    self.left[path] = str(exc)
+                    self.left[path] = f"neither a task nor a group ({type(exc).__name__})"  # no quoted content
             for name, entry in index.items():
                 if builtin.get(name) is not entry:  # the suite's: built from its checked config
                     entry.yaml_path = None

@@ -102,3 +102,15 @@ def test_the_worker_replays_renders_and_renders_nothing_itself(sec):  # noqa: F8
     assert 0.0 <= scores["tiny_add"] <= 1.0
     with render_memo.using(ev.scorer.replay), pytest.raises(jinja2.exceptions.SecurityError, match="outside"):
         lm_eval.utils.apply_template("{{q}}", {"q": "a document the child never saw", "choices": [], "label": 0})
+
+
+def test_a_client_regex_filter_on_model_outputs_is_bounded():
+    """What stays in the worker while scoring: lm-eval's regex filters run the task's pattern on
+    every generation. ``(a|aa)+$`` on 60 a's and a b backtracks ~10^12 steps under `re`; now
+    each match has a timeout and the trial fails instead of the worker hanging."""
+    from lm_eval.filters.extraction import RegexFilter
+
+    assert RegexFilter(regex_pattern=r"#### (\-?[0-9\.\,]+)").apply([["so #### 42", "no"]], [{}]) == [["42", "[invalid]"]]
+    run = run_in_thread(lambda: RegexFilter(regex_pattern=r"(a|aa)+$").apply([["a" * 60 + "b"]], [{}]))
+    run["thread"].join(60)
+    assert not run["thread"].is_alive() and isinstance(run.get("error"), TimeoutError), run
