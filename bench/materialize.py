@@ -4,15 +4,20 @@ transformers). Measured side by side in one run; on a GPU also the achieved band
 fraction of a measured device-to-device copy.
 
     python bench/materialize.py [--n 4] [--params 40e6] [--dtype bfloat16] [--device auto] [--repeats 5]
-                                [--pool-on auto|host|device]
+                                [--pool-on auto|host|device] [--compare OLD_CHECKOUT --rounds 3]
 
 --pool-on host keeps the pool in pinned host memory and streams it (what a pool too big for the
 GPU gets); on a GPU the reference is then a pinned host -> device copy of the pool.
+
+--compare DIR: the same pool measured with another checkout's evaluators (e.g. `git worktree add
+/tmp/old 9449bb0`) and with this one, in alternating fresh processes, --rounds times each; the
+table gives each side's median over every candidate timed and the spread (min-max).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -26,12 +31,12 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from evaluators.merge_spec import MergeSpec  # noqa: E402
-from evaluators.pool import validate_pool  # noqa: E402
-from evaluators.resident import ResidentModel, ResidentPool, pick_device  # noqa: E402
-from evaluators.streaming import host_buffer  # noqa: E402
+METHODS = {  # label -> spec fields (weights added per pool)
+    "linear": {"method": "linear"},
+    "task_arithmetic": {"method": "task_arithmetic", "lambda": 0.5},
+    "ties": {"method": "ties", "density": 0.2},
+    "dare_ties": {"method": "dare_ties", "density": 0.5},
+}
 
 
 def config_for(params: float) -> LlamaConfig:
@@ -44,28 +49,33 @@ def config_for(params: float) -> LlamaConfig:
 
 
 def build_pool(root: Path, n: int, params: float, dtype: torch.dtype) -> list[tuple[str, Path]]:
+    """Built once per root (reused when its files are there)."""
     cfg = config_for(params)
     torch.manual_seed(0)
     out = []
     for i in range(n):
         m = LlamaForCausalLM(cfg).to(dtype)
         path = root / f"m{i}"
-        m.save_pretrained(path, safe_serialization=True)
+        if not (path / "config.json").exists():
+            m.save_pretrained(path, safe_serialization=True)
         out.append((f"m{i}", path))
         del m
     return out
 
 
-def time_it(fn, repeats: int, sync) -> float:
+def time_it(fn, repeats: int, sync) -> tuple[float, list[float]]:
+    """(the first call: caches built there, the candidate times after it)."""
+    t0 = time.perf_counter()
     fn()
     sync()
+    first = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return first, times
 
 
 def mergekit_once(pool, weights, root: Path, dtype: str) -> float:
@@ -81,6 +91,96 @@ def mergekit_once(pool, weights, root: Path, dtype: str) -> float:
     return time.perf_counter() - t0
 
 
+def measure(args) -> dict:
+    """One process: the pool in ``args.pool_dir`` (built if missing) merged by the evaluators of
+    ``args.code`` (default: this checkout)."""
+    sys.path.insert(0, str(args.code or ROOT))
+    from evaluators.merge_spec import MergeSpec
+    from evaluators.pool import validate_pool
+    from evaluators.resident import ResidentModel, ResidentPool, pick_device
+    from evaluators.streaming import host_buffer
+
+    os.environ["MERGEOPT_POOL_ON"] = args.pool_on
+    dtype = getattr(torch, args.dtype)
+    device = pick_device(args.device)
+    pool_dirs = build_pool(args.pool_dir, args.n, args.params, dtype)
+    base = args.pool_dir / "m0"  # the first checkpoint doubles as the base for task-vector methods
+    info = validate_pool(pool_dirs[1:], base)
+    resident = ResidentModel(ResidentPool(info, device))
+    n_params = info.reference.n_params
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    n = len(info.names)
+    weights = [1.0 / (i + 2) for i in range(n)]
+    named = dict(zip(info.names, weights, strict=True))
+    elem = torch.tensor([], dtype=dtype).element_size()
+    streamed = resident.pool.streamed
+    if streamed and device.type == "cuda":  # the floor is the PCIe link: one pinned H2D copy
+        src = host_buffer((n_params * n,), dtype).normal_()
+        dst = torch.empty(src.shape, dtype=dtype, device=device)
+        copy = statistics.median(time_it(lambda: dst.copy_(src, non_blocking=True), args.repeats, sync)[1])
+        peak, floor = src.numel() * elem / copy, "pinned host -> device copy"
+    else:
+        src = torch.empty(n_params * n, dtype=dtype, device=device).normal_()
+        dst = torch.empty_like(src)
+        copy = statistics.median(time_it(lambda: dst.copy_(src), args.repeats, sync)[1])
+        peak, floor = 2 * src.numel() * elem / copy, "copy"
+    src = dst = None
+    where = str(device) if not streamed else "pinned host memory, streamed" if device.type == "cuda" \
+        else "host memory, streamed"
+    # Bytes a merge must move at least: the pool rows it reads (+ the base) and the output written.
+    moved = {"linear": (n + 1) * n_params * elem, "task_arithmetic": (n + 2) * n_params * elem}
+    rows = {}
+    for label, fields in METHODS.items():
+        spec = MergeSpec.model_validate({**fields, "weights": named})
+        first, times = time_it(lambda s=spec: resident.materialize(s), args.repeats, sync)
+        rows[label] = {"first": first, "times": times, "moved": moved.get(label)}
+    return {"header": f"pool: {n} x {n_params / 1e6:.1f}M {args.dtype} in {where}, merged on {device} (+ base); "
+                      f"{floor} bandwidth {peak / 1e9:.1f} GB/s", "peak": peak, "rows": rows}
+
+
+def print_one(result: dict, mergekit: float | None) -> None:
+    print(result["header"])
+    print("| what | first candidate | per candidate (median) | vs linear | bandwidth | of copy |\n|---|---|---|---|---|---|")
+    ours = statistics.median(result["rows"]["linear"]["times"])
+    for what, r in result["rows"].items():
+        t = statistics.median(r["times"])
+        bw = f"{r['moved'] / t / 1e9:.1f} GB/s | {r['moved'] / t / result['peak']:.0%}" if r["moved"] else "- | -"
+        print(f"| {what} | {r['first'] * 1e3:.1f} ms | {t * 1e3:.1f} ms | {t / ours:.1f}x | {bw} |")
+    if mergekit is not None:
+        print(f"| mergekit-yaml + from_pretrained (linear) | - | {mergekit * 1e3:.1f} ms | {mergekit / ours:.1f}x | - | - |")
+
+
+def compare(args, passthrough: list[str]) -> None:
+    """Alternate fresh processes of the old checkout and this one on one pool."""
+    sides = {"before": args.compare, "now": None}
+    runs: dict[str, list[dict]] = {k: [] for k in sides}
+    for r in range(args.rounds):
+        for side in (sides if r % 2 == 0 else reversed(list(sides))):
+            out = args.pool_dir / f"{side}-{r}.json"
+            code = ["--code", str(sides[side])] if sides[side] else []
+            subprocess.run([sys.executable, __file__, *passthrough, "--pool-dir", str(args.pool_dir),
+                            "--json-out", str(out), *code], check=True)
+            runs[side].append(json.loads(out.read_text()))
+    print(runs["now"][0]["header"].split(";")[0] + f"; {args.rounds} processes per side x {args.repeats} candidates")
+    print("| method | before: median (min-max) | now: median (min-max) | now / before | now, first candidate |")
+    print("|---|---|---|---|---|")
+    for label in METHODS:
+        cells = []
+        for side in sides:
+            times = [t for run in runs[side] for t in run["rows"][label]["times"]]
+            cells.append((statistics.median(times), min(times), max(times)))
+        firsts = [run["rows"][label]["first"] for run in runs["now"]]
+        (b, blo, bhi), (a, alo, ahi) = cells
+        print(f"| {label} | {b * 1e3:.1f} ({blo * 1e3:.1f}-{bhi * 1e3:.1f}) ms | {a * 1e3:.1f} ({alo * 1e3:.1f}-"
+              f"{ahi * 1e3:.1f}) ms | {a / b:.2f}x | {statistics.median(firsts) * 1e3:.0f} ms |")
+    for side in sides:  # linear's share of the copy bandwidth measured in the same process
+        shares = [run["rows"]["linear"]["moved"] / statistics.median(run["rows"]["linear"]["times"]) / run["peak"]
+                  for run in runs[side]]
+        peaks = [run["peak"] / 1e9 for run in runs[side]]
+        print(f"linear, {side}: {statistics.median(shares):.0%} of copy bandwidth (per process "
+              f"{', '.join(f'{x:.0%}' for x in shares)}; copy {', '.join(f'{x:.1f}' for x in peaks)} GB/s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4)
@@ -88,60 +188,38 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--mergekit-repeats", type=int, default=2)
+    ap.add_argument("--mergekit-repeats", type=int, default=2, help="0: no mergekit row")
     ap.add_argument("--pool-on", choices=["auto", "host", "device"], default="auto")
+    ap.add_argument("--compare", type=Path, help="another checkout's root, measured beside this one")
+    ap.add_argument("--rounds", type=int, default=3, help="with --compare: processes per side")
+    ap.add_argument("--pool-dir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--code", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--json-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    os.environ["MERGEOPT_POOL_ON"] = args.pool_on
-    dtype = getattr(torch, args.dtype)
-    device = pick_device(args.device)
-    root = Path(tempfile.mkdtemp(prefix="mergeopt-mat-"))
+    own_dir = args.pool_dir is None
+    args.pool_dir = args.pool_dir or Path(tempfile.mkdtemp(prefix="mergeopt-mat-"))
     try:
-        pool_dirs = build_pool(root, args.n, args.params, dtype)
-        base = root / "m0"  # the first checkpoint doubles as the base for task-vector methods
-        info = validate_pool(pool_dirs[1:], base)
-        resident = ResidentModel(ResidentPool(info, device))
-        n_params = info.reference.n_params
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        n = len(info.names)
-        weights = [1.0 / (i + 2) for i in range(n)]
-        named = dict(zip(info.names, weights, strict=True))
-        elem = torch.tensor([], dtype=dtype).element_size()
-        streamed = resident.pool.streamed
-        if streamed and device.type == "cuda":  # the floor is the PCIe link: one pinned H2D copy
-            src = host_buffer((n_params * n,), dtype).normal_()
-            dst = torch.empty(src.shape, dtype=dtype, device=device)
-            copy = time_it(lambda: dst.copy_(src, non_blocking=True), args.repeats, sync)
-            peak, floor = src.numel() * elem / copy, "pinned host -> device copy"
-        else:
-            src = torch.empty(n_params * n, dtype=dtype, device=device).normal_()
-            dst = torch.empty_like(src)
-            copy = time_it(lambda: dst.copy_(src), args.repeats, sync)
-            peak, floor = 2 * src.numel() * elem / copy, "copy"
-        src = dst = None
-        if not streamed:
-            where = str(device)
-        else:
-            where = "pinned host memory, streamed" if device.type == "cuda" else "host memory, streamed"
-        print(f"pool: {n} x {n_params / 1e6:.1f}M {args.dtype} in {where}, merged on {device} (+ base); "
-              f"{floor} bandwidth {peak / 1e9:.1f} GB/s")
-        rows = []
-        for label, spec, moved in (
-            ("linear (fused, in place)", MergeSpec(method="linear", weights=named), (n + 1) * n_params * elem),
-            ("task_arithmetic (fused, fp32 task vectors)", MergeSpec(method="task_arithmetic", weights=named, lambda_=0.5),
-             n * n_params * 4 + 2 * n_params * elem),
-            ("ties (per tensor: top-k + sign consensus)", MergeSpec(method="ties", weights=named, density=0.2), None),
-        ):
-            rows.append((label, time_it(lambda s=spec: resident.materialize(s), args.repeats, sync), moved))
-        ours = rows[0][1]
-        if shutil.which(str(Path(sys.executable).parent / "mergekit-yaml")):
-            mk = statistics.median(mergekit_once(pool_dirs[1:], weights, root, args.dtype) for _ in range(args.mergekit_repeats))
-            rows.append(("mergekit-yaml + from_pretrained (linear)", mk, None))
-        print("| what | per candidate | vs mergeopt linear | bandwidth | of copy |\n|---|---|---|---|---|")
-        for what, t, moved in rows:
-            bw = f"{moved / t / 1e9:.1f} GB/s | {moved / t / peak:.0%}" if moved else "- | -"
-            print(f"| {what} | {t * 1e3:.1f} ms | {t / ours:.1f}x | {bw} |")
+        if args.compare:
+            passthrough = [f"--{k}={v}" for k, v in (("n", args.n), ("params", args.params), ("dtype", args.dtype),
+                                                     ("device", args.device), ("repeats", args.repeats),
+                                                     ("pool-on", args.pool_on))]
+            compare(args, passthrough)
+            return
+        result = measure(args)
+        if args.json_out:
+            args.json_out.write_text(json.dumps(result))
+            return
+        mergekit = None
+        exe = Path(sys.executable).parent / "mergekit-yaml"
+        if args.mergekit_repeats and shutil.which(str(exe)):
+            pool = build_pool(args.pool_dir, args.n, args.params, getattr(torch, args.dtype))[1:]
+            weights = [1.0 / (i + 2) for i in range(len(pool))]
+            mergekit = statistics.median(mergekit_once(pool, weights, args.pool_dir, args.dtype)
+                                         for _ in range(args.mergekit_repeats))
+        print_one(result, mergekit)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if own_dir:
+            shutil.rmtree(args.pool_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ A separate process that only imports what a study imports (torch, transformers, 
 service) gives the libraries' own share, reported beside the ratio.
 
     python bench/memory.py [--root /tmp/mergeopt-memory] [--methods linear task_arithmetic ties
-                           dare_ties dare_linear] [--trials 2] [--layers 24]
+                           dare_ties dare_linear] [--trials 2] [--layers 24] [--budget 1.1x]
+
+--budget: the study's MERGEOPT_MEMORY_BUDGET, as a multiple of the floor ("1.1x": tight, no room
+for caches beside the bounded paths' scratch) or as the variable takes it ("12GiB", "0.7");
+unset: the study's default (70% of the memory available when it starts).
 """
 
 from __future__ import annotations
@@ -169,6 +173,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=2, help="search trials after the references")
     ap.add_argument("--layers", type=int, default=24, help="24: Qwen2.5-0.5B's depth")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--budget", help="MERGEOPT_MEMORY_BUDGET of the studies: '1.1x' (of the floor) or its own forms")
     args = ap.parse_args()
     if not Path("/proc/self/status").exists():
         raise SystemExit("needs Linux's /proc to read anonymous memory")
@@ -186,6 +191,10 @@ def main() -> int:
     print(f"      imports: {libs['peak_anon'] / gb:.2f} GB anonymous", flush=True)
     print("[3/3] one study per method", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}
+    if args.budget:
+        budget = str(int(float(args.budget[:-1]) * floor)) if args.budget.endswith("x") else args.budget
+        env["MERGEOPT_MEMORY_BUDGET"] = budget
+        print(f"      MERGEOPT_MEMORY_BUDGET={budget} ({args.budget})", flush=True)
     rows = []
     for method in args.methods:
         spec = study_yaml(pool, method, args.trials, args.root)

@@ -79,6 +79,12 @@ def linear_into(out: torch.Tensor, flat: torch.Tensor, weights, *, normalize: bo
         out[s:e].copy_(acc)
 
 
+def native_task_arithmetic(out: torch.Tensor, flat_base: torch.Tensor, flat: torch.Tensor, stage: bool) -> bool:
+    """Task arithmetic runs compiled here (native.py): it forms task vectors as it reads the pool,
+    faster than reading cached fp32 ones, so the resident pool caches none for it."""
+    return not stage and native.supports(out, flat, flat_base, max_n=native.MAX_N)
+
+
 @torch.no_grad()
 def flat_task_vectors(flat: torch.Tensor, flat_base: torch.Tensor) -> torch.Tensor:
     """[N, P] task vectors t - base in the work dtype (merge_methods.task_vectors: exact casts,
@@ -115,6 +121,10 @@ def task_arithmetic_into(
     divisors = [w.sum(dim=0) for w in columns]
     for divisor in divisors:
         divisor[divisor.abs() < 1e-8] = 1
+    if native_task_arithmetic(out, flat_base, flat, stage):
+        native.task_arithmetic_pieces(out, flat_base, flat, rows, [float(d) for d in divisors], list(runs),
+                                      normalize=normalize, lambda_=lambda_)
+        return
     starts = [r[0] for r in runs]
     step = _chunk(out.device)
     width = cached.shape[1] if cached is not None and cached.device == out.device else 0

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from evaluators import bounded_merge, fused, memory_budget, streaming
+from evaluators import bounded_merge, fused, memory_budget, native, streaming
 from evaluators.granularity import Granularity, TensorGroups, layout_key
 from evaluators.merge_methods import magnitude_ranks, task_vectors
 from evaluators.merge_spec import BASE_WEIGHT, MergeSpec, merge_tensor, method_kwargs
@@ -186,6 +186,11 @@ class ResidentPool:
         weights = self.tensor_weights(spec, tensor_name)
         work = dtype is None or dtype == fused.work_dtype(stack.dtype)
         ranks = self.magnitude_ranks(tensor_name) if spec.method == "ties" and work else None
+        if ranks is not None and dtype is None and ranks.dtype == torch.int32 and native.supports(
+                base if out is None else out, stack, base, max_n=native.MAX_N):  # one compiled pass
+            return native.ties(stack, base, ranks, weights or spec.weight_vector(self.checkpoint_names),
+                               spec.density_vector(self.checkpoint_names), normalize=spec.resolved_normalize,
+                               lambda_=spec.lambda_, out=out)
         route = bounded_merge.route(len(self.checkpoint_names), base.numel(), self.resident_bytes) \
             if spec.method in bounded_merge.METHODS and stack.is_floating_point() else None
         if route is not None and work:  # cached rankings: mergekit's ranking at no scratch
@@ -246,7 +251,9 @@ class ResidentPool:
             self.deltas()  # the base check
             fused.task_arithmetic_into(out, self.flat_base, self.flat, weights, lambda_=spec.lambda_,
                                        normalize=spec.resolved_normalize, stage=self.streamed, runs=runs,
-                                       cached=self.flat_task_vectors())
+                                       cached=None if fused.native_task_arithmetic(out, self.flat_base, self.flat,
+                                                                                   self.streamed)
+                                       else self.flat_task_vectors())
         return True
 
 

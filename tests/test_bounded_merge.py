@@ -7,6 +7,7 @@ import torch
 
 from evaluators import bounded_merge as bm
 from evaluators import merge_methods as mm
+from evaluators import native
 from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
@@ -127,6 +128,7 @@ def test_the_resident_pool_ranks_mid_sized_tensors_as_mergekit_does(tmp_path, mo
     spec = MergeSpec(method=method, weights={"ckpt0": 0.5, "ckpt1": 0.8, "ckpt2": 0.3},
                      density={"ckpt0": 0.3, "ckpt1": 0.6, "ckpt2": 0.9}, seed=3)
     monkeypatch.delenv("MERGEOPT_BOUNDED_MIN", raising=False)
+    monkeypatch.setattr(native, "supports", lambda *a, **k: False)  # torch's chunks, not one compiled pass
     per_tensor = {n: rp.merged(spec, n) for n in rp.tensor_names}
     monkeypatch.setattr(bm, "CHUNK_MIN", 100)
     calls = []

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from evaluators import bounded_merge as bm
-from evaluators import fused, memory_budget
+from evaluators import fused, memory_budget, native
 from evaluators import merge_methods as mm
 from evaluators.memory_budget import Caches, parse, resolve
 from evaluators.merge_spec import MergeSpec
@@ -16,6 +16,7 @@ from evaluators.streaming import should_stream
 from tinypool import make_pool
 
 CPU = torch.device("cpu")
+needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler")
 W = {"ckpt0": 0.6, "ckpt1": 1.0, "ckpt2": 0.3}
 
 
@@ -88,7 +89,9 @@ def budgets(info) -> dict[str, int]:
 
 
 def test_task_arithmetic_caches_what_fits_and_merges_alike(bf16_pool, monkeypatch):
+    """torch's path (a GPU, or no C compiler) caches fp32 task vectors as far as the budget goes."""
     monkeypatch.setattr(fused, "CPU_CHUNK", 1000)  # many chunks: the cached prefix ends inside the pool
+    monkeypatch.setattr(fused, "native_task_arithmetic", lambda *a: False)
     spec = MergeSpec(method="task_arithmetic", weights=W, lambda_=0.7)
     states, widths = {}, {}
     for label, budget in budgets(bf16_pool).items():
@@ -109,9 +112,26 @@ def test_task_arithmetic_caches_what_fits_and_merges_alike(bf16_pool, monkeypatc
             assert torch.equal(states[label][name], t), (label, name)
 
 
+@needs_native
+def test_compiled_task_arithmetic_caches_nothing_and_merges_alike(bf16_pool):
+    """Forming task vectors as it reads the pool beats reading cached fp32 ones: no cache."""
+    spec = MergeSpec(method="task_arithmetic", weights=W, lambda_=0.7, normalize=True)
+    rp = ResidentPool(bf16_pool, CPU, budget=budgets(bf16_pool)["cached"])
+    state = ResidentModel(rp).materialize(spec).state_dict()
+    assert rp.caches.held == 0
+    for name in rp.tensor_names:
+        assert torch.equal(state[name], rp.merged(spec, name)), name
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
 @pytest.mark.parametrize("chunk_min", [10**9, 100], ids=["per-tensor", "chunked"])
-def test_ties_caches_rankings_that_fit_and_merges_alike(bf16_pool, monkeypatch, chunk_min):
-    """Cached rankings or ranking per candidate, per tensor or in chunks: the same merge."""
+def test_ties_caches_rankings_that_fit_and_merges_alike(bf16_pool, monkeypatch, chunk_min, compiled):
+    """Cached rankings (merged by the compiled pass or torch's) or ranking per candidate, per
+    tensor or in chunks: the same merge."""
+    if compiled and native.library() is None:
+        pytest.skip("no C compiler")
+    if not compiled:
+        monkeypatch.setattr(native, "supports", lambda *a, **k: False)
     monkeypatch.setattr(bm, "CHUNK_MIN", chunk_min)
     monkeypatch.delenv("MERGEOPT_BOUNDED_MIN", raising=False)
     specs = [MergeSpec(method="ties", weights=W, density=d) for d in (0.3, {"ckpt0": 0.2, "ckpt1": 1.0, "ckpt2": 0.7})]
@@ -130,8 +150,10 @@ def test_ties_caches_rankings_that_fit_and_merges_alike(bf16_pool, monkeypatch, 
                 assert torch.equal(merged[label][i][name], want), (label, name)
 
 
-def test_a_method_switch_evicts_the_other_cache(bf16_pool):
-    """Room for one kind of cache: the set-up trials' TIES after task arithmetic takes it over."""
+def test_a_method_switch_evicts_the_other_cache(bf16_pool, monkeypatch):
+    """Room for one kind of cache: the set-up trials' TIES after task arithmetic (torch's path,
+    which caches task vectors) takes it over."""
+    monkeypatch.setattr(fused, "native_task_arithmetic", lambda *a: False)
     probe = ResidentPool(bf16_pool, CPU, budget=1)
     n, p = probe.flat.shape
     largest = max(t.numel() for t in probe.base.values())  # ranked one row at a time

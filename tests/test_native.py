@@ -61,3 +61,51 @@ def test_switched_off_or_not_applicable_it_is_torchs_path(monkeypatch):
         assert torch.equal(bits(out), bits(mm.linear(flat, [0.1, 0.2, 0.3, 0.4], normalize=True)))
     finally:
         native.library.cache_clear()
+
+
+def pool_of(n: int, p: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N + 1, P] flat buffer (the base last, as the resident pool lays it out) of stress values."""
+    members = stress(n + 1, p, seed).to(dtype)
+    members[:n, ::29] = members[n, ::29]  # task vectors exactly zero there
+    return members[:n], members[n]
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n", [2, 3, 4])
+@pytest.mark.parametrize("normalize,lambda_", [(False, 1.0), (True, 0.7), (False, -1.3)])
+def test_compiled_task_arithmetic_is_the_formula_bit_for_bit(dtype, n, normalize, lambda_):
+    flat, base = pool_of(n, 70_001, dtype, seed=n)
+    w = (torch.randn(n, generator=torch.Generator().manual_seed(n)) * 2).tolist()
+    out = torch.empty_like(base)
+    assert fused.native_task_arithmetic(out, base, flat, False)
+    fused.task_arithmetic_into(out, base, flat, w, lambda_=lambda_, normalize=normalize)
+    want = mm.task_arithmetic(base, mm.task_vectors(base, flat), w, lambda_=lambda_, normalize=normalize)
+    assert torch.equal(bits(out), bits(want))
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n,density", [(2, 0.3), (3, 0.05), (4, [0.2, 1.0, 0.0, 0.6]), (4, 0.9)])
+@pytest.mark.parametrize("normalize,lambda_", [(True, 1.0), (False, 0.6)])
+def test_compiled_ties_is_the_formula_bit_for_bit(dtype, n, density, normalize, lambda_):
+    flat, base = pool_of(n, 70_001, dtype, seed=n)
+    deltas = mm.task_vectors(base, flat)
+    ranks = torch.stack([mm.magnitude_ranks(d, torch.int32) for d in deltas])
+    w = (torch.randn(n, generator=torch.Generator().manual_seed(n)) * 2).tolist()
+    densities = mm._per_model(density, n)
+    assert native.supports(base, flat, base, max_n=native.MAX_N)
+    got = native.ties(flat, base, ranks, w, densities, normalize=normalize, lambda_=lambda_)
+    want = mm.ties(base, deltas, w, density=densities, normalize=normalize, lambda_=lambda_)
+    assert torch.equal(bits(got), bits(want))
+    assert torch.equal(want, mm.ties(base, deltas, w, density=densities, normalize=normalize, lambda_=lambda_,
+                                     ranks=ranks))  # the ranks are mergekit's ranking
+
+
+def test_pools_over_four_rows_keep_torchs_path():
+    """Over 4 rows torch's sum order differs between its vector and scalar columns; the compiled
+    passes add in order, so such pools merge with torch's kernels (linear aside: addcmul_ is
+    ordered everywhere)."""
+    flat, base = pool_of(5, 1000, torch.bfloat16, seed=0)
+    assert not native.supports(base, flat, base, max_n=native.MAX_N)
+    assert not fused.native_task_arithmetic(torch.empty_like(base), base, flat, False)
