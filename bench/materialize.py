@@ -130,7 +130,7 @@ def measure(args) -> dict:
     # Bytes a merge must move at least: the pool rows it reads (+ the base) and the output written.
     moved = {"linear": (n + 1) * n_params * elem, "task_arithmetic": (n + 2) * n_params * elem}
     rows = {}
-    for label, fields in METHODS.items():
+    for label, fields in ((k, v) for k, v in METHODS.items() if k in args.methods):
         spec = MergeSpec.model_validate({**fields, "weights": named})
         first, times = time_it(lambda s=spec: resident.materialize(s), args.repeats, sync)
         rows[label] = {"first": first, "times": times, "moved": moved.get(label)}
@@ -164,7 +164,7 @@ def compare(args, passthrough: list[str]) -> None:
     print(runs["now"][0]["header"].split(";")[0] + f"; {args.rounds} processes per side x {args.repeats} candidates")
     print("| method | before: median (min-max) | now: median (min-max) | now / before | now, first candidate |")
     print("|---|---|---|---|---|")
-    for label in METHODS:
+    for label in args.methods:
         cells = []
         for side in sides:
             times = [t for run in runs[side] for t in run["rows"][label]["times"]]
@@ -190,6 +190,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--mergekit-repeats", type=int, default=2, help="0: no mergekit row")
     ap.add_argument("--pool-on", choices=["auto", "host", "device"], default="auto")
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     ap.add_argument("--compare", type=Path, help="another checkout's root, measured beside this one")
     ap.add_argument("--rounds", type=int, default=3, help="with --compare: processes per side")
     ap.add_argument("--pool-dir", type=Path, help=argparse.SUPPRESS)
@@ -203,6 +204,7 @@ def main() -> None:
             passthrough = [f"--{k}={v}" for k, v in (("n", args.n), ("params", args.params), ("dtype", args.dtype),
                                                      ("device", args.device), ("repeats", args.repeats),
                                                      ("pool-on", args.pool_on))]
+            passthrough += ["--methods", *args.methods]
             compare(args, passthrough)
             return
         result = measure(args)
