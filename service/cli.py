@@ -22,11 +22,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from optimizer.loop import StudyFailed
     from optimizer.spec import SpecError
     from optimizer.storage import StorageError
+    from service.client import MergeoptError  # a server's refusal, with its reason
     from service.paths import PathNotAllowed
     from service.worker import SetupFailed  # `worker --device` naming a device it lacks
 
     return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, OSError, PathNotAllowed, StorageError,
-            SetupFailed)
+            SetupFailed, MergeoptError)
 
 
 def _stored_url(ref: str, storage: str | None) -> str:
@@ -67,7 +68,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_front(args: argparse.Namespace) -> int:
+    from service import cli_remote
     from service.studies import open_study
+
+    if cli_remote.server_of(args):
+        return cli_remote.front(args)
 
     study, _ = open_study(args.study, _stored_url(args.study, args.storage))
     _print_front(study, args.split, args.json)
@@ -75,9 +80,20 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from optimizer.records import trial_rows
+    from optimizer.spec import SpecError
+    from optimizer.verdict import recommended
+    from service import cli_remote
     from service.studies import export_trial, open_study
 
+    if cli_remote.server_of(args):
+        return cli_remote.export(args)
     study, spec = open_study(args.study, _stored_url(args.study, args.storage))
+    if args.trial == cli_remote.RECOMMENDED:
+        best = recommended(trial_rows(study))
+        if best is None:
+            raise SpecError(f"study '{spec.name}' has no completed trial yet")
+        args.trial = best.number
     out = export_trial(study, spec, args.trial, args.out_dir, progress=not args.quiet)
     print(f"wrote {out} (load with AutoModelForCausalLM.from_pretrained; mergekit: {out / 'mergekit_config.yml'})")
     return 0
@@ -174,6 +190,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from service import cli_help as H
+    from service import cli_remote
     from service.cli_init import add_parser as add_init
 
     p = argparse.ArgumentParser(prog="mergeopt", description="Optimize merge weights over a pool of checkpoints.",
@@ -211,15 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", choices=["validation", "search"], default="validation",
                    help="validation: scores on documents the search never saw; search: the documents "
                         "it optimized on (optimistic, for diagnosis)")
+    cli_remote.add_server_option(s)
     s.set_defaults(func=cmd_front)
 
     s = command("export", "write a trial's merge as a HF checkpoint + mergekit_config.yml", H.EXPORT)
     s.add_argument("study", metavar="STUDY", help="study YAML, or a study name (with --storage)")
-    s.add_argument("trial", metavar="TRIAL", type=int, help="trial number (the first column of `mergeopt front`)")
+    s.add_argument("trial", metavar="TRIAL", type=cli_remote.trial_ref,
+                   help="trial number (the first column of `mergeopt front`), or 'recommended'")
     s.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must not exist, or be empty)")
     s.add_argument("--storage", metavar="URL", help="storage URL (default: the YAML's, or sqlite:///mergeopt.db)")
     s.add_argument("-q", "--quiet", **quiet)
+    cli_remote.add_server_option(s)
     s.set_defaults(func=cmd_export)
+
+    cli_remote.add_parsers(command, H.Formatter)
 
     s = command("merge", "one merge from a mergekit-style YAML", H.MERGE)
     s.add_argument("config", metavar="CONFIG.yml", help="mergekit YAML (merge_method, models, base_model, "

@@ -1,12 +1,17 @@
 """service.client against a live `mergeopt serve` (uvicorn + in-process worker), on SQLite and
 PostgreSQL: one server per database for the whole module."""
 
+import contextlib
+import json
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
 import yaml
 from conftest import PG_URL, postgres_reachable
-from servicekit import TOKEN, make_assets
+from servicekit import TOKEN, make_assets, wait_for
 from test_service_processes import serve, stop
 
 from service.client import (
@@ -22,21 +27,47 @@ from service.client import (
 from service.client.models import TERMINAL
 
 
+@contextlib.contextmanager
+def own_database():
+    """A database of this module's own on the test server: workers of other servers on the shared
+    one (other modules, other checkouts) would otherwise pick these studies up. PG_URL itself
+    where the role may not create databases."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"mergeopt_client_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    except sa.exc.SQLAlchemyError:
+        admin.dispose()
+        yield PG_URL
+        return
+    try:
+        yield str(sa.engine.make_url(PG_URL).set(database=name).render_as_string(hide_password=False))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def live(request, tmp_path_factory):
+    stack = contextlib.ExitStack()
+    request.addfinalizer(stack.close)
     root = tmp_path_factory.mktemp(f"client-{request.param}")
     if request.param == "postgresql":
         reason = postgres_reachable()
         if reason:
             pytest.skip(reason)
-        url = PG_URL
+        url = stack.enter_context(own_database())
     else:
         url = f"sqlite:///{root}/svc.db"
     assets = make_assets(root)
     # One event stream per client address: a second one is refused with 429 and Retry-After.
     proc, base = serve(root, url, env={"MERGEOPT_MAX_STREAMS_PER_CLIENT": "1"})
     try:
-        yield {"root": root, "assets": assets, "base": base}
+        yield {"root": root, "assets": assets, "base": base, "backend": request.param}
     finally:
         stop(proc)
 
@@ -147,3 +178,67 @@ def test_429_is_retried_after_retry_after(live):
         finally:
             holder.close()
             c.cancel(key)
+
+
+# ---------------------------------------------------------------- the CLI against the server
+def _cli(*args, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli_env(live):
+    if live["backend"] != "sqlite":
+        pytest.skip("the CLI is the same over either database: run once")
+    return {"MERGEOPT_SERVER": live["base"], "MERGEOPT_TOKEN": TOKEN}
+
+
+def test_cli_submit_wait_export_status_front(live, cli_env, tmp_path):
+    """The pipeline step of the README: submit, follow, print the verdict, export the recommended merge."""
+    name = _name("cli")
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({"name": name, **live["assets"], "search": {"n_trials": 8}}))
+    out = tmp_path / "merged"
+    r = _cli("submit", str(spec), "--wait", "--export", str(out), "--json", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["study"]["state"] == "completed" and result["exported"] == str(out)
+    assert "[8/8] trial" in r.stderr and "study completed" in r.stderr  # progress, on stderr
+    assert {"model.safetensors", "mergekit_config.yml"} <= {p.name for p in out.iterdir()}
+    with Client(live["base"], TOKEN) as c:
+        assert result["recommended"] == c.verdict(name).recommended
+        assert result["search_paid"] == c.verdict(name).search_paid
+
+    r = _cli("status", name, env=cli_env)
+    assert r.returncode == 0 and r.stdout.startswith(f"{name}: completed, 8/8 trials completed"), r.stderr
+    assert "recommended merge: trial" in r.stdout
+    r = _cli("front", name, env=cli_env)  # the same table as local mode
+    assert r.returncode == 0 and "Pareto front on VALIDATION documents" in r.stdout, r.stderr
+    assert f"{result['recommended']} *" in r.stdout
+    r = _cli("export", name, "recommended", str(tmp_path / "again"), "--server", live["base"], env={})
+    assert r.returncode == 0 and f"wrote trial {result['recommended']}" in r.stdout, r.stderr
+    r = _cli("export", name, "recommended", str(tmp_path / "again"), env=cli_env)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "not an empty folder" in r.stderr
+    r = _cli("status", "no-such-study", env=cli_env)
+    assert r.returncode == 2 and r.stderr.strip() == "error: 404: no study 'no-such-study'", r.stderr
+
+
+def test_cli_submit_exits_non_zero_when_the_study_ends_badly(live, cli_env, tmp_path):
+    name = _name("doomed")
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({"name": name, **live["assets"], "search": {"n_trials": 400}}))
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "submit", str(spec), "--wait"],
+                            env={**os.environ, **cli_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with Client(live["base"], TOKEN) as c:
+            wait_for(lambda: any(s.name == name and s.progress.completed for s in c.studies()), timeout=120)
+            c.cancel(name)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr
+    assert f"error: study '{name}' cancelled" in stderr and "Traceback" not in stderr
+    r = _cli("submit", str(tmp_path / "missing.yaml"), env=cli_env)
+    assert r.returncode == 2 and r.stderr.startswith("error: cannot read study file"), r.stderr
+    r = _cli("submit", str(spec), env={**cli_env, "MERGEOPT_TOKEN": "wrong"})
+    assert r.returncode == 2 and r.stderr.strip() == "error: 403: invalid token", r.stderr
