@@ -12,6 +12,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
+from evaluators.encode_check import check_documents_encode
 from evaluators.merge_spec import MergeSpec
 from evaluators.pool import PoolError, validate_pool
 from evaluators.pool_staging import stage_checkpoint
@@ -59,6 +60,9 @@ class MergeEvaluator:
         with Staging() as staging:
             staged = stage_checkpoint(ref, staging)
             self.tokenizer = load_tokenizer(staged, f"checkpoint '{ref.name}'")
+            # Before any weight is loaded: a tokenizer that cannot encode a document fails here,
+            # named, not in lm-eval mid-study (encode_check.py).
+            check_documents_encode(self.tokenizer, self.scorer, f"checkpoint '{ref.name}'")
             self.resident = ResidentPool(self.pool_info, pick_device(device), progress=progress)
             self.model = ResidentModel(self.resident, source=staged)
         self.last_timings: dict[str, float] = {}
