@@ -44,6 +44,7 @@ from search_report import table  # noqa: E402
 
 from optimizer import records as R  # noqa: E402
 from optimizer import validation as V  # noqa: E402
+from optimizer.candidate import Candidate  # noqa: E402
 from optimizer.loop import StudyRunner  # noqa: E402
 from optimizer.reuse import candidate_key  # noqa: E402
 from optimizer.spec import parse_spec  # noqa: E402
@@ -63,10 +64,32 @@ Z_POWER = 2.8  # (1.96 + 0.84): a true difference of 2.8 SE is detected 80% of t
 
 
 class MemoEvaluator:
-    """An evaluator that scores each merge once per benchmark (set-up trials repeat per study)."""
+    """An evaluator that scores each merge once per benchmark (set-up trials repeat per study),
+    seeded from the pool's studies already stored in the workdir (a restarted run redoes nothing)."""
 
-    def __init__(self, inner) -> None:
+    def __init__(self, inner, stored: list[Path] = ()) -> None:
         self.inner, self.scores, self.valid = inner, {}, {}
+        for db in stored:
+            self._seed(db)
+
+    def _seed(self, db: Path) -> None:
+        import optuna
+
+        storage = f"sqlite:///{db}"
+        for name in optuna.get_all_study_names(storage):
+            study = optuna.load_study(study_name=name, storage=storage)
+            entries = V.stored(study.user_attrs)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                ua = t.user_attrs
+                if R.T_CANDIDATE not in ua or R.T_RAW not in ua or ua.get(R.T_FIDELITY, 1.0) != 1.0:
+                    continue
+                key = candidate_key(Candidate.model_validate(ua[R.T_CANDIDATE]))
+                if "reused_from_trial" not in ua.get(R.T_TIMES, {}):
+                    self.scores.setdefault((key, 1.0), dict(ua[R.T_RAW]))
+                if "docs" in entries.get(t.number, {}):
+                    docs = V.load_docs(entries[t.number])
+                    self.valid.setdefault(key, {k: {"score": d.score, "values": d.values.tolist(),
+                                                    "aggregation": d.aggregation} for k, d in docs.items()})
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -85,10 +108,11 @@ class MemoEvaluator:
 
 
 def study_spec(pool: BenchPool, name: str, search: dict, seed: int, n_trials: int, db: Path, docs: dict) -> dict:
+    tasks = [t for t in pool.tasks if t["task"] not in docs.get("skip_tasks", ())]
     return {
         "name": name,
         "pool": {"base": str(pool.base), "checkpoints": [{"name": n, "path": str(p)} for n, p in pool.checkpoints]},
-        "suite": {"include_path": str(pool.include_path), "tasks": pool.tasks, "batch_size": 64,
+        "suite": {"include_path": str(pool.include_path), "tasks": tasks, "batch_size": 64,
                   "validation": docs["validation"]},  # the rest of the written documents are the search's
         "search": {"method": "linear", "sampler": "cmaes", "n_trials": n_trials, "baselines": True, "seed": seed,
                    **search},
@@ -155,6 +179,11 @@ def measure_cell(f: Finished, boot, budgets: list[int]) -> dict:
     return out
 
 
+def _without_docs(cell: dict) -> dict:
+    return {**cell, "budgets": {b: {r: (None if e is None else {k: v for k, v in e.items() if k != "docs"})
+                                    for r, e in entry.items()} for b, entry in cell["budgets"].items()}}
+
+
 def run_bench(*, pools: list[str], strategies: list[str], budgets: list[int], seeds: list[int], docs: dict,
               reference_budget: int, steps_scale: float, workdir: Path, threads: int = 1, log=print,
               on_pool=None) -> dict:
@@ -169,7 +198,7 @@ def run_bench(*, pools: list[str], strategies: list[str], budgets: list[int], se
     for name in pools:
         pool, tp = built[name], time.perf_counter()
         first = parse_spec(study_spec(pool, "probe", {}, 0, 2, workdir / "unused.db", docs))
-        evaluator = MemoEvaluator(build_evaluator(first, progress=False))
+        evaluator = MemoEvaluator(build_evaluator(first, progress=False), sorted(workdir.glob(f"{name}-*.db")))
         ref = run_study(pool, evaluator, f"{name}-reference-b{reference_budget}", REFERENCE, 0, reference_budget,
                         workdir, docs, keep=True)
         boot = V.bootstrap(ref.runner.spec, ref.runner.study.user_attrs)
@@ -184,6 +213,8 @@ def run_bench(*, pools: list[str], strategies: list[str], budgets: list[int], se
                 cell = {"pool": name, "strategy": strategy, "seed": seed, **measure_cell(f, boot, budgets),
                         "seconds": time.perf_counter() - ts}
                 cells.append(cell)
+                if on_pool is not None:  # cells so far (without the gap, known once the pool is done)
+                    on_pool({**result, "partial": {"pool": name, "cells": [_without_docs(c) for c in cells]}})
                 last = cell["budgets"][str(max(budgets))]["recommended"]
                 log(f"{name} {strategy} seed {seed}: {cell['seconds']:.0f} s, recommended trial {last['trial']} "
                     f"({last['label']}) {last['value']:.4f}, vs set-up {last['vs_setup']['diff']:+.4f}")
@@ -229,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--search-docs", type=int, default=300, help="search documents per task")
     ap.add_argument("--validation-docs", type=int, default=1000, help="validation documents per task")
     ap.add_argument("--reference-budget", type=int, default=300)
+    ap.add_argument("--skip-tasks", nargs="*", default=[], help="tasks of the pools left out of the suite")
     ap.add_argument("--steps-scale", type=float, default=1.0, help="training steps of the pools, x the recipe's")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared cores)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mergeopt-search-bench"))
@@ -245,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
     save = (lambda r: args.json.write_text(json.dumps(r, indent=2))) if args.json else None
     result = run_bench(pools=args.pools, strategies=args.strategies, budgets=sorted(args.budgets), seeds=args.seeds,
-                       docs={"search": args.search_docs, "validation": args.validation_docs},
+                       docs={"search": args.search_docs, "validation": args.validation_docs,
+                             "skip_tasks": args.skip_tasks},
                        reference_budget=args.reference_budget, steps_scale=args.steps_scale, workdir=args.workdir,
                        threads=args.threads, on_pool=save)
     print(table(result))
