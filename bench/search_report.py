@@ -24,9 +24,18 @@ def _role_summary(entries: list[dict]) -> dict:
     }
 
 
+def with_partial(result: dict) -> dict:
+    """A result with the cells of the pool still running (no gap closed yet for them)."""
+    part = result.get("partial")
+    if not part or part["pool"] in result["pools"]:
+        return result
+    return {**result, "cells": result["cells"] + part["cells"]}
+
+
 def summarize(result: dict) -> list[dict]:
     rows = []
-    for pool in result["pools"]:
+    result = with_partial(result)
+    for pool in dict.fromkeys(c["pool"] for c in result["cells"]):
         for strategy in result["strategies"]:
             cells = [c for c in result["cells"] if c["pool"] == pool and c["strategy"] == strategy]
             if not cells:
