@@ -13,6 +13,7 @@ from optimizer.verdict import study_verdict
 from service.api.schemas import Best, FrontOut, Progress, StudyOut, TrialOut
 from service.db.models import Event, Study
 from service.db.session import session_factory
+from service.history import hypervolume_history, recommended_headline
 from service.report import front_json
 
 
@@ -52,6 +53,9 @@ def snapshot(row: Study, url: str) -> tuple[list[R.TrialRow], dict[str, dict]]:
     study = optuna_study(row, url)
     rows, fronts = R.trial_rows(study), {split: R.stored_front(study, split) for split in ("validation", "search")}
     fronts["verdict"] = study_verdict(study, rows)
+    # Summaries computed once per version, not per poll (history.py).
+    fronts["hv_history"] = hypervolume_history(rows, fronts["search"]["tasks"])
+    fronts["recommended"] = recommended_headline(rows, fronts["verdict"])
     if len(_SNAPSHOTS) > 256:
         _SNAPSHOTS.clear()
     _SNAPSHOTS[row.id] = (version, rows, fronts)
@@ -76,6 +80,7 @@ def study_out(row: Study, url: str) -> StudyOut:
         ),
         best=Best(trial=best.number, label=best.label, objective=best.objective, normalized=best.normalized)
         if best is not None and best.objective is not None else None,
+        recommended=fronts.get("recommended"),
         hypervolume=front.get("hypervolume", 0.0), error=row.error,
         created_at=row.created_at, updated_at=row.updated_at,
     )
@@ -88,4 +93,5 @@ def trials_out(row: Study, url: str, state: str | None = None) -> list[TrialOut]
 
 def front_out(row: Study, url: str, split: str = "validation") -> FrontOut:
     rows, fronts = snapshot(row, url)
-    return FrontOut(**front_json(rows, fronts[split], verdict=fronts.get("verdict")))
+    return FrontOut(**front_json(rows, fronts[split], verdict=fronts.get("verdict")),
+                    hypervolume_history=fronts.get("hv_history", []))

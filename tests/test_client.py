@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 import yaml
-from conftest import PG_URL, postgres_reachable
+from conftest import scratch_pg_database
 from servicekit import TOKEN, make_assets, wait_for
 from test_service_processes import serve, stop
 
@@ -27,40 +27,14 @@ from service.client import (
 from service.client.models import TERMINAL
 
 
-@contextlib.contextmanager
-def own_database():
-    """A database of this module's own on the test server: workers of other servers on the shared
-    one (other modules, other checkouts) would otherwise pick these studies up. PG_URL itself
-    where the role may not create databases."""
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"mergeopt_client_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    except sa.exc.SQLAlchemyError:
-        admin.dispose()
-        yield PG_URL
-        return
-    try:
-        yield str(sa.engine.make_url(PG_URL).set(database=name).render_as_string(hide_password=False))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def live(request, tmp_path_factory):
     stack = contextlib.ExitStack()
     request.addfinalizer(stack.close)
     root = tmp_path_factory.mktemp(f"client-{request.param}")
     if request.param == "postgresql":
-        reason = postgres_reachable()
-        if reason:
-            pytest.skip(reason)
-        url = stack.enter_context(own_database())
+        # A database of its own: workers of other servers on the shared one would pick these studies up.
+        url = stack.enter_context(scratch_pg_database("mergeopt_client"))
     else:
         url = f"sqlite:///{root}/svc.db"
     assets = make_assets(root)

@@ -95,6 +95,15 @@ class Best(BaseModel):
     normalized: dict[str, float]
 
 
+class Recommended(BaseModel):
+    """The study's headline: the recommended merge scored on validation documents."""
+
+    trial: int
+    label: str
+    validation: dict[str, float] = Field(description="objective on validation documents: value, lo, hi (95%)")
+    search_objective: float | None = Field(None, description="on the search documents (optimistic)")
+
+
 class StudyOut(BaseModel):
     id: str
     name: str
@@ -104,7 +113,9 @@ class StudyOut(BaseModel):
     suite_id: str
     search: dict
     progress: Progress
-    best: Best | None
+    best: Best | None = Field(description="the best objective on SEARCH documents (optimistic, for diagnosis)")
+    recommended: Recommended | None = Field(None, description="the recommended merge (verdict) with its validation "
+                                            "objective and 95% interval: the number to report; null until validated")
     hypervolume: float
     error: str | None
     created_at: Timestamp
@@ -142,6 +153,9 @@ class FrontEntry(BaseModel):
 class FrontOut(BaseModel):
     tasks: list[str]
     hypervolume: float
+    hypervolume_history: list[tuple[int, float]] = Field(
+        default_factory=list, description="(trial, hypervolume of the search documents' front up to that trial) at "
+                                          "each trial that changed it")
     hypervolume_skips: list[str] = Field(default_factory=list, description="tasks left out of the hypervolume: "
                                          "no trial scores above 0 on them, so they would make it 0")
     reference_point: list[float]

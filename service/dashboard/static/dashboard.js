@@ -324,15 +324,25 @@
     const tbody = $("#studies tbody");
     let last = "";
 
+    // The headline is the recommended merge on validation documents, with its interval; the
+    // search documents' best (optimistic) shows only labelled as such, until validation exists.
+    function headline(st) {
+      const rec = st.recommended, best = st.best;
+      if (rec) {
+        const v = rec.validation;
+        return h("td", { class: "num", "data-best": v.value, "data-split": "validation" },
+          `${fmt(v.value)} [${fmt(v.lo)}, ${fmt(v.hi)}]`, h("div", { class: "muted" }, `#${rec.trial} ${rec.label}`));
+      }
+      return h("td", { class: "num", "data-best": "", "data-split": best ? "search" : "" },
+        best ? h("div", { class: "muted" }, `search docs: ${fmt(best.objective)} (#${best.trial} ${best.label})`) : "–");
+    }
+
     function row(st) {
-      const best = st.best;
       return h("tr", { "data-study": st.name, "data-state": st.state },
         h("th", { scope: "row" }, h("a", { href: `${ROOT}/studies/${enc(st.name)}` }, st.name)),
         h("td", {}, badge(st.state), st.error ? h("div", { class: "muted", title: st.error }, st.error.slice(0, 80)) : null),
         h("td", {}, progressCell(st.progress)),
-        h("td", { class: "num", "data-best": best ? best.objective : "" },
-          best ? fmt(best.objective) : "–",
-          best ? h("div", { class: "muted" }, `#${best.trial} ${best.label}`) : null),
+        headline(st),
         h("td", { class: "num" }, fmt(st.hypervolume, 4)),
         h("td", {}, dateEl(st.created_at)),
         h("td", {}, dateEl(st.updated_at)),
@@ -908,14 +918,15 @@
     left.append(s("text", { class: "chart-title", x: m.l, y: 14 }, "Best score so far"));
     for (const t of done) left.append(s("circle", { class: "obj-dot", cx: sx1(t.number), cy: sy1(t.objective), r: 2.5 }));
     left.append(s("path", { class: "best-line", d: stepPath(running, sx1, sy1, maxN) }));
-    // right: the hypervolume the server reported with every front_changed event
-    const hvPts = S.hv.map((p) => [p.trial, p.hv]);
+    // right: the hypervolume the server reported with every front_changed event; a study with none
+    // (run by `mergeopt run`) plots the history the server computes from its trials
+    const hvPts = S.hv.length ? S.hv.map((p) => [p.trial, p.hv]) : (S.front?.hypervolume_history || []).map((p) => [p[0], p[1]]);
     if (!hvPts.length && S.front) hvPts.push([maxN, S.front.hypervolume]);
     const sx2 = scale([0, maxN], [half + m.l, W - m.r]);
     const sy2 = scale(extent(hvPts.map((p) => p[1]).concat([0]), 0.06, { floor: 0 }), [H - m.b, m.t]);
     const right = s("g", { "data-chart": "hypervolume" });
     axes(right, sx2, sy2, { xTitle: "trial number", yTitle: "hypervolume", xInteger: true });
-    right.append(s("text", { class: "chart-title", x: half + m.l, y: 14 }, "Hypervolume (per front change)"));
+    right.append(s("text", { class: "chart-title", x: half + m.l, y: 14 }, "Hypervolume on search documents (per front change)"));
     right.append(s("path", { class: "hv-line", d: stepPath(hvPts, sx2, sy2, maxN) }));
     for (const [x, y] of hvPts) right.append(s("circle", { class: "hv-dot", cx: sx2(x), cy: sy2(y), r: 2.5 }));
     svg.append(left, right);

@@ -1,0 +1,38 @@
+"""What the dashboard's study list and hypervolume chart read: the recommended merge's validation
+objective with its interval (not the search documents' best), and a hypervolume history from the
+trials, so a study run by `mergeopt run` (no front_changed events) charts more than one point."""
+
+from fastapi.testclient import TestClient
+from servicekit import make_assets, settings_for
+
+from optimizer.spec import parse_spec
+from service.api.app import create_app
+from service.studies import run_study
+
+
+def test_recommended_headline_and_hypervolume_history_of_a_cli_study(tmp_path):
+    settings = settings_for(tmp_path, f"sqlite:///{tmp_path}/svc.db")
+    assets = make_assets(tmp_path)
+    with TestClient(create_app(settings)) as client:
+        run_study(parse_spec({"name": "cli", **assets, "search": {"n_trials": 11}, "storage": settings.database_url}),
+                  progress=False)
+        study = client.get("/v1/studies/cli").json()
+        front = client.get("/v1/studies/cli/front").json()
+        trials = {t["number"]: t for t in client.get("/v1/studies/cli/trials").json()}
+        search = client.get("/v1/studies/cli/front?split=search").json()
+
+    rec = study["recommended"]
+    assert study["state"] == "external" and rec is not None
+    assert rec["trial"] == front["verdict"]["recommended"]
+    objective = trials[rec["trial"]]["validation"]["objective"]
+    assert rec["validation"] == {k: objective[k] for k in ("value", "lo", "hi")}
+    assert rec["validation"]["lo"] <= rec["validation"]["value"] <= rec["validation"]["hi"]
+    assert rec["search_objective"] == trials[rec["trial"]]["objective"]
+
+    history = front["hypervolume_history"]
+    assert len(history) > 1, history  # was a single point: only front snapshots were plotted
+    numbers = [n for n, _ in history]
+    values = [v for _, v in history]
+    assert numbers == sorted(set(numbers)) and all(trials[n]["state"] == "COMPLETE" for n in numbers)
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))  # a front only grows
+    assert values[-1] == search["hypervolume"]  # ends at the search documents' front
