@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parents[2]
+VERSION_TABLE = "mergeopt_alembic_version"
+
+
+def migrations_dir() -> Path:
+    """The migrations shipped in the package (service/db/migrations): found the same way in a
+    checkout, an editable install and a wheel; no alembic.ini needed."""
+    return Path(str(resources.files("service.db.migrations")))
 
 
 def alembic_config(url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("version_table", VERSION_TABLE)
     cfg.attributes["url"] = url
     return cfg
 
