@@ -87,7 +87,10 @@ def export(args: argparse.Namespace) -> int:
 
 def _study_line(s) -> str:
     p = s.progress
-    best = f"; search best {s.best.objective:.4f} (trial {s.best.trial}, search documents)" if s.best else ""
+    r = s.recommended  # the headline is on validation documents; the search best only labelled
+    best = (f"; recommended trial {r.trial} ({r.label}): validation {r.validation['value']:.4f} "
+            f"[{r.validation['lo']:.4f}, {r.validation['hi']:.4f}]" if r else
+            f"; search best {s.best.objective:.4f} (trial {s.best.trial}, search documents)" if s.best else "")
     error = f"; error: {s.error}" if s.error else ""
     return (f"{s.name}: {s.state}, {p.completed}/{p.budget} trials completed, {p.running} running, "
             f"{p.failed} failed{best}{error}")

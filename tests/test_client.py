@@ -185,6 +185,7 @@ def test_cli_submit_wait_export_status_front(live, cli_env, tmp_path):
 
     r = _cli("status", name, env=cli_env)
     assert r.returncode == 0 and r.stdout.startswith(f"{name}: completed, 8/8 trials completed"), r.stderr
+    assert f"recommended trial {result['recommended']} (" in r.stdout and "validation" in r.stdout
     assert "recommended merge: trial" in r.stdout
     r = _cli("front", name, env=cli_env)  # the same table as local mode
     assert r.returncode == 0 and "Pareto front on VALIDATION documents" in r.stdout, r.stderr
