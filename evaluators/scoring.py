@@ -7,20 +7,19 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from jinja2.exceptions import TemplateError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evaluators import render_memo
 from evaluators.fileguard import Roots
 from evaluators.filter_bounds import bound_filters
-from evaluators.lm_eval_reuse import reuse_requests
 from evaluators.quiet import quiet_libraries
 from evaluators.sandbox import sandbox_templates
 from evaluators.splits import prefix, split_documents
 from evaluators.staging import Staging
+from evaluators.suite_types import SuiteError, TaskRequest  # defined there, imported from here too
+from evaluators.task_dict import check_names, tasks_from_manager  # the same
 
 log = logging.getLogger(__name__)
 # Before any task is built, in every process that registers suites or scores (API, worker, CLI).
@@ -30,18 +29,6 @@ bound_filters()  # client regexes on model outputs: each match under a timeout (
 # lm-eval aggregations whose per-document values can be resampled (the optimizer's stats.py):
 # a mean of per-document values, or a perplexity of per-document log-likelihoods.
 AGGREGATIONS = ("mean", "perplexity", "weighted_perplexity", "bits_per_byte")
-
-
-class SuiteError(ValueError):
-    """A problem with the task suite that the user can fix (unknown task, missing metric)."""
-
-
-@dataclass(frozen=True)
-class TaskRequest:
-    task: str
-    metric: str = "acc,none"  # lm-eval's "<metric>,<filter>" key
-    num_fewshot: int | None = None
-    higher_is_better: bool | None = None  # None: ask lm-eval
 
 
 def _study_hflm():
@@ -106,18 +93,6 @@ def check_task_names(names: list[str], include_path: str | Path | None, *, roots
     return check_names(names, manager)
 
 
-def check_names(names: list[str], manager):
-    """``manager``, once every name is one of its tasks (else a SuiteError listing what exists)."""
-    known = set(manager.all_tasks)
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        local = sorted(n for n in known if not n.startswith("_"))[:20]
-        left = getattr(manager, "left", {})
-        skipped = "; left out: " + "; ".join(f"{p.name}: {why}" for p, why in list(left.items())[:3]) if left else ""
-        raise SuiteError(f"unknown lm-eval task '{unknown[0]}' (tasks found: {', '.join(local)}{skipped})")
-    return manager
-
-
 def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None, *, roots: Roots = None,
                    trusted: Sequence[Path] = (), include_defaults: bool = False, staging=None) -> dict:
     """Build lm-eval's task dict once (documents, prompts, few-shot samples)."""
@@ -126,29 +101,6 @@ def load_task_dict(requests: list[TaskRequest], include_path: str | Path | None,
                                include_defaults=include_defaults, staging=staging)
     return tasks_from_manager(requests, manager)
 
-
-def tasks_from_manager(requests: list[TaskRequest], manager) -> dict:
-    """lm-eval's task dict for ``requests`` from a manager whose names were checked."""
-    from lm_eval.tasks import get_task_dict
-
-    names = [r.task for r in requests]
-    try:
-        task_dict = get_task_dict(names, manager)
-    except MemoryError:
-        raise  # the task build's memory limit (task_box.py), reported as such
-    except (SuiteError, TemplateError) as exc:  # messages that name no data (sandbox.py)
-        raise SuiteError(f"cannot load tasks {names}: {exc}") from exc
-    except Exception as exc:  # dataset files unreadable...: their text may quote the data
-        log.warning("cannot load tasks %s: %s", names, exc)  # the operator's log has it all
-        raise SuiteError(f"cannot load tasks {names}: {type(exc).__name__} (the data files could not be "
-                         "read as the task says; the worker's log has the details)") from exc
-    tasks = task_dict["tasks"] if "tasks" in task_dict else task_dict
-    for r in requests:
-        if r.num_fewshot is not None:
-            tasks[r.task].set_config(key="num_fewshot", value=r.num_fewshot)
-    for task in tasks.values():
-        reuse_requests(task)
-    return task_dict
 
 
 class SuiteScorer:

@@ -31,8 +31,9 @@ from jinja2.exceptions import TemplateError
 
 from evaluators import render_memo
 from evaluators.fileguard import Roots
-from evaluators.scoring import SuiteError, TaskRequest, check_names, tasks_from_manager
 from evaluators.staging import Staging
+from evaluators.suite_types import SuiteError, TaskRequest
+from evaluators.task_dict import check_names, tasks_from_manager
 
 PRELOAD = ["evaluators.scoring", "evaluators.task_files", "evaluators.task_box", "lm_eval.api.task",
            "lm_eval.tasks", "datasets"]

@@ -37,8 +37,8 @@ import yaml
 
 from evaluators import fileguard, yaml_bounds
 from evaluators.fileguard import FileRefused, Roots
-from evaluators.scoring import SuiteError
 from evaluators.staging import Staging, StagingError
+from evaluators.suite_types import SuiteError
 
 MAX_YAML_BYTES = 1 << 20  # a task YAML is a few kB
 MAX_YAML_NODES = 100_000  # scalars, lists and mappings once every alias is expanded

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
-from enum import Enum
 
 import numpy as np
 import optuna
@@ -37,6 +36,7 @@ from optimizer.samplers import make_pruner, make_sampler, n_objectives
 from optimizer.setup import SetupPhase
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, StudySpec
+from optimizer.steps import Step  # defined there for the phases; imported from here too
 from optimizer.storage import (
     GRACE_S,
     HEARTBEAT_S,
@@ -53,16 +53,6 @@ CLAIMED = (*DONE, TrialState.RUNNING, TrialState.WAITING)
 
 class StudyFailed(RuntimeError):
     """Too many trials failed; the last error says why."""
-
-
-class Step(Enum):
-    RAN = "ran"  # a trial completed
-    SETUP = "setup"  # a set-up unit was evaluated (a reference, a baseline, a soup)
-    PRUNED = "pruned"  # stopped early on a low-fidelity rung (partial scores kept)
-    FAILED = "failed"  # a trial failed (error stored)
-    VALIDATED = "validated"  # a front trial was scored on the validation documents
-    WAIT = "wait"  # budget claimed by running trials elsewhere
-    DONE = "done"  # n_trials completed
 
 
 def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -126,11 +116,11 @@ class StudyRunner:
     def grace_s(self) -> float:
         return getattr(self.storage, "grace_period", None) or GRACE_S
 
-    def _rows(self, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> list[optuna.trial.FrozenTrial]:
+    def rows(self, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states)
 
     # ---------------------------------------------------------------- evaluation
-    def _evaluate(self, cand: Candidate, fidelity: float = 1.0) -> tuple[dict[str, float], dict[str, float]]:
+    def evaluate(self, cand: Candidate, fidelity: float = 1.0) -> tuple[dict[str, float], dict[str, float]]:
         t0 = time.perf_counter()
         raw = self.evaluator.evaluate(cand, fidelity) if fidelity < 1 else self.evaluator.evaluate(cand)
         timings = dict(getattr(self.evaluator, "last_timings", {}) or {})
@@ -144,14 +134,14 @@ class StudyRunner:
             raise RuntimeError(f"evaluator returned a non-finite score for task '{bad[0]}': {scores[bad[0]]}")
         return scores, timings
 
-    def _scored(self, raw: dict[str, float]) -> tuple[dict[str, float], list[float], float]:
+    def scored(self, raw: dict[str, float]) -> tuple[dict[str, float], list[float], float]:
         norm = normalize(raw, self.dens, self.directions, {t.task: t.chance for t in self.tasks})
         obj = scalarize(norm, self.tasks, self.spec.search.objective)
         values = [obj] if len(self.study.directions) == 1 else [norm[t] for t in self.task_names]
         return norm, values, obj
 
     @staticmethod
-    def _attrs(cand: Candidate, kind: str, label: str, raw: dict, norm: dict, obj: float, timings: dict) -> dict:
+    def trial_attrs(cand: Candidate, kind: str, label: str, raw: dict, norm: dict, obj: float, timings: dict) -> dict:
         return {
             R.T_CANDIDATE: cand.to_json(), R.T_KIND: kind, R.T_LABEL: label, R.T_RAW: raw,
             R.T_NORM: norm, R.T_OBJ: obj, R.T_TIMES: timings,
@@ -170,15 +160,15 @@ class StudyRunner:
             if step is Step.WAIT:  # units held by other processes (or dead ones, until their grace ends)
                 time.sleep(min(self.heartbeat_s, 2.0))
         if self.validation is None:
-            self._warn("suite.validation is 0: every reported score is on the documents the search "
-                       "optimized on, so the best trials' scores are biased upward")
+            self.warn("suite.validation is 0: every reported score is on the documents the search "
+                      "optimized on, so the best trials' scores are biased upward")
         self.study.sampler = make_sampler(self.spec.search, self._x0(), dim=len(self.space.distributions()))
         self.prepared = True
         return None
 
     def _setup_step(self) -> Step | None:
         self._fail_stale()
-        self._tick("set-up")
+        self.tick("set-up")
         return self.setup.step()
 
     # ---------------------------------------------------------------- phase 3: search
@@ -188,7 +178,7 @@ class StudyRunner:
         # Baselines only: x0 must not move when a study resumes mid-search. The base is no point
         # of a linear space (all weights 0 means the uniform average there) unless it is a member.
         base_outside = self.spec.search.method == "linear" and not self.spec.pool.base_in_search
-        done = [t for t in self._rows() if t.user_attrs.get(R.T_KIND) == "baseline"
+        done = [t for t in self.rows() if t.user_attrs.get(R.T_KIND) == "baseline"
                 and not (t.user_attrs.get(R.T_LABEL) == R.BASE_LABEL and base_outside)]
         if not done:
             return None
@@ -196,7 +186,7 @@ class StudyRunner:
         return self.space.embed(Candidate.model_validate(best.user_attrs[R.T_CANDIDATE]))
 
     def _budget_left(self, states: tuple[TrialState, ...] = DONE) -> int:
-        return self.spec.search.n_trials - len(self._rows(states))
+        return self.spec.search.n_trials - len(self.rows(states))
 
     def budget_done(self) -> bool:
         return self._budget_left(DONE) <= 0
@@ -237,13 +227,13 @@ class StudyRunner:
             trial.set_user_attr(R.T_ERROR, error)
             self.study.tell(trial, state=TrialState.FAIL)
             self.listener.trial_failed(trial.number, error)
-            self._fail_note(f"trial {trial.number} failed: {exc}")
+            self.fail_note(f"trial {trial.number} failed: {exc}")
             return Step.FAILED
         finally:
             stop_beat()
         if pruned:
             self.listener.trial_pruned(trial.number, {"number": trial.number, **attrs})
-            self._tick(f"pruned trial {trial.number}")
+            self.tick(f"pruned trial {trial.number}")
             return Step.PRUNED
         self.listener.trial_finished(trial.number, {"number": trial.number, **attrs})
         self._after_trial()
@@ -256,14 +246,14 @@ class StudyRunner:
         rungs = search.fidelities if search.pruner != "none" else [1.0]
         total: dict[str, float] = {}
         for i, fraction in enumerate(rungs, 1):
-            same = self._scored_merges.find(self._rows(), cand) if fraction == 1 else None
+            same = self._scored_merges.find(self.rows(), cand) if fraction == 1 else None
             if same is not None:  # this merge was scored already (optimizer/reuse.py)
                 raw, timings = same[1], {"total_s": 0.0, "reused_from_trial": float(same[0])}
             else:
-                raw, timings = self._evaluate(cand, fraction)
+                raw, timings = self.evaluate(cand, fraction)
             total = {k: total.get(k, 0.0) + v for k, v in timings.items()}
-            norm, values, obj = self._scored(raw)
-            attrs = self._attrs(cand, "search", f"trial {trial.number}", raw, norm, obj, total)
+            norm, values, obj = self.scored(raw)
+            attrs = self.trial_attrs(cand, "search", f"trial {trial.number}", raw, norm, obj, total)
             attrs[R.T_FIDELITY] = fraction
             if fraction < 1:
                 trial.report(obj, i)
@@ -274,7 +264,7 @@ class StudyRunner:
     # ---------------------------------------------------------------- bookkeeping
     def _fail_stale(self) -> None:
         """Fail RUNNING trials whose process stopped heart-beating; their budget is free again."""
-        rows = self._rows((TrialState.RUNNING,))
+        rows = self.rows((TrialState.RUNNING,))
         running = {t.number for t in rows}
         if not running:
             return
@@ -287,25 +277,25 @@ class StudyRunner:
                 self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # another worker got there first
-        for t in self._rows((TrialState.FAIL,)):
+        for t in self.rows((TrialState.FAIL,)):
             if t.number in running:
                 self.listener.trial_failed(t.number, "no heartbeat: the worker evaluating it stopped")
 
-    def _warn(self, message: str) -> None:
+    def warn(self, message: str) -> None:
         if self._bar is not None and not self._bar.disable:
             self._bar.write(f"warning: {message}")
         else:
             log.warning(message)
 
-    def _note(self, message: str) -> None:
+    def note(self, message: str) -> None:
         if self._bar is not None and not self._bar.disable:
             self._bar.write(message)
         else:
             log.info(message)
 
-    def _fail_note(self, message: str) -> None:
+    def fail_note(self, message: str) -> None:
         self.failures += 1
-        self._warn(message)
+        self.warn(message)
         if self.failures >= self.spec.search.max_failures:
             raise StudyFailed(f"{self.failures} trials failed; last: {message}")
 
@@ -314,12 +304,12 @@ class StudyRunner:
         if front != self.study.user_attrs.get(R.A_FRONT):
             self.study.set_user_attr(R.A_FRONT, front)
             self.listener.front_changed(front)
-        best = max((r.user_attrs.get(R.T_OBJ, -np.inf) for r in self._rows()), default=float("nan"))
-        self._tick(f"best {best:.3f} hv {front['hypervolume']:.3f}")
+        best = max((r.user_attrs.get(R.T_OBJ, -np.inf) for r in self.rows()), default=float("nan"))
+        self.tick(f"best {best:.3f} hv {front['hypervolume']:.3f}")
 
-    def _tick(self, note: str) -> None:
+    def tick(self, note: str) -> None:
         if self._bar is not None:
-            self._bar.n = len(self._rows())
+            self._bar.n = len(self.rows())
             self._bar.set_postfix_str(note)
             self._bar.refresh()
 
@@ -330,7 +320,7 @@ class StudyRunner:
             self.prepare()
             while (result := self.step()) is not Step.DONE:
                 if result is Step.WAIT:  # trials running elsewhere (or stale, failed after the grace period)
-                    self._tick("waiting for running trials")
+                    self.tick("waiting for running trials")
                     time.sleep(poll_s)
         finally:
             self._bar.close()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from optuna.trial import create_trial
 
@@ -32,9 +31,7 @@ from optimizer.baselines import Baseline, merge_baselines, single_checkpoints
 from optimizer.candidate import base_only
 from optimizer.claims import Claims
 from optimizer.normalize import denominators
-
-if TYPE_CHECKING:
-    from optimizer.loop import Step, StudyRunner
+from optimizer.steps import PhaseHost, Step
 
 RESULT, CLAIM = "setup:", "setupclaim:"
 # [result key, claim key] of each unit open when a process last looked, so that a worker can
@@ -53,7 +50,7 @@ def has_free_work(attrs: Mapping, grace_s: float) -> bool:
 
 
 class SetupPhase:
-    def __init__(self, runner: StudyRunner) -> None:
+    def __init__(self, runner: PhaseHost) -> None:
         self.r = runner
         self.claims = Claims(runner.study, uuid.uuid4().hex[:12], heartbeat_s=runner.heartbeat_s,
                              grace_s=runner.grace_s, claim_prefix=CLAIM, done_prefix=RESULT)
@@ -71,8 +68,6 @@ class SetupPhase:
     def step(self) -> Step | None:
         """One unit of set-up work (Step.SETUP, or Step.VALIDATED); Step.WAIT while every open
         unit is held by a live claim elsewhere; None once set-up is complete."""
-        from optimizer.loop import Step
-
         r = self.r
         if self.done:
             return None
@@ -99,7 +94,7 @@ class SetupPhase:
                 added = self._commit()
             self._announce(added)
             if "error" in result:
-                r._fail_note(f"baseline {todo[0]} failed: {result['error']}")
+                r.fail_note(f"baseline {todo[0]} failed: {result['error']}")
             return Step.SETUP
         vbusy = False
         if r.validation is not None:
@@ -123,10 +118,10 @@ class SetupPhase:
         """Evaluate one unit. A reference that fails fails the set-up (every score needs the
         references); a baseline that fails is stored as failed, not retried."""
         if unit in self.refs:
-            raw, timings = self.r._evaluate(unit.candidate)
+            raw, timings = self.r.evaluate(unit.candidate)
             return {"raw": raw, "timings": timings}
         try:
-            raw, timings = self.r._evaluate(unit.candidate)
+            raw, timings = self.r.evaluate(unit.candidate)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
@@ -142,7 +137,7 @@ class SetupPhase:
                for n, raw in (legacy.get("singles") or {}).items()}
         if legacy.get("base") is not None:
             out[R.BASE_LABEL] = {"raw": legacy["base"], "timings": legacy.get("timings", {}).get("__base__", {})}
-        for t in self.r._rows():
+        for t in self.r.rows():
             if t.user_attrs.get(R.T_KIND) == "baseline":
                 out[t.user_attrs[R.T_LABEL]] = {"raw": t.user_attrs[R.T_RAW], "timings": t.user_attrs.get(R.T_TIMES, {})}
         out.update({k[len(RESULT):]: v for k, v in attrs.items() if k.startswith(RESULT)})
@@ -166,7 +161,7 @@ class SetupPhase:
         return refs
 
     def _objective(self, result: Mapping) -> float | None:
-        return None if "error" in result else self.r._scored(result["raw"])[2]
+        return None if "error" in result else self.r.scored(result["raw"])[2]
 
     def _soups(self, results: Mapping) -> tuple[list[Baseline], Baseline | None]:
         if not self.soup_slots:
@@ -209,14 +204,14 @@ class SetupPhase:
             r.study.set_user_attr(R.A_REFS, refs)
         if attrs.get(R.A_DIRECTIONS) != r.directions:
             r.study.set_user_attr(R.A_DIRECTIONS, r.directions)
-        have = {t.user_attrs.get(R.T_LABEL) for t in r._rows() if t.user_attrs.get(R.T_KIND) == "baseline"}
+        have = {t.user_attrs.get(R.T_LABEL) for t in r.rows() if t.user_attrs.get(R.T_KIND) == "baseline"}
         added = []
         for b in self._order(results):
             res = results[b.label]
             if b.label in have or "error" in res:
                 continue
-            norm, values, obj = r._scored(res["raw"])
-            ua = r._attrs(b.candidate, "baseline", b.label, res["raw"], norm, obj, res["timings"])
+            norm, values, obj = r.scored(res["raw"])
+            ua = r.trial_attrs(b.candidate, "baseline", b.label, res["raw"], norm, obj, res["timings"])
             r.study.add_trial(create_trial(params=r.space.embed(b.candidate), distributions=r.space.distributions(),
                                            values=values, user_attrs=ua))
             added.append((max(t.number for t in r.study.get_trials(deepcopy=False)), ua))
@@ -232,12 +227,12 @@ class SetupPhase:
         r = self.r
         for number, ua in added:
             r.listener.trial_finished(number, {"number": number, **ua})
-            r._tick(f"set-up: {ua[R.T_LABEL]}")
+            r.tick(f"set-up: {ua[R.T_LABEL]}")
         if added:
             r.listener.front_changed(r.study.user_attrs[R.A_FRONT])
 
     def _numbers(self) -> dict[str, int]:
-        return {t.user_attrs.get(R.T_LABEL): t.number for t in self.r._rows() if t.user_attrs.get(R.T_KIND) == "baseline"}
+        return {t.user_attrs.get(R.T_LABEL): t.number for t in self.r.rows() if t.user_attrs.get(R.T_KIND) == "baseline"}
 
     def _publish(self, attrs: Mapping, units: list[str], vwork: list[int]) -> None:
         keys = [[self.claims.done_key(u), self.claims.claim_key(u)] for u in units]

@@ -8,7 +8,6 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
@@ -16,9 +15,7 @@ from optimizer import records as R
 from optimizer import validation as V
 from optimizer.candidate import Candidate
 from optimizer.stats import DocScores, expected_se
-
-if TYPE_CHECKING:
-    from optimizer.loop import Step, StudyRunner
+from optimizer.steps import PhaseHost, Step
 
 log = logging.getLogger(__name__)
 # Merge searches chase improvements of about 1% of expert level; a noisier objective cannot
@@ -27,7 +24,7 @@ CHASED_DIFFERENCE = 0.01
 
 
 class ValidationPhase:
-    def __init__(self, runner: StudyRunner) -> None:
+    def __init__(self, runner: PhaseHost) -> None:
         self.r = runner
         self.claims = V.Claims(runner.study, uuid.uuid4().hex[:12], heartbeat_s=runner.heartbeat_s,
                                grace_s=runner.grace_s)
@@ -46,7 +43,7 @@ class ValidationPhase:
         except Exception as exc:  # stored, so it is not retried forever; the trial stays off the front
             entry = {"error": f"{type(exc).__name__}: {exc}"}
             r.study.set_user_attr(V.val_key(number), entry)
-            r._fail_note(f"validation of trial {number} failed: {exc}")
+            r.fail_note(f"validation of trial {number} failed: {exc}")
             return entry
         entry = {"docs": {t: d.to_json() for t, d in docs.items()},
                  "timings": dict(getattr(r.evaluator, "last_timings", {}) or {})}
@@ -54,7 +51,7 @@ class ValidationPhase:
         if boot is not None:
             entry["summary"] = boot.summary(docs)
         r.study.set_user_attr(V.val_key(number), entry)
-        r._tick(f"validated trial {number}")
+        r.tick(f"validated trial {number}")
         return entry
 
     # ------------------------------------------------------------ set-up (optimizer/setup.py)
@@ -83,8 +80,6 @@ class ValidationPhase:
     # ------------------------------------------------------------ claimed work (any worker)
     def step(self) -> Step | None:
         """Validate one wanted trial nobody has validated; None when there is nothing to do."""
-        from optimizer.loop import Step
-
         done, busy = self.run_one(self._wanted)
         if done is not None:
             return done
@@ -93,8 +88,6 @@ class ValidationPhase:
     def run_one(self, wanted: Callable[[Mapping], list[int]]) -> tuple[Step | None, bool]:
         """Validate the first of ``wanted(attrs)`` that is free: (Step.VALIDATED, False), or
         (None, whether live claims elsewhere hold some of them)."""
-        from optimizer.loop import Step
-
         r = self.r
         with r.claim():
             attrs = r.study.user_attrs
@@ -159,9 +152,9 @@ class ValidationPhase:
         resolvable = 1.96 * math.sqrt(2) * se_obj
         r.study.set_user_attr("noise", {"tasks": per_task, "objective_se": se_obj, "resolvable": resolvable})
         lines = ", ".join(f"{task} {v['se']:.3f} ({v['documents']} docs)" for task, v in per_task.items())
-        r._note(f"noise on search documents: standard error per task (normalized) {lines}; objective "
+        r.note(f"noise on search documents: standard error per task (normalized) {lines}; objective "
                 f"{se_obj:.4f}, so candidates closer than ~{resolvable:.3f} cannot be told apart")
         if resolvable > CHASED_DIFFERENCE:
-            r._warn(f"the search's objective cannot resolve differences below ~{resolvable:.3f}, larger than the "
+            r.warn(f"the search's objective cannot resolve differences below ~{resolvable:.3f}, larger than the "
                     f"~{CHASED_DIFFERENCE} improvements merging usually finds: raise suite.limit (more documents) "
                     "for a search that ranks candidates by more than noise")
