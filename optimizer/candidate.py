@@ -39,7 +39,12 @@ class Candidate(BaseModel):
 @runtime_checkable
 class Evaluator(Protocol):
     """Weights in, raw per-task scores out. ``directions[task]`` is True when higher is better
-    (it may be filled by the first evaluation)."""
+    (it may be filled by the first evaluation). Everything the study runner uses is declared
+    here; it probes for nothing (evaluators/engine.py's MergeEvaluator implements it)."""
+
+    last_timings: dict[str, float]
+    """Seconds by stage (e.g. materialize_s, score_s) of the last ``evaluate`` or ``validate``;
+    stored with the trial. Empty when there is nothing to time."""
 
     @property
     def checkpoint_names(self) -> list[str]: ...
@@ -52,6 +57,16 @@ class Evaluator(Protocol):
 
     def evaluate(self, candidate: Candidate, fidelity: float = 1.0) -> dict[str, float]:
         """``fidelity``: the fraction of each task's documents to score (multi-fidelity search)."""
+        ...
+
+    def validate(self, candidate: Candidate) -> dict[str, dict]:
+        """Per task, the score on the validation documents (never seen by the search) and its
+        per-document values: ``{"score", "values", "aggregation"}`` (optimizer/validation.py)."""
+        ...
+
+    def doc_counts(self, split: str = "search") -> dict[str, int]:
+        """Documents per task in ``split`` ("search" or "validation"); empty when the scores are
+        not means over documents (then no noise guidance is given)."""
         ...
 
 

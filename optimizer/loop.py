@@ -123,7 +123,7 @@ class StudyRunner:
     def evaluate(self, cand: Candidate, fidelity: float = 1.0) -> tuple[dict[str, float], dict[str, float]]:
         t0 = time.perf_counter()
         raw = self.evaluator.evaluate(cand, fidelity) if fidelity < 1 else self.evaluator.evaluate(cand)
-        timings = dict(getattr(self.evaluator, "last_timings", {}) or {})
+        timings = dict(self.evaluator.last_timings or {})
         timings["total_s"] = time.perf_counter() - t0
         missing = [t for t in self.task_names if t not in raw]
         if missing:

@@ -46,7 +46,7 @@ class ValidationPhase:
             r.fail_note(f"validation of trial {number} failed: {exc}")
             return entry
         entry = {"docs": {t: d.to_json() for t, d in docs.items()},
-                 "timings": dict(getattr(r.evaluator, "last_timings", {}) or {})}
+                 "timings": dict(r.evaluator.last_timings or {})}
         boot = V.bootstrap(r.spec, r.study.user_attrs)
         if boot is not None:
             entry["summary"] = boot.summary(docs)
@@ -129,7 +129,7 @@ class ValidationPhase:
         from the references' per-document spread; a warning when the objective's is larger than
         the differences the search chases."""
         r = self.r
-        counts = r.evaluator.doc_counts("search") if hasattr(r.evaluator, "doc_counts") else None
+        counts = r.evaluator.doc_counts("search")
         entries = V.stored(r.study.user_attrs)
         vrefs = r.study.user_attrs.get(V.A_VREFS) or {}
         if not counts:

@@ -18,6 +18,8 @@ class QuadraticPool:
     -penalty * (1 - sum p_i^2), which makes every mixture worse than the vertices
     (merging hurts)."""
 
+    last_timings: dict[str, float] = {}  # analytic scores: no stages to time
+
     def __init__(self, names, targets: dict[str, list[float]], *, k=1.0, penalty=0.0, has_base=True):
         self.names = list(names)
         self.targets = {t: np.asarray(v, dtype=float) for t, v in targets.items()}
@@ -43,6 +45,11 @@ class QuadraticPool:
     def point(self, c: Candidate) -> np.ndarray | None:
         w = np.array([max(c.weights.get(n, 0.0), 0.0) for n in self.names])
         return None if w.sum() == 0 else w / w.sum()
+
+    def doc_counts(self, split: str = "search") -> dict[str, int]:
+        """No documents: search scores are exact values, not means over documents (validation's 20
+        identical documents carry no noise either), so there is no noise to guide on."""
+        return {}
 
     def validate(self, c: Candidate) -> dict[str, dict]:
         """Validation documents without noise: each of 20 documents scores the true value."""
@@ -93,6 +100,7 @@ class NoisyPool:
     checkpoint_names = property(lambda self: self.names)
     has_base = property(lambda self: True)
     directions = property(lambda self: dict.fromkeys(self.tasks, True))
+    last_timings: dict[str, float] = {}  # scores drawn, not computed: no stages to time
 
     def doc_counts(self, split: str = "search") -> dict[str, int]:
         return dict.fromkeys(self.tasks, self.n[split])

@@ -73,10 +73,20 @@ class MemberPool:
         w = np.array([c.weights.get(n, 0.0) for n in [*self.names, BASE_WEIGHT]])
         return w / w.sum()
 
+    last_timings: dict[str, float] = {}  # analytic scores: no stages to time
+
     def evaluate(self, c: Candidate, fidelity: float = 1.0) -> dict[str, float]:
         self.calls.append(c)
         value = 1.0 / (1.0 + float(np.sum((self.point(c) - self.target) ** 2)))  # > 0: normalizable
         return dict.fromkeys(self.tasks, value)
+
+    def validate(self, c: Candidate) -> dict[str, dict]:
+        """Exact scores (no document noise), as 20 identical validation documents."""
+        value = 1.0 / (1.0 + float(np.sum((self.point(c) - self.target) ** 2)))
+        return {t: {"score": value, "values": [value] * 20, "aggregation": "mean"} for t in self.tasks}
+
+    def doc_counts(self, split: str = "search") -> dict[str, int]:
+        return {}  # exact scores, not means over documents
 
 
 class Scripted(MemberPool):
