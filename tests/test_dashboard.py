@@ -99,7 +99,12 @@ def test_dashboard_in_a_browser(service, browser, tmp_path):
     row.wait_for()
     assert row.locator(".badge").inner_text() == "completed"
     assert row.locator(".progress-text").inner_text() == "12 / 12"
-    assert f"{study['best']['objective']:.3f}" in row.inner_text()
+    # The headline is the recommended merge on validation documents with its interval (issue 23),
+    # not the search documents' optimistic best.
+    rec = study["recommended"]["validation"]
+    assert f"{rec['value']:.3f} [{rec['lo']:.3f}, {rec['hi']:.3f}]" in row.inner_text()
+    assert row.locator('td[data-split="validation"]').count() == 1
+    assert f"#{study['recommended']['trial']} " in row.inner_text()
     assert row.get_attribute("data-state") == "completed"
     assert row.locator('button[data-action="pause"]').is_disabled()
     page.screenshot(path=str(tmp_path / "studies.png"), full_page=True)
