@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -23,12 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from materialize import build_pool, time_it  # noqa: E402
+from materialize import build_pool  # noqa: E402
+from materialize import time_it as time_calls  # noqa: E402
 
 from evaluators.merge_spec import MergeSpec  # noqa: E402
 from evaluators.pool import validate_pool  # noqa: E402
 from evaluators.resident import ResidentModel, ResidentPool, pick_device  # noqa: E402
 from evaluators.streaming import host_buffer  # noqa: E402
+
+
+def time_it(fn, repeats: int, sync) -> float:
+    """Median seconds of the calls after the first (which builds caches)."""
+    return statistics.median(time_calls(fn, repeats, sync)[1])
 
 
 def reference(n_params: int, n: int, dtype: torch.dtype, device: torch.device, streamed: bool, repeats: int,
