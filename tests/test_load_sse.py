@@ -18,7 +18,9 @@ from test_load import ServedStudy, run_load
 
 CROWD = Path(__file__).with_name("sse_crowd.py")
 # All the crowd's streams come from one address: the per-client cap is lifted for it.
-SSE_ENV = {"MERGEOPT_MAX_STREAMS": "1000", "MERGEOPT_MAX_STREAMS_PER_CLIENT": "1000"}
+# So is the per-address connection cap (issue 20): here one address stands for 550 clients.
+SSE_ENV = {"MERGEOPT_MAX_STREAMS": "1000", "MERGEOPT_MAX_STREAMS_PER_CLIENT": "1000",
+           "MERGEOPT_MAX_CONNECTIONS_PER_CLIENT": "2000"}
 
 
 def run_sse_load(served: ServedStudy, *, sse_clients: int, pollers: int, seconds: float, interval: float) -> dict:
