@@ -101,7 +101,8 @@ class StudyRunner:
         self.setup = SetupPhase(self)
         self.failures = 0
         self.prepared = False
-        self._scored_merges = ScoredMerges(R.T_CANDIDATE, R.T_RAW, R.T_FIDELITY)
+        self._scored_merges = ScoredMerges()
+        self.chance = {t.task: t.chance for t in self.tasks}  # chance levels for normalize()
         self._bar: tqdm | None = None
 
     # ---------------------------------------------------------------- study set-up
@@ -135,7 +136,7 @@ class StudyRunner:
         return scores, timings
 
     def scored(self, raw: dict[str, float]) -> tuple[dict[str, float], list[float], float]:
-        norm = normalize(raw, self.dens, self.directions, {t.task: t.chance for t in self.tasks})
+        norm = normalize(raw, self.dens, self.directions, self.chance)
         obj = scalarize(norm, self.tasks, self.spec.search.objective)
         values = [obj] if len(self.study.directions) == 1 else [norm[t] for t in self.task_names]
         return norm, values, obj

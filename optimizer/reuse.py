@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from optimizer.candidate import Candidate
+from optimizer.records import T_CANDIDATE, T_FIDELITY, T_RAW
 
 RANDOMIZED = {"dare_ties", "dare_linear"}  # their seed changes the merge
 # mergekit's default of `normalize` per method (None means it), as evaluators/merge_methods.py has it
@@ -36,19 +37,17 @@ def candidate_key(cand: Candidate) -> str:
 class ScoredMerges:
     """Completed full-fidelity trials by the merge they scored (keys cached per trial number)."""
 
-    def __init__(self, candidate_attr: str, raw_attr: str, fidelity_attr: str) -> None:
-        self.attrs = (candidate_attr, raw_attr, fidelity_attr)
+    def __init__(self) -> None:
         self.keys: dict[int, str | None] = {}
 
     def find(self, rows, cand: Candidate) -> tuple[int, dict] | None:
         """(trial number, raw scores) of a completed trial of ``rows`` with the same merge."""
-        cand_attr, raw_attr, fid_attr = self.attrs
         key = candidate_key(cand)
         for t in rows:
             if t.number not in self.keys:
                 ua = t.user_attrs
-                usable = raw_attr in ua and cand_attr in ua and ua.get(fid_attr, 1.0) == 1.0
-                self.keys[t.number] = candidate_key(Candidate.model_validate(ua[cand_attr])) if usable else None
+                usable = T_RAW in ua and T_CANDIDATE in ua and ua.get(T_FIDELITY, 1.0) == 1.0
+                self.keys[t.number] = candidate_key(Candidate.model_validate(ua[T_CANDIDATE])) if usable else None
             if self.keys[t.number] == key:
-                return t.number, dict(t.user_attrs[raw_attr])
+                return t.number, dict(t.user_attrs[T_RAW])
         return None

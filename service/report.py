@@ -115,9 +115,9 @@ def front_table(rows: list[TrialRow], front: dict, verdict: dict | None = None) 
     on_front = {e["trial"] for e in data["front"]}
     by_number = {r.number: r for r in rows}
     extra = [n for n in marks if n not in on_front and n in by_number]
-    extra_rows = [front_json(rows, {**front, "trials": extra}, verdict)["front"]] if extra else [[]]
+    below = front_json(rows, {**front, "trials": extra}, verdict)["front"] if extra else []
     lines = [head]
-    for e in data["front"] + extra_rows[0]:
+    for e in data["front"] + below:
         iv = e["intervals"]
         mean = (f"{e['objective']:.3f} [{iv['objective']['lo']:.3f}, {iv['objective']['hi']:.3f}]" if iv
                 else f"{e['objective']:.3f}")
@@ -146,7 +146,7 @@ def front_table(rows: list[TrialRow], front: dict, verdict: dict | None = None) 
     if "+" in marks.values():
         out.append("+ the search's best merge (the verdict's question: did searching beat set-up?)")
     out.append("merge weights (linear shown normalized):")
-    out += [f"  trial {e['trial']}: {_weights(e['merge'])}" for e in data["front"] + extra_rows[0]]
+    out += [f"  trial {e['trial']}: {_weights(e['merge'])}" for e in data["front"] + below]
     out.append(hypervolume_line(data["hypervolume"], tasks, data["hypervolume_skips"]))
     if verdict is not None and split == "validation":
         out += ["", verdict["text"]]
