@@ -55,8 +55,7 @@ from service.studies import build_evaluator  # noqa: E402
 STRATEGIES: dict[str, dict] = {
     "box": {"weights": "box"},                             # the defaults before this benchmark
     "box_local": {"weights": "box", "warm_sigma0": 0.1},
-    "gated": {"weights": "gated"},
-    "gated_local": {"weights": "gated", "warm_sigma0": 0.1},
+    "gated_local": {"weights": "gated", "warm_sigma0": 0.1},  # the defaults since (issue 18)
 }
 REFERENCE = {"weights": "box", "warm_start": False}        # cold start: independent of set-up
 DEFAULT_POOLS = ("recycle8", "recycle16", "weighted_helps", "merge_helps", "single_best", "trajectory")

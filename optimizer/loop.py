@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from optimizer import records as R
 from optimizer.candidate import Candidate, Evaluator
+from optimizer.carry_over import carried_over
 from optimizer.events import NullListener, StudyListener, no_lock
 from optimizer.normalize import normalize, scalarize
 from optimizer.reuse import ScoredMerges
@@ -55,25 +56,27 @@ class StudyFailed(RuntimeError):
     """Too many trials failed; the last error says why."""
 
 
-def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Create the Optuna study (objectives, spec) or re-open it; refuse a different study."""
+def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, StudySpec]:
+    """Create the Optuna study (objectives, spec) or re-open it; refuse a different study.
+    Returns the study and the spec it runs with (a stored study keeps its defaults: carry_over)."""
     k = n_objectives(spec.search, len(spec.suite.tasks))
     study = optuna.create_study(study_name=spec.name, storage=storage, directions=["maximize"] * k,
                                 load_if_exists=True, pruner=make_pruner(spec.search))
     if len(study.directions) != k:
         raise SpecError(f"study '{spec.name}' already exists with {len(study.directions)} objectives")
     stored = study.user_attrs.get(R.A_IDENTITY)
+    spec = carried_over(spec, stored)
     mine = _jsonable(spec.identity())
     if stored is None:
         study.set_user_attr(R.A_SPEC, spec.model_dump(mode="json", by_alias=True))
         study.set_user_attr(R.A_IDENTITY, mine)
     elif stored != mine:
-        diff = [key for key in mine if mine[key] != stored.get(key)]
+        diff = [key for key in {**mine, **stored} if mine.get(key) != stored.get(key)]  # either side's keys
         raise SpecError(
             f"study '{spec.name}' already exists in its storage with a different "
             f"{', '.join(diff)}; choose another name to start a new study"
         )
-    return study
+    return study, spec
 
 
 class StudyRunner:
@@ -94,9 +97,10 @@ class StudyRunner:
         self.claim = claim
         self.tasks = spec.suite.tasks
         self.task_names = spec.task_names
-        self.space = SearchSpace(spec.search, spec.weight_names)
         self.storage = storage or open_storage(spec.storage)
-        self.study = self._open_study()
+        self.study, self.spec = open_study(spec, self.storage)
+        spec = self.spec
+        self.space = SearchSpace(spec.search, spec.weight_names)
         self.validation = ValidationPhase(self) if spec.suite.validation else None
         self.setup = SetupPhase(self)
         self.failures = 0
@@ -106,9 +110,6 @@ class StudyRunner:
         self._bar: tqdm | None = None
 
     # ---------------------------------------------------------------- study set-up
-    def _open_study(self) -> optuna.Study:
-        return open_study(self.spec, self.storage)
-
     @property
     def heartbeat_s(self) -> float:
         return getattr(self.storage, "heartbeat_interval", None) or HEARTBEAT_S

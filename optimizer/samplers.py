@@ -22,7 +22,7 @@ def _cmaes(search: SearchSpec, x0: dict[str, float] | None, dim: int) -> optuna.
     popsize, sigma0 = cmaes_sizes(search, dim)
     # Warm-started, the first run explores around the best set-up trial with its own step;
     # restarts (from the incumbent) take the full step.
-    first = search.warm_sigma0 if x0 is not None and search.warm_sigma0 else sigma0
+    first = search.warm_step if x0 is not None and search.warm_step else sigma0
     return ipop.RestartingCmaEs(x0=x0, sigma0=sigma0, first_sigma0=first, popsize=popsize, seed=search.seed,
                                 restarts=search.restarts == "ipop", patience=search.restart_patience,
                                 max_popsize=MAX_POPULATION)

@@ -44,7 +44,7 @@ class SearchSpace:
 
     @property
     def gated(self) -> bool:
-        return self.search.weights == "gated"
+        return self.search.weight_mode == "gated"
 
     def candidate(self, params: dict[str, float], seed: int = 0) -> Candidate:
         if self.grouped is not None:

@@ -115,10 +115,10 @@ def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | Non
 
 def study_verdict(study, rows: list[TrialRow]) -> dict | None:
     """The verdict of a stored study (None without validation documents)."""
+    from optimizer.carry_over import stored_spec
     from optimizer.records import A_SPEC
-    from optimizer.spec import parse_spec
 
     attrs = study.user_attrs
     if A_SPEC not in attrs:
         return None
-    return verdict(parse_spec(attrs[A_SPEC]), attrs, rows)
+    return verdict(stored_spec(attrs), attrs, rows)

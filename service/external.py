@@ -15,8 +15,8 @@ import optuna
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from optimizer.carry_over import stored_spec
 from optimizer.records import A_SPEC
-from optimizer.spec import parse_spec
 from service.db.models import Pool, Study, Suite
 from service.views import _storage
 
@@ -39,7 +39,7 @@ def _free_name(session: Session, model, name: str) -> str:
 
 def _adopt(session: Session, summary: optuna.study.StudySummary) -> Study | None:
     try:
-        spec = parse_spec(summary.user_attrs[A_SPEC])
+        spec = stored_spec(summary.user_attrs)
     except Exception as exc:  # a spec this version cannot read: list nothing rather than fail the list
         log.warning("not listing Optuna study %r: its mergeopt spec does not parse (%s)", summary.study_name, exc)
         return None

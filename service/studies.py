@@ -14,8 +14,9 @@ from evaluators.pool import validate_pool
 from evaluators.resident import ResidentPool, pick_device
 from evaluators.scoring import TaskRequest
 from optimizer import records as R
+from optimizer.carry_over import stored_spec
 from optimizer.loop import StudyRunner
-from optimizer.spec import SpecError, StudySpec, load_spec, parse_spec
+from optimizer.spec import SpecError, StudySpec, load_spec
 from optimizer.storage import open_storage
 
 DEFAULT_STORAGE = "sqlite:///mergeopt.db"
@@ -63,10 +64,9 @@ def open_study(ref: str, storage: str | None = None) -> tuple[optuna.Study, Stud
         study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise SpecError(f"no study named '{name}' in {url}") from None
-    stored = study.user_attrs.get(R.A_SPEC)
-    if stored is None:
+    if R.A_SPEC not in study.user_attrs:
         raise SpecError(f"study '{name}' in {url} was not created by mergeopt")
-    return study, parse_spec(stored)
+    return study, stored_spec(study.user_attrs)
 
 
 def export_trial(study: optuna.Study, spec: StudySpec, number: int, out_dir: str | Path, progress: bool = True,
