@@ -44,12 +44,12 @@ from search_report import table  # noqa: E402
 
 from optimizer import records as R  # noqa: E402
 from optimizer import validation as V  # noqa: E402
-from optimizer.candidate import Candidate  # noqa: E402
+from contract.merge import MergeSpec
 from optimizer.loop import StudyRunner  # noqa: E402
 from optimizer.reuse import candidate_key  # noqa: E402
 from optimizer.spec import parse_spec  # noqa: E402
 from optimizer.stats import compare  # noqa: E402
-from service.studies import build_evaluator  # noqa: E402
+from service.studies.runs import build_evaluator  # noqa: E402
 
 # Search settings per strategy (over the defaults: cmaes, warm start at the best set-up trial).
 STRATEGIES: dict[str, dict] = {
@@ -82,7 +82,7 @@ class MemoEvaluator:
                 ua = t.user_attrs
                 if R.T_CANDIDATE not in ua or R.T_RAW not in ua or ua.get(R.T_FIDELITY, 1.0) != 1.0:
                     continue
-                key = candidate_key(Candidate.model_validate(ua[R.T_CANDIDATE]))
+                key = candidate_key(MergeSpec.model_validate(ua[R.T_CANDIDATE]))
                 if "reused_from_trial" not in ua.get(R.T_TIMES, {}):
                     self.scores.setdefault((key, 1.0), dict(ua[R.T_RAW]))
                 if "docs" in entries.get(t.number, {}):

@@ -23,7 +23,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from optimizer.spec import SpecError
     from optimizer.storage import StorageError
     from service.client import MergeoptError  # a server's refusal, with its reason
-    from service.paths import PathNotAllowed
+    from service.studies.paths import PathNotAllowed
     from service.worker import SetupFailed  # `worker --device` naming a device it lacks
 
     return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, OSError, PathNotAllowed, StorageError,
@@ -35,7 +35,7 @@ def _stored_url(ref: str, storage: str | None) -> str:
     a SQLite file that does not exist is refused, not created empty."""
     from optimizer.spec import load_spec
     from optimizer.storage import check_url
-    from service.studies import DEFAULT_STORAGE
+    from service.studies.runs import DEFAULT_STORAGE
 
     is_yaml = ref.endswith((".yaml", ".yml")) or Path(ref).is_file()
     url = storage or (load_spec(ref).storage if is_yaml else DEFAULT_STORAGE)
@@ -46,7 +46,7 @@ def _stored_url(ref: str, storage: str | None) -> str:
 def _print_front(study, split: str = "validation", as_json: bool = False) -> None:
     from optimizer.records import stored_front, trial_rows
     from optimizer.verdict import study_verdict
-    from service.report import front_json, front_table
+    from service.studies.report import front_json, front_table
 
     rows, front = trial_rows(study), stored_front(study, split)
     verdict = study_verdict(study, rows) if front.get("split") == "validation" else None
@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from optimizer.spec import load_spec
     from optimizer.storage import check_url
     from service.settings import get_settings
-    from service.studies import run_study
+    from service.studies.runs import run_study
 
     spec = load_spec(args.study)
     if args.storage:
@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_front(args: argparse.Namespace) -> int:
     from service import cli_remote
-    from service.studies import open_study
+    from service.studies.runs import open_study
 
     if cli_remote.server_of(args):
         return cli_remote.front(args)
@@ -84,7 +84,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from optimizer.spec import SpecError
     from optimizer.verdict import recommended
     from service import cli_remote
-    from service.studies import export_trial, open_study
+    from service.studies.runs import export_trial, open_study
 
     if cli_remote.server_of(args):
         return cli_remote.export(args)

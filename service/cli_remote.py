@@ -60,7 +60,7 @@ def _recommended_number(client, key: str) -> int:
 # ---------------------------------------------------------------- front / export / status
 def front(args: argparse.Namespace) -> int:
     from optimizer.records import TrialRow
-    from service.report import front_table
+    from service.studies.report import front_table
 
     with _client(args) as c:
         out = c.front(args.study, args.split)
@@ -119,7 +119,7 @@ def _local_status(args: argparse.Namespace) -> int:
     from optimizer.records import trial_rows
     from optimizer.verdict import study_verdict
     from service.cli import _stored_url
-    from service.studies import open_study
+    from service.studies.runs import open_study
 
     if not args.study:
         print("error: status without --server (or MERGEOPT_SERVER) needs a STUDY (YAML, or a name with --storage)",

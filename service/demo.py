@@ -12,9 +12,9 @@ import torch
 from optimizer.records import stored_front, trial_rows
 from optimizer.spec import SpecError, parse_spec
 from optimizer.verdict import study_verdict
-from service.plots import plot_study
-from service.report import front_table
-from service.studies import run_study
+from service.studies.plots import plot_study
+from service.studies.report import front_table
+from service.studies.runs import run_study
 
 
 def setup_trials(n_checkpoints: int, has_base: bool = True, greedy_soup: bool = True) -> int:

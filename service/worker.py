@@ -44,7 +44,7 @@ from service.errors import public_error
 from service.listener import DbListener
 from service.locks import study_lock
 from service.settings import Settings
-from service.studies import build_evaluator
+from service.studies.runs import build_evaluator
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
 from servicekit import AUTH, check_front_consistent, make_assets, parse_sse, settings_for
 
-from service import registry, views
 from service.api.app import create_app
 from service.api.schemas import TrialOut
 from service.db.models import Event, Study
 from service.db.session import session_factory
+from service.studies import registry, views
 from service.worker import Worker
 
 

@@ -21,10 +21,10 @@ from conftest import scratch_pg_database
 from fastapi.testclient import TestClient
 from servicekit import AUTH, make_assets, settings_for, stored, wait_for
 
-from service import registry
 from service.api.app import create_app
 from service.db.models import Event, Study
 from service.db.session import get_engine, session_factory
+from service.studies import registry
 from service.worker import Worker
 
 JSON = {**AUTH, "Content-Type": "application/json"}

@@ -22,7 +22,7 @@ from optimizer.spec import load_spec, parse_spec
 from optimizer.storage import open_storage
 from service.cli import build_parser, main
 from service.demo import min_demo_trials, setup_trials
-from service.report import front_table
+from service.studies.report import front_table
 
 from fakes import QuadraticPool
 from tinypool import make_extra_tasks, make_pool, make_tasks
@@ -89,7 +89,7 @@ def test_demo_study_exports_from_another_folder_and_mergekit_reproduces_it(tmp_p
 
 
 def test_exported_mergekit_config_has_absolute_paths_for_a_relative_pool(tmp_path, monkeypatch):
-    from evaluators.merge_spec import MergeSpec
+    from contract.merge import MergeSpec
     from evaluators.mergekit_yaml import to_mergekit_yaml
 
     monkeypatch.chdir(tmp_path)

@@ -27,13 +27,13 @@ from servicekit import AUTH, make_assets, settings_for
 from evaluators import export
 from evaluators.pool import PoolFileRefused, load_checkpoint_tensors, validate_pool
 from optimizer.spec import parse_spec
-from service import studies
 from service.api import routes
 from service.api.app import create_app
 from service.cli import main
 from service.db.models import Study
 from service.db.session import session_factory
-from service.paths import PathNotAllowed, guard_path
+from service.studies import runs as studies
+from service.studies.paths import PathNotAllowed, guard_path
 from service.worker import Worker
 
 from tinypool import make_pool

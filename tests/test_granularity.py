@@ -20,14 +20,15 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from evaluators.export import write_merge
-from evaluators.granularity import Granularity, GranularityError, TensorGroups
-from evaluators.merge_spec import MergeSpec
+from contract.granularity import Granularity
+from evaluators.granularity import GranularityError, TensorGroups
+from contract.merge import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
 from optimizer.loop import StudyRunner
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, parse_spec
-from service.report import _weights
+from service.studies.report import _weights
 
 from fakes import QuadraticPool
 from tinypool import save_model, tiny_config

@@ -7,7 +7,7 @@ from test_validation import NAMES, spec, trade_off
 from optimizer.loop import StudyRunner
 from optimizer.records import stored_front, trial_rows
 from optimizer.verdict import study_verdict
-from service.plots import figure_study, plot_study
+from service.studies.plots import figure_study, plot_study
 
 from fakes import NoisyPool
 

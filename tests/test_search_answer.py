@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from optimizer.candidate import Candidate, one_hot
+from contract.merge import MergeSpec, one_hot
 from optimizer.loop import StudyRunner
 from optimizer.records import stored_front, trial_rows
 from optimizer.reuse import candidate_key
 from optimizer.space import GATE_MARGIN, SearchSpace
 from optimizer.spec import SpecError, parse_spec
 from optimizer.verdict import _headline, recommended, study_verdict
-from service.report import front_table
+from service.studies.report import front_table
 
 from fakes import NoisyPool, QuadraticPool
 
@@ -44,7 +44,7 @@ def test_gated_weights_reach_single_checkpoints_sub_soups_and_the_uniform_soup(t
     point = space.embed(one_hot(NAMES, "c"))
     assert point == {"w:a": -GATE_MARGIN, "w:b": -GATE_MARGIN, "w:c": 0.5, "w:d": -GATE_MARGIN}
     assert candidate_key(space.candidate(point)) == candidate_key(one_hot(NAMES, "c"))
-    soup = Candidate(method="linear", weights={"a": 1, "b": 1, "c": 0, "d": 0}, normalize=True)
+    soup = MergeSpec(method="linear", weights={"a": 1, "b": 1, "c": 0, "d": 0}, normalize=True)
     assert candidate_key(space.candidate(space.embed(soup))) == candidate_key(soup)
 
 
@@ -69,14 +69,14 @@ def test_a_merge_already_scored_is_reused_not_evaluated_again(tmp_path):
     for t in reused:
         source = by_number[int(t.user_attrs["timings"]["reused_from_trial"])]
         assert t.user_attrs["raw"] == source.user_attrs["raw"]
-        assert candidate_key(Candidate.model_validate(t.user_attrs["candidate"])) == \
-            candidate_key(Candidate.model_validate(source.user_attrs["candidate"]))
+        assert candidate_key(MergeSpec.model_validate(t.user_attrs["candidate"])) == \
+            candidate_key(MergeSpec.model_validate(source.user_attrs["candidate"]))
 
 
 def test_randomized_merges_are_never_reused():
-    a = Candidate(method="dare_ties", weights={"a": 1.0}, density=0.5, seed=1)
+    a = MergeSpec(method="dare_ties", weights={"a": 1.0}, density=0.5, seed=1)
     assert candidate_key(a) != candidate_key(a.model_copy(update={"seed": 2}))
-    t = Candidate(method="ties", weights={"a": 1.0}, density=0.5, seed=1)
+    t = MergeSpec(method="ties", weights={"a": 1.0}, density=0.5, seed=1)
     assert candidate_key(t) == candidate_key(t.model_copy(update={"seed": 2}))  # TIES ignores the seed
 
 
@@ -97,7 +97,9 @@ def truth_single_best(p):
 
 def test_the_recommendation_is_the_best_of_all_trials_and_never_below_set_up(tmp_path):
     ev = NoisyPool(NAMES, truth_single_best, n_search=400, n_validation=400, shared=0.5, seed=3)
-    runner = StudyRunner(spec(tmp_path, validation=0.5, n_trials=30), ev, progress=False)
+    # Box weights: a single checkpoint is a corner no search trial hits, so every search trial is
+    # a worse mixture (gated weights reach checkpoint a itself, and near-copies that tie with it).
+    runner = StudyRunner(spec(tmp_path, validation=0.5, n_trials=30, weights="box"), ev, progress=False)
     runner.run()
     rows = trial_rows(runner.study)
     done = [r for r in rows if r.state == "COMPLETE"]
@@ -113,6 +115,22 @@ def test_the_recommendation_is_the_best_of_all_trials_and_never_below_set_up(tmp
     marked = [line for line in table.splitlines() if line.startswith(f"{rec.number} *")]
     assert marked, table  # the recommended trial is a row, marked, on the front or below it
     assert "* the recommended merge" in table
+
+
+def test_with_gated_weights_the_search_reaches_the_best_checkpoint_and_stays_with_it(tmp_path):
+    ev = NoisyPool(NAMES, truth_single_best, n_search=400, n_validation=400, shared=0.5, seed=3)
+    runner = StudyRunner(spec(tmp_path, validation=0.5, n_trials=30), ev, progress=False)  # the default
+    assert runner.space.gated
+    runner.run()
+    rows = trial_rows(runner.study)
+    search = [r for r in rows if r.kind == "search" and r.state == "COMPLETE"]
+    alone = [r for r in search if r.candidate["weights"]["a"] > 0 and sum(r.candidate["weights"].values())
+             == r.candidate["weights"]["a"]]
+    assert len(alone) >= len(search) // 3, "the search rarely proposed checkpoint a alone"
+    v = study_verdict(runner.study, rows)
+    rec = next(r for r in rows if r.number == v["recommended"])
+    assert rec.candidate["weights"]["a"] >= 0.9 * sum(rec.candidate["weights"].values())  # a, nearly alone
+    assert v["search_paid"] is False and "searching did not pay" in v["text"]
 
 
 def test_searching_paid_when_the_search_finds_a_better_merge(tmp_path):

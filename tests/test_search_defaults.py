@@ -11,7 +11,7 @@ from optimizer.carry_over import stored_spec
 from optimizer.loop import StudyRunner
 from optimizer.samplers import cmaes_sizes, make_sampler
 from optimizer.spec import GATED_WARM_SIGMA0, SpecError, parse_spec
-from service.studies import open_study as open_stored
+from service.studies.runs import open_study as open_stored
 
 from fakes import QuadraticPool
 

@@ -108,7 +108,7 @@ def test_a_side_file_swapped_after_guard_tree_is_refused_at_registration(sec, se
     """Finding 2: registration guarded the folder's links, then read its files without roots; a
     tokenizer file swapped for a link in between was read and its first line echoed in the 422.
     Now every file is opened through the guard: 403, naming the file, and no secret."""
-    import service.registry as registry
+    import service.studies.registry as registry
 
     pool = pool_copy(sec)
     victim = Path(pool["checkpoints"][1]["path"])

@@ -7,7 +7,7 @@ from servicekit import make_assets, settings_for
 
 from optimizer.spec import parse_spec
 from service.api.app import create_app
-from service.studies import run_study
+from service.studies.runs import run_study
 
 
 def test_recommended_headline_and_hypervolume_history_of_a_cli_study(tmp_path):

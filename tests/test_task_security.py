@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from servicekit import AUTH, make_assets, settings_for
 
 from evaluators.engine import MergeEvaluator
-from evaluators.merge_spec import MergeSpec
+from contract.merge import MergeSpec
 from evaluators.scoring import SuiteError, SuiteScorer, TaskRequest
 from evaluators.task_files import TaskFileRefused
 from service.api.app import create_app
@@ -144,12 +144,12 @@ def test_template_injection_never_runs_on_a_real_scoring_path(sec, tmp_path):
 
 
 def test_every_process_renders_sandboxed():
-    """The API, a worker and `mergeopt run` (service.studies) each sandbox lm-eval's templates as
+    """The API, a worker and `mergeopt run` (service.studies.runs) each sandbox lm-eval's templates as
     soon as they import what builds tasks: fresh interpreters, nothing else imported."""
     probe = "import {}, lm_eval.utils as u, jinja2.sandbox as s; print(isinstance(u.env, s.ImmutableSandboxedEnvironment))"
     runs = {m: subprocess.Popen([sys.executable, "-c", probe.format(m)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
-            for m in ("service.api.app", "service.worker", "service.studies")}
+            for m in ("service.api.app", "service.worker", "service.studies.runs")}
     for module, run in runs.items():
         out, err = run.communicate(timeout=180)
         assert out.strip() == "True", (module, err[-2000:])  # the sandbox (task templates: BoundedSandbox)

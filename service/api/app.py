@@ -24,9 +24,9 @@ from service.api.routes import router
 from service.dashboard import STATIC_DIR
 from service.dashboard import router as dashboard_router
 from service.db.migrate import upgrade
-from service.paths import PathNotAllowed
-from service.registry import Conflict, NotFound
 from service.settings import Settings, get_settings
+from service.studies.paths import PathNotAllowed
+from service.studies.registry import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 ERRORS: dict[type[Exception], int] = {

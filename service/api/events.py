@@ -22,11 +22,11 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 from starlette.background import BackgroundTask
 
-from service import registry
 from service.api.connections import stream_cap
 from service.db.models import Event, Study
 from service.db.session import session_factory
 from service.settings import Settings
+from service.studies import registry
 
 log = logging.getLogger(__name__)
 TERMINAL = {"completed", "failed", "cancelled"}

@@ -19,11 +19,11 @@ from pydantic import TypeAdapter
 from sqlalchemy import bindparam, func, or_, select
 from starlette.concurrency import run_in_threadpool
 
-from service import views
 from service.api.schemas import TrialOut
 from service.db.models import Event, Study
 from service.db.session import get_engine, session_factory
-from service.registry import NotFound
+from service.studies import views
+from service.studies.registry import NotFound
 
 _TRIAL = TypeAdapter(TrialOut)
 FINISHED = {"COMPLETE", "FAIL", "PRUNED"}  # Optuna refuses changes to a finished trial

@@ -13,7 +13,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from optimizer.spec import parse_spec
-from service import registry, views
 from service.api import hot_reads
 from service.api.deps import DB, Cfg, require_read, require_write
 from service.api.downloads import prepared
@@ -33,9 +32,10 @@ from service.api.schemas import (
     TrialOut,
 )
 from service.db.models import Event, Pool, Study, Suite
-from service.external import EXTERNAL, adopt_external
-from service.paths import PathNotAllowed, guard_path
 from service.settings import Settings
+from service.studies import registry, views
+from service.studies.external import EXTERNAL, adopt_external
+from service.studies.paths import PathNotAllowed, guard_path
 
 router = APIRouter(prefix="/v1", responses={422: {"model": Problem, "description": "Invalid request"}})
 read = [Depends(require_read)]
@@ -177,7 +177,7 @@ def _export(settings: Settings, key: str, number: int, out_dir: Path, out_roots:
     from evaluators.fileguard import FileRefused, TargetExists
     from evaluators.pool import PoolFileRefused
     from service.db.session import session_factory
-    from service.studies import export_trial
+    from service.studies.runs import export_trial
 
     with session_factory(settings.database_url)() as session:
         row = _study(session, key)

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from service import registry
 from service.api.deps import DB, Cfg
 from service.db.models import Study
+from service.studies import registry
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"

@@ -13,8 +13,8 @@ from optimizer.verdict import study_verdict
 from service.api.schemas import Best, FrontOut, Progress, StudyOut, TrialOut
 from service.db.models import Event, Study
 from service.db.session import session_factory
-from service.history import hypervolume_history, recommended_headline
-from service.report import front_json
+from service.studies.history import hypervolume_history, recommended_headline
+from service.studies.report import front_json
 
 
 @functools.cache

@@ -5,7 +5,7 @@ intervals); the search documents' front stays available for diagnosis, labelled 
 
 from __future__ import annotations
 
-from optimizer.granularity import Granularity
+from contract.granularity import Granularity
 from optimizer.records import TrialRow
 from optimizer.verdict import shown
 

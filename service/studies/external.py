@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from optimizer.carry_over import stored_spec
 from optimizer.records import A_SPEC
 from service.db.models import Pool, Study, Suite
-from service.views import _storage
+from service.studies.views import _storage
 
 log = logging.getLogger(__name__)
 EXTERNAL = "external"

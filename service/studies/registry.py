@@ -14,8 +14,8 @@ from evaluators.scoring import check_task_names
 from optimizer.loop import open_study
 from optimizer.spec import PoolSpec, SuiteSpec, parse_spec
 from service.db.models import Pool, Study, Suite
-from service.paths import guard_path, guard_tree
 from service.settings import Settings
+from service.studies.paths import guard_path, guard_tree
 
 
 class Conflict(ValueError):

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 
 from evaluators.engine import MergeEvaluator
-from evaluators.merge_spec import MergeSpec
+from contract.merge import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentPool, pick_device
 from evaluators.scoring import TaskRequest
