@@ -24,7 +24,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from optimizer.storage import StorageError
     from service.client import MergeoptError  # a server's refusal, with its reason
     from service.studies.paths import PathNotAllowed
-    from service.worker import SetupFailed  # `worker --device` naming a device it lacks
+    from service.worker.runtime import SetupFailed  # `worker --device` naming a device it lacks
 
     return (SpecError, PoolError, SuiteError, MergeConfigError, StudyFailed, OSError, PathNotAllowed, StorageError,
             SetupFailed, MergeoptError)
@@ -146,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service.api.app import create_app
     from service.api.connections import connection_cap, guarded_protocol
-    from service.serve_policy import check_serve
+    from service.api.serve_policy import check_serve
 
     settings = check_serve(_settings(args))  # roots needed off loopback; loopback Host names only (serve_policy.py)
     if not settings.tokens:
@@ -165,7 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from service.db.migrate import upgrade
-    from service.worker import Worker
+    from service.worker.runtime import Worker
 
     settings = _settings(args)
     upgrade(settings.database_url)

@@ -20,7 +20,7 @@ from service.api.schemas import TrialOut
 from service.db.models import Event, Study
 from service.db.session import session_factory
 from service.studies import registry, views
-from service.worker import Worker
+from service.worker.runtime import Worker
 
 
 @pytest.fixture(scope="module")

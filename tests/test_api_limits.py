@@ -25,7 +25,7 @@ from service.api.app import create_app
 from service.db.models import Event, Study
 from service.db.session import get_engine, session_factory
 from service.studies import registry
-from service.worker import Worker
+from service.worker.runtime import Worker
 
 JSON = {**AUTH, "Content-Type": "application/json"}
 

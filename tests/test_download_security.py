@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from servicekit import AUTH, make_assets, settings_for
 
 from service.api.app import create_app
-from service.worker import Worker
+from service.worker.runtime import Worker
 
 DOWNLOAD = "/v1/studies/dl/trials/0/export"
 

@@ -13,8 +13,8 @@ from test_staging_security import text_task
 from test_task_security import folder_with, own_service, sec, study_on  # noqa: F401 (fixture)
 
 from service.api.app import create_app
-from service.errors import MAX_ERROR_CHARS, clean
-from service.worker import Worker
+from service.worker.errors import MAX_ERROR_CHARS, clean
+from service.worker.runtime import Worker
 
 
 def nul_task_name(text: str) -> str:

@@ -34,7 +34,7 @@ from service.db.models import Study
 from service.db.session import session_factory
 from service.studies import runs as studies
 from service.studies.paths import PathNotAllowed, guard_path
-from service.worker import Worker
+from service.worker.runtime import Worker
 
 from tinypool import make_pool
 

@@ -14,7 +14,7 @@ from servicekit import AUTH, make_assets, settings_for
 from optimizer.spec import parse_spec
 from service.api.app import create_app
 from service.studies.runs import run_study
-from service.worker import Worker
+from service.worker.runtime import Worker
 
 pytestmark = pytest.mark.slow
 

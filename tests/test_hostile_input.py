@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from servicekit import AUTH, stored
 
-from service.worker import Worker
+from service.worker.runtime import Worker
 
 JSON = {**AUTH, "Content-Type": "application/json"}
 

@@ -4,7 +4,7 @@ restart under load), and give up with the error only after the whole back-off.""
 import pytest
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from service import listener
+from service.worker import listener
 
 
 def _flaky(failures: int, exc: type[Exception]):

@@ -90,7 +90,7 @@ def test_failing_evaluations_are_stored_and_the_study_goes_on(tmp_path, monkeypa
     with its error stored and listed by GET .../trials?state=fail; the study completes."""
     import torch
 
-    import service.worker as worker_mod
+    import service.worker.runtime as worker_mod
 
     assets = make_assets(tmp_path)
     real = worker_mod.build_evaluator

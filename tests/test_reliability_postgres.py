@@ -64,7 +64,7 @@ def pg_restart_command() -> list[str] | str:
 
 def known_restart_bugs(url: str, name: str, study_id: str, orphans_only: bool = False, min_age_s: float = 0.0) -> list:
     """Two bugs a database restart used to hit (fixed: optimizer/loop.py _fail_stale fails trials
-    that never heart-beat; service/listener.py retries its writes):
+    that never heart-beat; service/worker/listener.py retries its writes):
 
     1. A trial created by ``ask`` whose first heartbeat never got written (the connection died
        between the two commits) stays RUNNING forever: Optuna's fail_stale_trials only fails

@@ -16,7 +16,7 @@ import pytest
 from servicekit import AUTH
 from test_task_security import folder_with, own_service, registered, sec, study_on  # noqa: F401 (fixture)
 
-from service.worker import Worker
+from service.worker.runtime import Worker
 
 SECRET = "MERGEOPT_TOKENS=s3cr3t-leak-7731"
 

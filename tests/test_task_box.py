@@ -20,7 +20,7 @@ from evaluators.engine import MergeEvaluator
 from evaluators.merge_spec import MergeSpec
 from evaluators.scoring import TaskRequest
 from evaluators.task_box import BoxLimits, TaskBoxStopped
-from service.worker import Worker
+from service.worker.runtime import Worker
 
 HANG = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{q}}"
 DOUBLING = "{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{q}}"

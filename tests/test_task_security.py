@@ -24,12 +24,12 @@ import yaml
 from fastapi.testclient import TestClient
 from servicekit import AUTH, make_assets, settings_for
 
-from evaluators.engine import MergeEvaluator
 from contract.merge import MergeSpec
+from evaluators.engine import MergeEvaluator
 from evaluators.scoring import SuiteError, SuiteScorer, TaskRequest
 from evaluators.task_files import TaskFileRefused
 from service.api.app import create_app
-from service.worker import Worker
+from service.worker.runtime import Worker
 
 TRUST = "MERGEOPT_TRUSTED_TASK_ROOTS"
 
@@ -149,7 +149,7 @@ def test_every_process_renders_sandboxed():
     probe = "import {}, lm_eval.utils as u, jinja2.sandbox as s; print(isinstance(u.env, s.ImmutableSandboxedEnvironment))"
     runs = {m: subprocess.Popen([sys.executable, "-c", probe.format(m)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
-            for m in ("service.api.app", "service.worker", "service.studies.runs")}
+            for m in ("service.api.app", "service.worker.runtime", "service.studies.runs")}
     for module, run in runs.items():
         out, err = run.communicate(timeout=180)
         assert out.strip() == "True", (module, err[-2000:])  # the sandbox (task templates: BoundedSandbox)

@@ -9,7 +9,7 @@ import pytest
 from servicekit import settings_for
 
 from service.db.migrate import upgrade
-from service.worker import Worker
+from service.worker.runtime import Worker
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
 

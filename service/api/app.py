@@ -54,7 +54,9 @@ def create_app(settings: Settings | None = None, *, worker: bool = False, migrat
         stop = threading.Event()
         thread = None
         if worker:
-            from service.worker import Worker  # torch, transformers: imported before the freeze
+            from service.worker.runtime import (
+                Worker,  # torch, transformers: imported before the freeze
+            )
         if freeze_gc:
             # What start-up created (millions of objects) lives as long as the server: outside
             # the collector, full collections pause requests for tens of ms, not a quarter second.

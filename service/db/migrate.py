@@ -46,7 +46,7 @@ def _one_at_a_time(url: str) -> Iterator[None]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
 
-    from service.locks import _flock
+    from service.db.locks import _flock
 
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":

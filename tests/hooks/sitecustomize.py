@@ -8,7 +8,7 @@ _HOLD = os.environ.get("MERGEOPT_TEST_HOLD_DIR")
 if _HOLD:
     import time
 
-    import service.worker as _worker
+    import service.worker.runtime as _worker
 
     _real = _worker.build_evaluator
 

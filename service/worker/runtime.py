@@ -38,13 +38,13 @@ from optimizer.loop import Step, StudyFailed, StudyRunner
 from optimizer.setup import has_free_work
 from optimizer.spec import DEVICE_PATTERN, SpecError, parse_spec
 from optimizer.storage import open_storage
+from service.db.locks import study_lock
 from service.db.models import Event, Study, Trial
 from service.db.session import session_factory
-from service.errors import public_error
-from service.listener import DbListener
-from service.locks import study_lock
 from service.settings import Settings
 from service.studies.runs import build_evaluator
+from service.worker.errors import public_error
+from service.worker.listener import DbListener
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Worker:
             s.add(Event(study_id=study_id, type="state", payload={"state": state, "error": error, "worker": self.id}))
 
     def _fail(self, study_id: str, exc: BaseException) -> None:
-        """Fail the study with its error as stored errors are (service/errors.py). Where even that
+        """Fail the study with its error as stored errors are (service/worker/errors.py). Where even that
         cannot be stored (the database refuses it), fail it with a fixed reason: a study whose
         failure is not recorded would be picked, and fail, forever."""
         try:

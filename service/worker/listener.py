@@ -11,7 +11,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.db.models import Event, FrontSnapshot, Trial
 from service.db.session import session_factory
-from service.errors import clean
+from service.worker.errors import clean
 
 # Back-off between attempts, ~2 minutes in all: a restart or failover under load can take far
 # longer than a few seconds, and the worker has nothing better to do meanwhile (its trial is
