@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 METHODS = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
 GOALS = {"linear": 1.2}  # the task-vector methods: 1.3
-IMPORTS = ("import torch, transformers, lm_eval.evaluator; import service.cli, service.studies.runs, "
+IMPORTS = ("import torch, transformers, lm_eval.evaluator; import service.cli.main, service.studies.runs, "
            "evaluators.engine, evaluators.scoring")
 
 

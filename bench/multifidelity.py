@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from evaluators.demo_pool import build_demo_pool  # noqa: E402
 from optimizer.loop import StudyRunner  # noqa: E402
 from optimizer.spec import parse_spec  # noqa: E402
-from service.demo import demo_spec  # noqa: E402
+from service.cli.demo import demo_spec  # noqa: E402
 from service.studies.runs import build_evaluator  # noqa: E402
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from servicekit import AUTH, TOKEN  # noqa: E402
 
-from service.demo import setup_trials  # noqa: E402
+from service.cli.demo import setup_trials  # noqa: E402
 
 from tinypool import make_pool, make_tasks  # noqa: E402
 

@@ -163,7 +163,7 @@ def test_database_password_is_masked_on_the_console(capsys):
         pytest.skip(reason)
     from sqlalchemy.engine import make_url
 
-    from service.cli import main
+    from service.cli.main import main
 
     url = make_url(PG_URL).set(password="pw-" + uuid.uuid4().hex).render_as_string(hide_password=False)
     assert main(["db", "current", "--db", url]) == 0  # trust auth: the password is not checked

@@ -20,8 +20,8 @@ from optimizer import validation as V
 from optimizer.loop import StudyRunner
 from optimizer.spec import load_spec, parse_spec
 from optimizer.storage import open_storage
-from service.cli import build_parser, main
-from service.demo import min_demo_trials, setup_trials
+from service.cli.demo import min_demo_trials, setup_trials
+from service.cli.main import build_parser, main
 from service.studies.report import front_table
 
 from fakes import QuadraticPool

@@ -16,9 +16,9 @@ from servicekit import AUTH
 from test_staging_security import text_task
 from test_task_security import folder_with, sec  # noqa: F401 (fixture)
 
-from service import cli
 from service.api.app import create_app
 from service.api.serve_policy import ServeRefused, check_serve
+from service.cli import main as cli
 from service.settings import Settings
 
 DOT_ENV = "MERGEOPT_TOKENS=s3cr3t-env-4411\nMERGEOPT_DATABASE_URL=postgresql://u:pw@db/x\n"

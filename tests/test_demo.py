@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import evaluators.demo_pool as demo_pool
 from evaluators.demo_tasks import SKILLS, is_eval, training_text
 from evaluators.pool import validate_pool
-from service.demo import run_demo
+from service.cli.demo import run_demo
 
 
 def test_pool_builds_loads_and_is_reused(tmp_path):

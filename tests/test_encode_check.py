@@ -8,7 +8,7 @@ import yaml
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from service.cli import main
+from service.cli.main import main
 
 from tinypool import CHARS, SPECIALS, make_pool, make_tasks
 

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
-from service.cli import main
+from service.cli.main import main
 
 from tinypool import make_pool, make_tasks
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from evaluators.merge_spec import MergeSpec
 from evaluators.mergekit_yaml import parse_mergekit_yaml, to_mergekit_yaml
-from service.cli import main
+from service.cli.main import main
 
 from tinypool import make_pool
 

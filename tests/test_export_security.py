@@ -29,7 +29,7 @@ from evaluators.pool import PoolFileRefused, load_checkpoint_tensors, validate_p
 from optimizer.spec import parse_spec
 from service.api import routes
 from service.api.app import create_app
-from service.cli import main
+from service.cli.main import main
 from service.db.models import Study
 from service.db.session import session_factory
 from service.studies import runs as studies

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from service.cli import main  # noqa: E402
+from service.cli.main import main  # noqa: E402
 
 from tinypool import make_pool  # noqa: E402
 

@@ -402,7 +402,7 @@ def test_tied_model_needs_no_lm_head(pool):
 
 
 def test_missing_parameter_is_one_error_line_from_the_cli(pool, tmp_path, capsys):
-    from service.cli import main
+    from service.cli.main import main
 
     drop_everywhere(pool, "lm_head.weight")
     cfg = tmp_path / "merge.yml"

@@ -33,7 +33,7 @@ from optimizer.samplers import cmaes_sizes
 from optimizer.signed import amplification, repair
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, parse_spec
-from service.cli import main
+from service.cli.main import main
 
 from tinypool import make_pool, make_tasks
 

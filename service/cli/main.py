@@ -30,19 +30,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             SetupFailed, MergeoptError)
 
 
-def _stored_url(ref: str, storage: str | None) -> str:
-    """The storage a reader (front, export) opens, picked as open_study picks it, and checked:
-    a SQLite file that does not exist is refused, not created empty."""
-    from optimizer.spec import load_spec
-    from optimizer.storage import check_url
-    from service.studies.runs import DEFAULT_STORAGE
-
-    is_yaml = ref.endswith((".yaml", ".yml")) or Path(ref).is_file()
-    url = storage or (load_spec(ref).storage if is_yaml else DEFAULT_STORAGE)
-    check_url(url, must_exist=True)
-    return url
-
-
 def _print_front(study, split: str = "validation", as_json: bool = False) -> None:
     from optimizer.records import stored_front, trial_rows
     from optimizer.verdict import study_verdict
@@ -68,13 +55,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_front(args: argparse.Namespace) -> int:
-    from service import cli_remote
+    from service.cli import remote
+    from service.cli.local import stored_url
     from service.studies.runs import open_study
 
-    if cli_remote.server_of(args):
-        return cli_remote.front(args)
+    if remote.server_of(args):
+        return remote.front(args)
 
-    study, _ = open_study(args.study, _stored_url(args.study, args.storage))
+    study, _ = open_study(args.study, stored_url(args.study, args.storage))
     _print_front(study, args.split, args.json)
     return 0
 
@@ -83,13 +71,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from optimizer.records import trial_rows
     from optimizer.spec import SpecError
     from optimizer.verdict import recommended
-    from service import cli_remote
+    from service.cli import remote
+    from service.cli.local import stored_url
     from service.studies.runs import export_trial, open_study
 
-    if cli_remote.server_of(args):
-        return cli_remote.export(args)
-    study, spec = open_study(args.study, _stored_url(args.study, args.storage))
-    if args.trial == cli_remote.RECOMMENDED:
+    if remote.server_of(args):
+        return remote.export(args)
+    study, spec = open_study(args.study, stored_url(args.study, args.storage))
+    if args.trial == remote.RECOMMENDED:
         best = recommended(trial_rows(study))
         if best is None:
             raise SpecError(f"study '{spec.name}' has no completed trial yet")
@@ -116,7 +105,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from service.demo import run_demo
+    from service.cli.demo import run_demo
 
     return run_demo(Path(args.workdir), n_trials=args.trials, fresh=args.fresh, progress=not args.quiet)
 
@@ -189,9 +178,9 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service import cli_help as H
-    from service import cli_remote
-    from service.cli_init import add_parser as add_init
+    from service.cli import help as H
+    from service.cli import remote
+    from service.cli.init import add_parser as add_init
 
     p = argparse.ArgumentParser(prog="mergeopt", description="Optimize merge weights over a pool of checkpoints.",
                                 formatter_class=H.Formatter, epilog=H.MAIN)
@@ -228,20 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", choices=["validation", "search"], default="validation",
                    help="validation: scores on documents the search never saw; search: the documents "
                         "it optimized on (optimistic, for diagnosis)")
-    cli_remote.add_server_option(s)
+    remote.add_server_option(s)
     s.set_defaults(func=cmd_front)
 
     s = command("export", "write a trial's merge as a HF checkpoint + mergekit_config.yml", H.EXPORT)
     s.add_argument("study", metavar="STUDY", help="study YAML, or a study name (with --storage)")
-    s.add_argument("trial", metavar="TRIAL", type=cli_remote.trial_ref,
+    s.add_argument("trial", metavar="TRIAL", type=remote.trial_ref,
                    help="trial number (the first column of `mergeopt front`), or 'recommended'")
     s.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must not exist, or be empty)")
     s.add_argument("--storage", metavar="URL", help="storage URL (default: the YAML's, or sqlite:///mergeopt.db)")
     s.add_argument("-q", "--quiet", **quiet)
-    cli_remote.add_server_option(s)
+    remote.add_server_option(s)
     s.set_defaults(func=cmd_export)
 
-    cli_remote.add_parsers(command, H.Formatter)
+    remote.add_parsers(command, H.Formatter)
 
     s = command("merge", "one merge from a mergekit-style YAML", H.MERGE)
     s.add_argument("config", metavar="CONFIG.yml", help="mergekit YAML (merge_method, models, base_model, "

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from service.cli_help import examples
+from service.cli.help import examples
 
 RECOMMENDED = "recommended"
 SUBMIT = examples(
@@ -118,14 +118,14 @@ def status(args: argparse.Namespace) -> int:
 def _local_status(args: argparse.Namespace) -> int:
     from optimizer.records import trial_rows
     from optimizer.verdict import study_verdict
-    from service.cli import _stored_url
+    from service.cli.local import stored_url
     from service.studies.runs import open_study
 
     if not args.study:
         print("error: status without --server (or MERGEOPT_SERVER) needs a STUDY (YAML, or a name with --storage)",
               file=sys.stderr)
         return 2
-    study, spec = open_study(args.study, _stored_url(args.study, args.storage))
+    study, spec = open_study(args.study, stored_url(args.study, args.storage))
     rows = trial_rows(study)
     count = {s: sum(r.state == s for r in rows) for s in ("COMPLETE", "RUNNING", "FAIL")}
     verdict = study_verdict(study, rows)

@@ -58,7 +58,7 @@ MERGE = examples(
 
 def demo_trials(text: str) -> int:
     """--trials: a whole number that covers the demo's set-up trials and one search trial."""
-    from service.demo import min_demo_trials
+    from service.cli.demo import min_demo_trials
 
     try:
         n = int(text)
