@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizer.candidate import Candidate, one_hot
+from contract.merge import MergeSpec, one_hot
+from optimizer.attrs import DARE_TIES, TASK_ARITHMETIC, TIES, UNIFORM, checkpoint_label
 
-# Task arithmetic (Ilharco et al. 2023, "Editing Models with Task Arithmetic"): sum the task
 # vectors and scale by lambda, which they pick on validation data; 0.3-0.5 is the usual range
 # for multi-task addition, we use 0.4.
 TA_LAMBDA = 0.4
@@ -21,23 +21,23 @@ DARE_DENSITY = 0.1
 @dataclass(frozen=True)
 class Baseline:
     label: str
-    candidate: Candidate
+    candidate: MergeSpec
 
 
 def single_checkpoints(names: list[str]) -> list[Baseline]:
-    return [Baseline(f"checkpoint:{n}", one_hot(names, n)) for n in names]
+    return [Baseline(checkpoint_label(n), one_hot(names, n)) for n in names]
 
 
 def merge_baselines(names: list[str], has_base: bool) -> list[Baseline]:
     ones = dict.fromkeys(names, 1.0)
-    out = [Baseline("uniform", Candidate(method="linear", weights=ones, normalize=True))]
+    out = [Baseline(UNIFORM, MergeSpec(method="linear", weights=ones, normalize=True))]
     if has_base:
         out += [
-            Baseline("task_arithmetic", Candidate(method="task_arithmetic", weights=ones, lambda_=TA_LAMBDA)),
-            Baseline("ties", Candidate(method="ties", weights=ones, density=TIES_DENSITY, normalize=True)),
+            Baseline(TASK_ARITHMETIC, MergeSpec(method="task_arithmetic", weights=ones, lambda_=TA_LAMBDA)),
+            Baseline(TIES, MergeSpec(method="ties", weights=ones, density=TIES_DENSITY, normalize=True)),
             Baseline(
-                "dare_ties",
-                Candidate(method="dare_ties", weights=ones, density=DARE_DENSITY, normalize=True),
+                DARE_TIES,
+                MergeSpec(method="dare_ties", weights=ones, density=DARE_DENSITY, normalize=True),
             ),
         ]
     return out

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from contract.merge import MergeSpec
+from optimizer.attrs import checkpoint_label, soup_label
 from optimizer.baselines import Baseline
-from optimizer.candidate import Candidate
-
-LABEL = "greedy soup +{}"
 
 
-def soup_candidate(names: list[str], members: list[str]) -> Candidate:
-    return Candidate(method="linear", weights={n: float(n in members) for n in names}, normalize=True)
+def soup_candidate(names: list[str], members: list[str]) -> MergeSpec:
+    return MergeSpec(method="linear", weights={n: float(n in members) for n in names}, normalize=True)
 
 
 def greedy_soup(ranked: list[tuple[str, float]], score: Callable[[str, list[str]], float | None]) -> list[str]:
@@ -43,7 +42,7 @@ def plan(names: list[str], results: Mapping[str, float | None], slots: int) -> t
     pending: list[Baseline] = []
 
     def score(added: str, members: list[str]) -> float | None:
-        label = LABEL.format(added)
+        label = soup_label(added)
         if pending:
             return None  # the steps after an unevaluated one wait for it
         if label in results:
@@ -53,5 +52,5 @@ def plan(names: list[str], results: Mapping[str, float | None], slots: int) -> t
             pending.append(Baseline(label, soup_candidate(names, members)))
         return None
 
-    greedy_soup([(n, results[f"checkpoint:{n}"]) for n in names], score)
+    greedy_soup([(n, results[checkpoint_label(n)]) for n in names], score)
     return tried, (pending[0] if pending else None)

@@ -1,10 +1,13 @@
-"""The ask/tell loop. Phases, each resumable from storage:
+"""The study runner: it opens the study and composes its phases, each resumable from storage:
 
-1. references: each checkpoint alone (and the base, when there is one) is evaluated; the
-   checkpoints' scores give the held-in experts, the base's the held-out reference;
-2. baselines: uniform average, task arithmetic, TIES, DARE-TIES, greedy soup (when the spec asks);
-   1 and 2 (and the validation of their trials) are units any process may take (setup.py);
-3. search: the sampler proposes weights until the budget (n_trials, baselines included) is met.
+1. references (references.py): each checkpoint alone (and the base, when there is one) is
+   evaluated; the checkpoints' scores give the held-in experts, the base's the held-out reference;
+2. baselines (baseline_phase.py): uniform average, task arithmetic, TIES, DARE-TIES, greedy soup
+   (when the spec asks); 1 and 2 (and the validation of their trials) are units any process may
+   take (setup.py);
+3. search (search.py): the sampler proposes weights until the budget (n_trials, baselines
+   included) is met; validation (validation_phase.py) scores the front on the documents the
+   search never saw.
 
 Reference and baseline trials are added with ``study.add_trial`` so that samplers do not mistake
 them for their own proposals, but they carry the same parameters as search trials (their
@@ -16,44 +19,32 @@ lock the caller provides so that "is there budget left? then ask" is atomic acro
 from __future__ import annotations
 
 import json
-import logging
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from datetime import datetime
 
-import numpy as np
 import optuna
-from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
+from contract.evaluator import Evaluator
 from optimizer import records as R
-from optimizer.candidate import Candidate, Evaluator
+from optimizer import validation as V
+from optimizer.baseline_phase import BaselinesPhase
 from optimizer.carry_over import carried_over
 from optimizer.events import NullListener, StudyListener, no_lock
-from optimizer.normalize import normalize, scalarize
-from optimizer.reuse import ScoredMerges
+from optimizer.progress import Progress, StudyFailed
+from optimizer.references import ReferencesPhase
 from optimizer.samplers import make_pruner, make_sampler, n_objectives
-from optimizer.setup import SetupPhase
+from optimizer.scorer import TrialScorer
+from optimizer.search import SearchPhase
+from optimizer.setup import SetupPhase, setup_claims
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, StudySpec
-from optimizer.steps import Step  # defined there for the phases; imported from here too
-from optimizer.storage import (
-    GRACE_S,
-    HEARTBEAT_S,
-    heartbeat,
-    open_storage,
-    trials_without_heartbeat,
-)
+from optimizer.steps import Budget, Step
+from optimizer.storage import GRACE_S, HEARTBEAT_S, open_storage
 from optimizer.validation_phase import ValidationPhase
 
-log = logging.getLogger(__name__)
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that used their budget
-CLAIMED = (*DONE, TrialState.RUNNING, TrialState.WAITING)
-
-
-class StudyFailed(RuntimeError):
-    """Too many trials failed; the last error says why."""
+__all__ = ["Step", "StudyFailed", "StudyRunner", "open_study"]  # Step, StudyFailed: imported from here too
 
 
 def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, StudySpec]:
@@ -90,26 +81,34 @@ class StudyRunner:
         claim: Callable[[], AbstractContextManager] = no_lock,
         storage: optuna.storages.RDBStorage | None = None,
     ) -> None:
-        self.spec = spec
         self.evaluator = evaluator
         self.progress = progress
         self.listener = listener or NullListener()
         self.claim = claim
-        self.tasks = spec.suite.tasks
-        self.task_names = spec.task_names
         self.storage = storage or open_storage(spec.storage)
         self.study, self.spec = open_study(spec, self.storage)
-        spec = self.spec
+        spec, study = self.spec, self.study
         self.space = SearchSpace(spec.search, spec.weight_names)
-        self.validation = ValidationPhase(self) if spec.suite.validation else None
-        self.setup = SetupPhase(self)
-        self.failures = 0
         self.prepared = False
-        self._scored_merges = ScoredMerges()
-        self.chance = {t.task: t.chance for t in self.tasks}  # chance levels for normalize()
-        self._bar: tqdm | None = None
 
-    # ---------------------------------------------------------------- study set-up
+        self.reporter = Progress(study, max_failures=spec.search.max_failures)
+        self.budget = Budget(study, spec.search.n_trials)
+        self.scorer = TrialScorer(evaluator, spec, n_objectives=len(study.directions))
+        owner = uuid.uuid4().hex[:12]  # this process, in its claims on shared work
+        liveness = {"heartbeat_s": self.heartbeat_s, "grace_s": self.grace_s}
+        shared = {"lock": claim, "listener": self.listener, "progress": self.reporter}
+        self.validation = ValidationPhase(
+            study, spec, evaluator=evaluator, claims=V.Claims(study, owner, **liveness), budget=self.budget, **shared,
+        ) if spec.suite.validation else None
+        references = ReferencesPhase(study, spec, evaluator, self.scorer)
+        baselines = BaselinesPhase(spec, has_base=evaluator.has_base, n_references=len(references.units),
+                                   scorer=self.scorer)
+        self.setup = SetupPhase(study, references=references, baselines=baselines, validation=self.validation,
+                                scorer=self.scorer, space=self.space, claims=setup_claims(study, owner, **liveness),
+                                **shared)
+        self.search = SearchPhase(study, spec, space=self.space, scorer=self.scorer, budget=self.budget,
+                                  validation=self.validation, storage=self.storage, grace_s=self.grace_s, **shared)
+
     @property
     def heartbeat_s(self) -> float:
         return getattr(self.storage, "heartbeat_interval", None) or HEARTBEAT_S
@@ -117,37 +116,6 @@ class StudyRunner:
     @property
     def grace_s(self) -> float:
         return getattr(self.storage, "grace_period", None) or GRACE_S
-
-    def rows(self, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> list[optuna.trial.FrozenTrial]:
-        return self.study.get_trials(deepcopy=False, states=states)
-
-    # ---------------------------------------------------------------- evaluation
-    def evaluate(self, cand: Candidate, fidelity: float = 1.0) -> tuple[dict[str, float], dict[str, float]]:
-        t0 = time.perf_counter()
-        raw = self.evaluator.evaluate(cand, fidelity) if fidelity < 1 else self.evaluator.evaluate(cand)
-        timings = dict(self.evaluator.last_timings or {})
-        timings["total_s"] = time.perf_counter() - t0
-        missing = [t for t in self.task_names if t not in raw]
-        if missing:
-            raise RuntimeError(f"evaluator returned no score for task '{missing[0]}'")
-        scores = {t: float(raw[t]) for t in self.task_names}
-        bad = [t for t, v in scores.items() if not np.isfinite(v)]
-        if bad:  # Optuna would fail the trial silently (and NaN is no JSON for the service's tables)
-            raise RuntimeError(f"evaluator returned a non-finite score for task '{bad[0]}': {scores[bad[0]]}")
-        return scores, timings
-
-    def scored(self, raw: dict[str, float]) -> tuple[dict[str, float], list[float], float]:
-        norm = normalize(raw, self.dens, self.directions, self.chance)
-        obj = scalarize(norm, self.tasks, self.spec.search.objective)
-        values = [obj] if len(self.study.directions) == 1 else [norm[t] for t in self.task_names]
-        return norm, values, obj
-
-    @staticmethod
-    def trial_attrs(cand: Candidate, kind: str, label: str, raw: dict, norm: dict, obj: float, timings: dict) -> dict:
-        return {
-            R.T_CANDIDATE: cand.to_json(), R.T_KIND: kind, R.T_LABEL: label, R.T_RAW: raw,
-            R.T_NORM: norm, R.T_OBJ: obj, R.T_TIMES: timings,
-        }
 
     def prepare(self, *, wait: bool = True) -> Step | None:
         """Set-up (setup.py: references, baselines, soups, their validation; what is stored is
@@ -162,171 +130,38 @@ class StudyRunner:
             if step is Step.WAIT:  # units held by other processes (or dead ones, until their grace ends)
                 time.sleep(min(self.heartbeat_s, 2.0))
         if self.validation is None:
-            self.warn("suite.validation is 0: every reported score is on the documents the search "
-                      "optimized on, so the best trials' scores are biased upward")
-        self.study.sampler = make_sampler(self.spec.search, self._x0(), dim=len(self.space.distributions()))
+            self.reporter.warn("suite.validation is 0: every reported score is on the documents the search "
+                               "optimized on, so the best trials' scores are biased upward")
+        dim = len(self.space.distributions())
+        self.study.sampler = make_sampler(self.spec.search, self.search.warm_start(), dim=dim)
         self.prepared = True
         return None
 
     def _setup_step(self) -> Step | None:
-        self._fail_stale()
-        self.tick("set-up")
+        self.search.fail_stale()
+        self.reporter.tick("set-up")
         return self.setup.step()
 
-    # ---------------------------------------------------------------- phase 3: search
-    def _x0(self) -> dict[str, float] | None:
-        if not self.spec.search.warm_start:
-            return None
-        # Baselines only: x0 must not move when a study resumes mid-search. The base is no point
-        # of a linear space (all weights 0 means the uniform average there) unless it is a member.
-        base_outside = self.spec.search.method == "linear" and not self.spec.pool.base_in_search
-        done = [t for t in self.rows() if t.user_attrs.get(R.T_KIND) == "baseline"
-                and not (t.user_attrs.get(R.T_LABEL) == R.BASE_LABEL and base_outside)]
-        if not done:
-            return None
-        best = max(done, key=lambda t: t.user_attrs.get(R.T_OBJ, -np.inf))
-        return self.space.embed(Candidate.model_validate(best.user_attrs[R.T_CANDIDATE]))
-
-    def _budget_left(self, states: tuple[TrialState, ...] = DONE) -> int:
-        return self.spec.search.n_trials - len(self.rows(states))
-
     def budget_done(self) -> bool:
-        return self._budget_left(DONE) <= 0
+        return self.budget.done()
 
     def step(self) -> Step:
-        """Claim budget, ask, evaluate, tell: one search trial."""
+        """One unit of work once set up: a validation, or claim budget, ask, evaluate, tell."""
         if not self.prepared:
             self.prepare()
-        self._fail_stale()
-        if self.validation is not None and (done := self.validation.step()) is not None:
-            return done
-        if self._budget_left(DONE) <= 0:
-            return Step.DONE
-        with self.claim():
-            if self._budget_left(CLAIMED) <= 0:
-                return Step.WAIT
-            trial = self.study.ask(self.space.distributions())
-        cand = self.space.candidate(trial.params, seed=self.spec.search.seed * 100_003 + trial.number)
-        stop_beat = lambda: None  # noqa: E731
-        try:
-            stop_beat = heartbeat(self.storage, trial._trial_id)
-            self.listener.trial_started(trial.number, f"trial {trial.number}", cand.to_json())
-            attrs, values, pruned = self._run_rungs(trial, cand)
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
-            if pruned:
-                self.study.tell(trial, state=TrialState.PRUNED)
-            else:
-                self.study.tell(trial, values)
-        except (KeyboardInterrupt, SystemExit):
-            trial.set_user_attr(R.T_ERROR, "interrupted")
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.listener.trial_failed(trial.number, "interrupted")
-            raise
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr(R.T_CANDIDATE, cand.to_json())
-            trial.set_user_attr(R.T_ERROR, error)
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.listener.trial_failed(trial.number, error)
-            self.fail_note(f"trial {trial.number} failed: {exc}")
-            return Step.FAILED
-        finally:
-            stop_beat()
-        if pruned:
-            self.listener.trial_pruned(trial.number, {"number": trial.number, **attrs})
-            self.tick(f"pruned trial {trial.number}")
-            return Step.PRUNED
-        self.listener.trial_finished(trial.number, {"number": trial.number, **attrs})
-        self._after_trial()
-        return Step.RAN
-
-    def _run_rungs(self, trial: optuna.Trial, cand: Candidate) -> tuple[dict, list[float], bool]:
-        """Score on each fidelity in turn; between rungs the pruner may stop the trial. Without a
-        pruner there is one rung: all documents."""
-        search = self.spec.search
-        rungs = search.fidelities if search.pruner != "none" else [1.0]
-        total: dict[str, float] = {}
-        for i, fraction in enumerate(rungs, 1):
-            same = self._scored_merges.find(self.rows(), cand) if fraction == 1 else None
-            if same is not None:  # this merge was scored already (optimizer/reuse.py)
-                raw, timings = same[1], {"total_s": 0.0, "reused_from_trial": float(same[0])}
-            else:
-                raw, timings = self.evaluate(cand, fraction)
-            total = {k: total.get(k, 0.0) + v for k, v in timings.items()}
-            norm, values, obj = self.scored(raw)
-            attrs = self.trial_attrs(cand, "search", f"trial {trial.number}", raw, norm, obj, total)
-            attrs[R.T_FIDELITY] = fraction
-            if fraction < 1:
-                trial.report(obj, i)
-                if trial.should_prune():
-                    return attrs, values, True
-        return attrs, values, False
-
-    # ---------------------------------------------------------------- bookkeeping
-    def _fail_stale(self) -> None:
-        """Fail RUNNING trials whose process stopped heart-beating; their budget is free again."""
-        rows = self.rows((TrialState.RUNNING,))
-        running = {t.number for t in rows}
-        if not running:
-            return
-        optuna.storages.fail_stale_trials(self.study)
-        grace = getattr(self.storage, "grace_period", None) or GRACE_S
-        now = datetime.now()
-        old = [t._trial_id for t in rows if t.datetime_start and (now - t.datetime_start).total_seconds() > grace]
-        for trial_id in trials_without_heartbeat(self.storage, old):
-            try:
-                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another worker got there first
-        for t in self.rows((TrialState.FAIL,)):
-            if t.number in running:
-                self.listener.trial_failed(t.number, "no heartbeat: the worker evaluating it stopped")
-
-    def warn(self, message: str) -> None:
-        if self._bar is not None and not self._bar.disable:
-            self._bar.write(f"warning: {message}")
-        else:
-            log.warning(message)
-
-    def note(self, message: str) -> None:
-        if self._bar is not None and not self._bar.disable:
-            self._bar.write(message)
-        else:
-            log.info(message)
-
-    def fail_note(self, message: str) -> None:
-        self.failures += 1
-        self.warn(message)
-        if self.failures >= self.spec.search.max_failures:
-            raise StudyFailed(f"{self.failures} trials failed; last: {message}")
-
-    def _after_trial(self) -> None:
-        front = R.compute_front(R.trial_rows(self.study), self.task_names)
-        if front != self.study.user_attrs.get(R.A_FRONT):
-            self.study.set_user_attr(R.A_FRONT, front)
-            self.listener.front_changed(front)
-        best = max((r.user_attrs.get(R.T_OBJ, -np.inf) for r in self.rows()), default=float("nan"))
-        self.tick(f"best {best:.3f} hv {front['hypervolume']:.3f}")
-
-    def tick(self, note: str) -> None:
-        if self._bar is not None:
-            self._bar.n = len(self.rows())
-            self._bar.set_postfix_str(note)
-            self._bar.refresh()
+        return self.search.step()
 
     def run(self, poll_s: float = 2.0) -> dict:
         """Run (or resume) the study to its budget in this process; returns the stored front."""
-        self._bar = tqdm(total=self.spec.search.n_trials, desc=self.spec.name, unit="trial", disable=not self.progress)
+        self.reporter.open(total=self.spec.search.n_trials, desc=self.spec.name, enabled=self.progress)
         try:
             self.prepare()
             while (result := self.step()) is not Step.DONE:
                 if result is Step.WAIT:  # trials running elsewhere (or stale, failed after the grace period)
-                    self.tick("waiting for running trials")
+                    self.reporter.tick("waiting for running trials")
                     time.sleep(poll_s)
         finally:
-            self._bar.close()
-            self._bar = None
+            self.reporter.close()
         return R.stored_front(self.study)
 
 

@@ -12,23 +12,50 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from optimizer.attrs import (  # the keys, re-exported for the readers that take them from here
+    A_DIRECTIONS,
+    A_FRONT,
+    A_IDENTITY,
+    A_REFS,
+    A_SPEC,
+    A_VFRONT,
+    BASE_LABEL,
+    KIND_SEARCH,
+    T_CANDIDATE,
+    T_ERROR,
+    T_FIDELITY,
+    T_KIND,
+    T_LABEL,
+    T_NORM,
+    T_OBJ,
+    T_RAW,
+    T_TIMES,
+    search_label,
+)
 from optimizer.front import front_hypervolume, non_dominated
-from optimizer.validation import A_VFRONT
 from optimizer.validation import stored as stored_validation
 
-A_SPEC, A_IDENTITY, A_REFS, A_FRONT, A_DIRECTIONS = "spec", "identity", "references", "front", "directions"
-BASE_LABEL = "base"  # the base model's trial (a baseline, like each checkpoint alone)
-T_CANDIDATE, T_KIND, T_LABEL, T_RAW, T_NORM, T_OBJ, T_TIMES, T_ERROR, T_FIDELITY = (
-    "candidate", "kind", "label", "raw", "normalized", "objective", "timings", "error", "fidelity",
-)
+__all__ = ["A_DIRECTIONS", "A_FRONT", "A_IDENTITY", "A_REFS", "A_SPEC", "BASE_LABEL", "T_CANDIDATE", "T_ERROR",
+           "T_FIDELITY", "T_KIND", "T_LABEL", "T_NORM", "T_OBJ", "T_RAW", "T_TIMES", "TrialRow", "compute_front",
+           "stale_reason", "stored_front", "trial_attrs", "trial_rows", "trials"]
+
+
+def trials(study: optuna.Study, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=states)
+
+
+def trial_attrs(candidate: dict, kind: str, label: str, raw: dict, norm: dict, obj: float, timings: dict) -> dict:
+    """A scored trial's user attributes (``candidate``: MergeSpec.to_json())."""
+    return {T_CANDIDATE: candidate, T_KIND: kind, T_LABEL: label, T_RAW: raw, T_NORM: norm, T_OBJ: obj,
+            T_TIMES: timings}
 
 
 @dataclass
 class TrialRow:
     number: int
     state: str
-    kind: str  # "baseline" | "search"
-    label: str  # "checkpoint:NAME", "uniform", "ties", ... or "trial N"
+    kind: str  # attrs.KIND_BASELINE | attrs.KIND_SEARCH
+    label: str  # attrs' labels: "checkpoint:NAME", "uniform", "ties", ... or "trial N"
     candidate: dict
     raw: dict[str, float] = field(default_factory=dict)
     normalized: dict[str, float] = field(default_factory=dict)
@@ -64,8 +91,8 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
             TrialRow(
                 number=t.number,
                 state=t.state.name,
-                kind=ua.get(T_KIND, "search"),
-                label=ua.get(T_LABEL, f"trial {t.number}"),
+                kind=ua.get(T_KIND, KIND_SEARCH),
+                label=ua.get(T_LABEL, search_label(t.number)),
                 candidate=ua.get(T_CANDIDATE, {}),
                 raw=ua.get(T_RAW, {}),
                 normalized=ua.get(T_NORM, {}),

@@ -1,21 +1,16 @@
-"""What the study runner (loop.py) and its phases (setup.py, validation_phase.py) share: the Step
-a unit of work ends with, and PhaseHost, the runner's surface the phases use. The phases import
-this module, never loop.py, so the runner imports its phases without an import cycle."""
+"""What the study's phases share: the Step a unit of work ends with, and the trial budget."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from enum import Enum
-from typing import Any, Protocol
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from optimizer.candidate import Candidate, Evaluator
-from optimizer.events import StudyListener
-from optimizer.space import SearchSpace
-from optimizer.spec import StudySpec, TaskSpec
+from optimizer.records import trials
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that used their budget
+CLAIMED = (*DONE, TrialState.RUNNING, TrialState.WAITING)
 
 
 class Step(Enum):
@@ -28,42 +23,15 @@ class Step(Enum):
     DONE = "done"  # n_trials completed
 
 
-class PhaseHost(Protocol):
-    """The study runner as its phases see it (StudyRunner implements it)."""
+class Budget:
+    """``n_trials`` counts every trial that used its budget, set-up trials included."""
 
-    spec: StudySpec
-    study: optuna.Study
-    evaluator: Evaluator
-    listener: StudyListener
-    space: SearchSpace
-    tasks: list[TaskSpec]
-    task_names: list[str]
-    claim: Callable[[], AbstractContextManager]
-    validation: Any  # the ValidationPhase, or None when the suite has no validation split
-    directions: dict[str, bool]  # set by set-up once the references are in
-    dens: dict  # normalization denominators, set by set-up once the references are in
+    def __init__(self, study: optuna.Study, n_trials: int) -> None:
+        self.study, self.n_trials = study, n_trials
 
-    @property
-    def heartbeat_s(self) -> float: ...
+    def left(self, states: tuple[TrialState, ...] = DONE) -> int:
+        """Trials left once those in ``states`` are counted (CLAIMED: running ones too)."""
+        return self.n_trials - len(trials(self.study, states))
 
-    @property
-    def grace_s(self) -> float: ...
-
-    def rows(self, states: tuple[TrialState, ...] = ...) -> list[FrozenTrial]: ...
-
-    def evaluate(self, cand: Candidate, fidelity: float = 1.0) -> tuple[dict[str, float], dict[str, float]]: ...
-
-    def scored(self, raw: dict[str, float]) -> tuple[dict[str, float], list[float], float]: ...
-
-    def trial_attrs(self, cand: Candidate, kind: str, label: str, raw: dict, norm: dict, obj: float,
-                    timings: dict) -> dict: ...
-
-    def budget_done(self) -> bool: ...
-
-    def fail_note(self, message: str) -> None: ...
-
-    def note(self, message: str) -> None: ...
-
-    def warn(self, message: str) -> None: ...
-
-    def tick(self, note: str) -> None: ...
+    def done(self) -> bool:
+        return self.left(DONE) <= 0

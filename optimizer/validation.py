@@ -18,14 +18,22 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from optimizer.attrs import (
+    A_DIRECTIONS,
+    A_VFRONT,
+    A_VREFS,
+    BASE_LABEL,
+    VAL,
+    VAL_CLAIM,
+    checkpoint_label,
+)
 from optimizer.claims import Claims as WorkClaims
 from optimizer.front import front_hypervolume, non_dominated
 from optimizer.spec import StudySpec
 from optimizer.stats import Bootstrap, DocScores, TaskTerm
 
-VAL, CLAIM = "val:", "valclaim:"
-A_VREFS = "validation_refs"  # task -> trial number of its reference on validation documents
-A_VFRONT = "validation_front"
+__all__ = ["A_VFRONT", "A_VREFS", "Claims", "bootstrap", "claim_key", "front", "load_docs", "reference_trials",
+           "stored", "to_docs", "val_key"]
 
 
 def val_key(number: int) -> str:
@@ -33,7 +41,7 @@ def val_key(number: int) -> str:
 
 
 def claim_key(number: int) -> str:
-    return f"{CLAIM}{number}"
+    return f"{VAL_CLAIM}{number}"
 
 
 def stored(attrs: Mapping) -> dict[int, dict]:
@@ -68,9 +76,9 @@ def reference_trials(spec: StudySpec, singles: Mapping[str, Mapping[str, float]]
         if t.normalization == "expert":
             pick = max if directions.get(t.task, True) else min
             name = pick(singles, key=lambda n, task=t.task: singles[n][task])
-            out[t.task] = label_to_number[f"checkpoint:{name}"]
+            out[t.task] = label_to_number[checkpoint_label(name)]
         elif t.normalization == "base":
-            out[t.task] = label_to_number["base"]
+            out[t.task] = label_to_number[BASE_LABEL]
         else:
             out[t.task] = None
     return out
@@ -85,7 +93,7 @@ def bootstrap(spec: StudySpec, attrs: Mapping) -> Bootstrap | None:
     entries = stored(attrs)
     if not entries or any(n is not None and n not in entries for n in vrefs.values()):
         return None
-    directions = attrs.get("directions") or {}
+    directions = attrs.get(A_DIRECTIONS) or {}
     weighted = spec.search.objective == "weighted"
     terms, counts = [], {}
     for t in spec.suite.tasks:
@@ -116,4 +124,4 @@ class Claims(WorkClaims):
     optimizer/claims.py."""
 
     def __init__(self, study, owner: str, *, heartbeat_s: float, grace_s: float) -> None:
-        super().__init__(study, owner, heartbeat_s=heartbeat_s, grace_s=grace_s, claim_prefix=CLAIM, done_prefix=VAL)
+        super().__init__(study, owner, heartbeat_s=heartbeat_s, grace_s=grace_s, claim_prefix=VAL_CLAIM, done_prefix=VAL)

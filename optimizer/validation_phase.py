@@ -4,76 +4,106 @@ each claimed by whichever worker asks first. Also the noise guidance printed whe
 
 from __future__ import annotations
 
-import logging
 import math
-import uuid
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 
-from optuna.trial import TrialState
+import optuna
 
-from optimizer import records as R
+from contract.evaluator import Evaluator
+from contract.merge import MergeSpec
 from optimizer import validation as V
-from optimizer.candidate import Candidate
+from optimizer.attrs import (
+    A_FRONT,
+    A_NOISE,
+    A_VFRONT,
+    A_VREFS,
+    KIND_BASELINE,
+    KIND_SEARCH,
+    NOISE_OBJECTIVE_SE,
+    NOISE_RESOLVABLE,
+    NOISE_TASKS,
+    T_CANDIDATE,
+    T_KIND,
+    T_LABEL,
+    T_OBJ,
+    VAL_DOCS,
+    VAL_ERROR,
+    VAL_SUMMARY,
+    VAL_TIMINGS,
+    is_checkpoint,
+    is_single,
+)
+from optimizer.events import StudyListener
+from optimizer.progress import Progress
+from optimizer.records import trials
+from optimizer.spec import StudySpec
 from optimizer.stats import DocScores, expected_se
-from optimizer.steps import PhaseHost, Step
+from optimizer.steps import Budget, Step
 
-log = logging.getLogger(__name__)
 # Merge searches chase improvements of about 1% of expert level; a noisier objective cannot
 # tell such candidates apart.
 CHASED_DIFFERENCE = 0.01
 
 
 class ValidationPhase:
-    def __init__(self, runner: PhaseHost) -> None:
-        self.r = runner
-        self.claims = V.Claims(runner.study, uuid.uuid4().hex[:12], heartbeat_s=runner.heartbeat_s,
-                               grace_s=runner.grace_s)
+    def __init__(
+        self,
+        study: optuna.Study,
+        spec: StudySpec,
+        *,
+        evaluator: Evaluator,
+        claims: V.Claims,
+        lock: Callable[[], AbstractContextManager],
+        budget: Budget,
+        listener: StudyListener,
+        progress: Progress,
+    ) -> None:
+        self.study, self.spec, self.evaluator, self.claims, self.lock = study, spec, evaluator, claims, lock
+        self.budget, self.listener, self.progress = budget, listener, progress
 
     def _complete(self) -> dict[int, dict]:
-        return {t.number: t.user_attrs for t in self.r.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        return {t.number: t.user_attrs for t in trials(self.study)}
 
     def _validate(self, number: int, candidate: dict) -> dict:
         """Score one trial's merge on the validation documents and store it."""
-        r = self.r
         try:
-            out = r.evaluator.validate(Candidate.model_validate(candidate))
-            docs = V.to_docs(out, r.task_names)
+            out = self.evaluator.validate(MergeSpec.model_validate(candidate))
+            docs = V.to_docs(out, self.spec.task_names)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # stored, so it is not retried forever; the trial stays off the front
-            entry = {"error": f"{type(exc).__name__}: {exc}"}
-            r.study.set_user_attr(V.val_key(number), entry)
-            r.fail_note(f"validation of trial {number} failed: {exc}")
+            entry = {VAL_ERROR: f"{type(exc).__name__}: {exc}"}
+            self.study.set_user_attr(V.val_key(number), entry)
+            self.progress.fail_note(f"validation of trial {number} failed: {exc}")
             return entry
-        entry = {"docs": {t: d.to_json() for t, d in docs.items()},
-                 "timings": dict(r.evaluator.last_timings or {})}
-        boot = V.bootstrap(r.spec, r.study.user_attrs)
+        entry = {VAL_DOCS: {t: d.to_json() for t, d in docs.items()},
+                 VAL_TIMINGS: dict(self.evaluator.last_timings or {})}
+        boot = V.bootstrap(self.spec, self.study.user_attrs)
         if boot is not None:
-            entry["summary"] = boot.summary(docs)
-        r.study.set_user_attr(V.val_key(number), entry)
-        r.tick(f"validated trial {number}")
+            entry[VAL_SUMMARY] = boot.summary(docs)
+        self.study.set_user_attr(V.val_key(number), entry)
+        self.progress.tick(f"validated trial {number}")
         return entry
 
     # ------------------------------------------------------------ set-up (optimizer/setup.py)
-    def set_references(self, singles: dict, numbers: dict[str, int]) -> None:
+    def set_references(self, singles: dict, numbers: dict[str, int], directions: dict[str, bool]) -> None:
         """Each task's reference trial on validation documents (once the references are trials)."""
-        r = self.r
-        r.study.set_user_attr(V.A_VREFS, V.reference_trials(r.spec, singles, r.directions, numbers))
+        self.study.set_user_attr(A_VREFS, V.reference_trials(self.spec, singles, directions, numbers))
 
     def setup_work(self, attrs) -> list[int]:
         """Set-up trials (references first: they normalize everything else) not yet validated."""
-        baselines = {n: ua for n, ua in self._complete().items() if ua.get(R.T_KIND) == "baseline"}
-        is_ref = lambda n: baselines[n][R.T_LABEL].startswith("checkpoint:") or baselines[n][R.T_LABEL] == R.BASE_LABEL  # noqa: E731
+        baselines = {n: ua for n, ua in self._complete().items() if ua.get(T_KIND) == KIND_BASELINE}
+        is_ref = lambda n: is_single(baselines[n][T_LABEL])  # noqa: E731
         return [n for n in sorted(baselines, key=lambda n: (not is_ref(n), n)) if V.val_key(n) not in attrs]
 
     def finish_setup(self, numbers: dict[str, int]) -> None:
         """Every set-up trial validated: the summaries that waited for the references' scores,
         the validation front, the noise guidance."""
-        r = self.r
-        boot = V.bootstrap(r.spec, r.study.user_attrs)
-        for n, entry in V.stored(r.study.user_attrs).items():
-            if "docs" in entry and "summary" not in entry and boot is not None:
-                r.study.set_user_attr(V.val_key(n), {**entry, "summary": boot.summary(V.load_docs(entry))})
+        boot = V.bootstrap(self.spec, self.study.user_attrs)
+        for n, entry in V.stored(self.study.user_attrs).items():
+            if VAL_DOCS in entry and VAL_SUMMARY not in entry and boot is not None:
+                self.study.set_user_attr(V.val_key(n), {**entry, VAL_SUMMARY: boot.summary(V.load_docs(entry))})
         self._update_front()
         self._noise_guidance(numbers)
 
@@ -83,44 +113,42 @@ class ValidationPhase:
         done, busy = self.run_one(self._wanted)
         if done is not None:
             return done
-        return Step.WAIT if busy and self.r.budget_done() else None
+        return Step.WAIT if busy and self.budget.done() else None
 
     def run_one(self, wanted: Callable[[Mapping], list[int]]) -> tuple[Step | None, bool]:
         """Validate the first of ``wanted(attrs)`` that is free: (Step.VALIDATED, False), or
         (None, whether live claims elsewhere hold some of them)."""
-        r = self.r
-        with r.claim():
-            attrs = r.study.user_attrs
+        with self.lock():
+            attrs = self.study.user_attrs
             todo, busy = self.claims.open_work(attrs, wanted(attrs))
             if not todo:
                 return None, bool(busy)
             number = todo[0]
             stop = self.claims.take(number)
         try:
-            entry = self._validate(number, self._complete()[number][R.T_CANDIDATE])
+            entry = self._validate(number, self._complete()[number][T_CANDIDATE])
         finally:
             stop()
         vfront = self._update_front()
-        listener = getattr(r.listener, "trial_validated", None)
+        listener = getattr(self.listener, "trial_validated", None)  # listeners older than validation lack it
         if listener is not None:
-            listener(number, {"summary": entry.get("summary"), "error": entry.get("error"), "front": vfront})
+            listener(number, {"summary": entry.get(VAL_SUMMARY), "error": entry.get(VAL_ERROR), "front": vfront})
         return Step.VALIDATED, False
 
     def _wanted(self, attrs) -> list[int]:
         """The search front, and the search's best merge (the verdict's pick) even when a
         baseline dominates it."""
-        wanted = list((attrs.get(R.A_FRONT) or {}).get("trials", []))
-        search = [(ua.get(R.T_OBJ), n) for n, ua in self._complete().items()
-                  if ua.get(R.T_KIND) == "search" and ua.get(R.T_OBJ) is not None]
+        wanted = list((attrs.get(A_FRONT) or {}).get("trials", []))
+        search = [(ua.get(T_OBJ), n) for n, ua in self._complete().items()
+                  if ua.get(T_KIND) == KIND_SEARCH and ua.get(T_OBJ) is not None]
         if search and (best := max(search)[1]) not in wanted:
             wanted.append(best)
         return wanted
 
     def _update_front(self) -> dict:
-        r = self.r
-        front = V.front(r.spec, r.study.user_attrs, set(self._complete()))
-        if front != r.study.user_attrs.get(V.A_VFRONT):
-            r.study.set_user_attr(V.A_VFRONT, front)
+        front = V.front(self.spec, self.study.user_attrs, set(self._complete()))
+        if front != self.study.user_attrs.get(A_VFRONT):
+            self.study.set_user_attr(A_VFRONT, front)
         return front
 
     # ------------------------------------------------------------ noise guidance
@@ -128,20 +156,19 @@ class ValidationPhase:
         """Each task's standard error at the search's document count, on the normalized scale,
         from the references' per-document spread; a warning when the objective's is larger than
         the differences the search chases."""
-        r = self.r
-        counts = r.evaluator.doc_counts("search")
-        entries = V.stored(r.study.user_attrs)
-        vrefs = r.study.user_attrs.get(V.A_VREFS) or {}
+        counts = self.evaluator.doc_counts("search")
+        entries = V.stored(self.study.user_attrs)
+        vrefs = self.study.user_attrs.get(A_VREFS) or {}
         if not counts:
             return
-        any_single = next(n for label, n in numbers.items() if label.startswith("checkpoint:"))
+        any_single = next(n for label, n in numbers.items() if is_checkpoint(label))
         per_task, total_w, var = {}, 0.0, 0.0
-        weighted = r.spec.search.objective == "weighted"
-        for t in r.spec.suite.tasks:
+        weighted = self.spec.search.objective == "weighted"
+        for t in self.spec.suite.tasks:
             ref_n = vrefs.get(t.task) if vrefs.get(t.task) is not None else any_single
-            if "docs" not in entries.get(ref_n, {}):
+            if VAL_DOCS not in entries.get(ref_n, {}):
                 return
-            docs = DocScores.from_json(entries[ref_n]["docs"][t.task])
+            docs = DocScores.from_json(entries[ref_n][VAL_DOCS][t.task])
             scale = abs(docs.score) if vrefs.get(t.task) is not None and docs.score else 1.0
             se = expected_se(docs, counts[t.task]) / scale
             per_task[t.task] = {"documents": counts[t.task], "se": se}
@@ -150,11 +177,12 @@ class ValidationPhase:
         se_obj = math.sqrt(var) / (total_w or 1.0)
         # Two independent candidates' objectives differ by noise alone with SE sqrt(2)*se_obj.
         resolvable = 1.96 * math.sqrt(2) * se_obj
-        r.study.set_user_attr("noise", {"tasks": per_task, "objective_se": se_obj, "resolvable": resolvable})
+        noise = {NOISE_TASKS: per_task, NOISE_OBJECTIVE_SE: se_obj, NOISE_RESOLVABLE: resolvable}
+        self.study.set_user_attr(A_NOISE, noise)
         lines = ", ".join(f"{task} {v['se']:.3f} ({v['documents']} docs)" for task, v in per_task.items())
-        r.note(f"noise on search documents: standard error per task (normalized) {lines}; objective "
-                f"{se_obj:.4f}, so candidates closer than ~{resolvable:.3f} cannot be told apart")
+        self.progress.note(f"noise on search documents: standard error per task (normalized) {lines}; objective "
+                           f"{se_obj:.4f}, so candidates closer than ~{resolvable:.3f} cannot be told apart")
         if resolvable > CHASED_DIFFERENCE:
-            r.warn(f"the search's objective cannot resolve differences below ~{resolvable:.3f}, larger than the "
-                    f"~{CHASED_DIFFERENCE} improvements merging usually finds: raise suite.limit (more documents) "
-                    "for a search that ranks candidates by more than noise")
+            self.progress.warn(f"the search's objective cannot resolve differences below ~{resolvable:.3f}, larger than "
+                               f"the ~{CHASED_DIFFERENCE} improvements merging usually finds: raise suite.limit (more "
+                               "documents) for a search that ranks candidates by more than noise")

@@ -11,9 +11,9 @@ import time
 import optuna
 import pytest
 
-from optimizer import setup as S
+from contract.merge import one_hot
+from optimizer import attrs as K
 from optimizer import validation as V
-from optimizer.candidate import one_hot
 from optimizer.loop import StudyRunner
 from optimizer.records import A_FRONT, trial_rows
 from optimizer.spec import parse_spec
@@ -124,7 +124,7 @@ def test_a_live_owner_keeps_its_unit_past_the_grace_period_and_others_share_the_
     ta = threading.Thread(target=go, args=(a,))
     ta.start()
     deadline = time.monotonic() + 30
-    while S.CLAIM + "checkpoint:a" not in a.study.user_attrs and time.monotonic() < deadline:
+    while K.SETUP_CLAIM + "checkpoint:a" not in a.study.user_attrs and time.monotonic() < deadline:
         time.sleep(0.05)
     tb = threading.Thread(target=go, args=(b,))
     tb.start()
@@ -135,5 +135,5 @@ def test_a_live_owner_keeps_its_unit_past_the_grace_period_and_others_share_the_
     assert len(keys) == len(set(keys)) == 4 + 4 + 2 + 10  # every unit once: 4 references, 4 merges, 2 soups, 10 validations
     assert [who for who, key in log if key == slow_key] == ["A"]  # never taken from its live owner
     assert {who for who, _ in log} == {"A", "B"}  # B worked meanwhile
-    assert S.A_DONE in b.study.user_attrs and b.prepared and a.prepared
+    assert K.A_SETUP_DONE in b.study.user_attrs and b.prepared and a.prepared
     optuna.delete_study(study_name=study_name, storage=storage_url)

@@ -10,8 +10,9 @@ import numpy as np
 import optuna
 import pytest
 
+from contract.merge import MergeSpec
+from optimizer import attrs as K
 from optimizer import validation as V
-from optimizer.candidate import Candidate
 from optimizer.loop import Step, StudyRunner
 from optimizer.records import stored_front, trial_rows
 from optimizer.spec import parse_spec
@@ -67,7 +68,7 @@ def test_search_front_overstates_and_validation_front_is_unbiased(tmp_path):
     for seed in range(16):
         runner, ev = run(tmp_path, trade_off, seed)
         best = pick(trial_rows(runner.study))
-        truth = np.mean(list(ev.true_scores(Candidate.model_validate(best.candidate)).values()))
+        truth = np.mean(list(ev.true_scores(MergeSpec.model_validate(best.candidate)).values()))
         search_err.append(best.objective - truth)
         valid_err.append(best.validation["objective"]["value"] - truth)
         # The sampler never saw a validation score: no trial's values are validation numbers.
@@ -84,7 +85,7 @@ def _coverage_draw(truth_fn, pick_w, seed, normalize):
     """One simulated study's reported numbers for a fixed pick: fresh validation documents for
     the pick and its references (each task's expert: the checkpoint best on it)."""
     ev = NoisyPool(NAMES, truth_fn, seed=seed, n_validation=150)
-    cand = Candidate(method="linear", weights=dict(zip(NAMES, pick_w, strict=True)), normalize=True)
+    cand = MergeSpec(method="linear", weights=dict(zip(NAMES, pick_w, strict=True)), normalize=True)
     docs = V.to_docs(ev.validate(cand), TASKS)
     terms, true_norm = [], {}
     for t in TASKS:
@@ -92,7 +93,7 @@ def _coverage_draw(truth_fn, pick_w, seed, normalize):
         true = ev.true_scores(cand)[t]
         if normalize:
             expert = max(NAMES, key=lambda n, t=t: truth_fn(np.eye(3)[NAMES.index(n)])[t])
-            ecand = Candidate(method="linear", weights={n: float(n == expert) for n in NAMES}, normalize=True)
+            ecand = MergeSpec(method="linear", weights={n: float(n == expert) for n in NAMES}, normalize=True)
             ref = V.to_docs(ev.validate(ecand), TASKS)[t]
             true = true / ev.true_scores(ecand)[t]
         terms.append(TaskTerm(t, 1.0, True, ref))
@@ -119,8 +120,8 @@ def test_paired_verdict_is_not_significant_when_the_truth_is_equal():
     hits = 0
     for seed in range(200):
         ev = NoisyPool(NAMES, flat, seed=seed)
-        a = V.to_docs(ev.validate(Candidate(method="linear", weights={"a": 1, "b": 1, "c": 0})), TASKS)
-        b = V.to_docs(ev.validate(Candidate(method="linear", weights={"a": 0, "b": 1, "c": 1})), TASKS)
+        a = V.to_docs(ev.validate(MergeSpec(method="linear", weights={"a": 1, "b": 1, "c": 0})), TASKS)
+        b = V.to_docs(ev.validate(MergeSpec(method="linear", weights={"a": 0, "b": 1, "c": 1})), TASKS)
         boot = Bootstrap([TaskTerm(t, 1.0, True, None) for t in TASKS], {t: 150 for t in TASKS}, seed=seed)
         hits += not compare(boot, a, b).significant
     assert hits >= 180, hits
@@ -261,7 +262,7 @@ def test_validation_survives_a_sigkilled_process_and_a_resume(tmp_path, storage_
     storage = open_storage(storage_url, heartbeat_s=1, grace_s=2)
     study = optuna.load_study(study_name=study_name, storage=storage)
     before = V.stored(study.user_attrs)
-    claimed = [int(k.split(":")[1]) for k in study.user_attrs if k.startswith(V.CLAIM)]
+    claimed = [int(k.split(":")[1]) for k in study.user_attrs if k.startswith(K.VAL_CLAIM)]
     orphan = [n for n in claimed if n not in before]
     assert len(before) == 7 and len(orphan) == 1  # one claimed and never finished
     time.sleep(2.5)  # the dead claimant's heartbeat is now older than the grace period

@@ -42,6 +42,7 @@ _SETUP = os.environ.get("MERGEOPT_TEST_SETUP_DIR")
 if _SETUP:
     import time
 
+    from optimizer import attrs as _attrs
     from optimizer import setup as _setup
     from optimizer import validation_phase as _vphase
     from optimizer.loop import StudyRunner as _Runner
@@ -74,22 +75,21 @@ if _SETUP:
 
     def _run(self, unit):
         label = unit.label
-        kind = "references" if label.startswith("checkpoint:") or label == "base" else (
-            "greedy" if label.startswith("greedy soup") else "baselines")
+        kind = "references" if _attrs.is_single(label) else ("greedy" if _attrs.is_soup(label) else "baselines")
         _hold_if(kind, label.replace(" ", "_"))
         out = _real_run(self, unit)
-        _log(self.r.spec.name, label.replace(" ", "_"))
+        _log(self.study.study_name, label.replace(" ", "_"))
         return out
 
     _real_validate = _vphase.ValidationPhase._validate
 
     def _validate(self, number, candidate):
-        setting_up = _setup.A_DONE not in self.r.study.user_attrs
+        setting_up = _attrs.A_SETUP_DONE not in self.study.user_attrs
         if setting_up:
             _hold_if("validation", f"val:{number}")
         out = _real_validate(self, number, candidate)
         if setting_up:
-            _log(self.r.spec.name, f"val:{number}")
+            _log(self.study.study_name, f"val:{number}")
         return out
 
     _real_prepare = _Runner.prepare
