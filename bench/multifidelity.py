@@ -29,13 +29,13 @@ class Clock:
     def __init__(self, runner: StudyRunner) -> None:
         self.t0 = time.perf_counter()
         self.marks: list[tuple[int, float, float | None]] = []  # (trials used, seconds, objective)
-        original = runner._after_trial
+        original = runner.search._after_trial  # the search phase's bookkeeping after each trial
 
         def after_trial() -> None:
             original()
             self.mark(runner)
 
-        runner._after_trial = after_trial
+        runner.search._after_trial = after_trial
         original_step = runner.step
 
         def step():

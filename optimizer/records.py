@@ -30,6 +30,8 @@ from optimizer.attrs import (  # the keys, re-exported for the readers that take
     T_OBJ,
     T_RAW,
     T_TIMES,
+    VAL_ERROR,
+    VAL_SUMMARY,
     search_label,
 )
 from optimizer.front import front_hypervolume, non_dominated
@@ -83,7 +85,7 @@ def stale_reason(trial: optuna.trial.FrozenTrial) -> str:
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
     rows = []
     mergeopt = A_SPEC in study.user_attrs  # another Optuna client's failures mean something else
-    validated = {n: e.get("summary") or ({"error": e["error"]} if "error" in e else None)
+    validated = {n: e.get(VAL_SUMMARY) or ({VAL_ERROR: e[VAL_ERROR]} if VAL_ERROR in e else None)
                  for n, e in stored_validation(study.user_attrs).items()}
     for t in study.get_trials(deepcopy=False):
         ua = t.user_attrs

@@ -10,26 +10,22 @@ from __future__ import annotations
 
 import json
 
-from optimizer.candidate import Candidate
-from optimizer.records import T_CANDIDATE, T_FIDELITY, T_RAW
-
-RANDOMIZED = {"dare_ties", "dare_linear"}  # their seed changes the merge
-# mergekit's default of `normalize` per method (None means it), as evaluators/merge_methods.py has it
-NORMALIZED_BY_DEFAULT = {"linear", "ties", "dare_ties"}
+from contract.merge import MergeSpec
+from optimizer.attrs import T_CANDIDATE, T_FIDELITY, T_RAW
 
 
-def candidate_key(cand: Candidate) -> str:
+def candidate_key(cand: MergeSpec) -> str:
     """Equal for candidates that merge to the same model (normalized linear weights compared
     as shares of their sum)."""
     data = cand.to_json()
     if cand.normalize is None:
-        data["normalize"] = cand.method in NORMALIZED_BY_DEFAULT
+        data["normalize"] = cand.resolved_normalize
     weights = dict(cand.weights)
     total = sum(weights.values())
     if cand.method == "linear" and data["normalize"] and total > 0 and cand.group_weights is None:
         weights = {n: w / total for n, w in weights.items()}
     data["weights"] = {n: round(w, 12) for n, w in sorted(weights.items())}
-    if cand.method not in RANDOMIZED:
+    if not cand.info.randomized:  # the seed changes only a randomized merge
         data["seed"] = 0
     return json.dumps(data, sort_keys=True, default=str)
 
@@ -40,14 +36,14 @@ class ScoredMerges:
     def __init__(self) -> None:
         self.keys: dict[int, str | None] = {}
 
-    def find(self, rows, cand: Candidate) -> tuple[int, dict] | None:
+    def find(self, rows, cand: MergeSpec) -> tuple[int, dict] | None:
         """(trial number, raw scores) of a completed trial of ``rows`` with the same merge."""
         key = candidate_key(cand)
         for t in rows:
             if t.number not in self.keys:
                 ua = t.user_attrs
                 usable = T_RAW in ua and T_CANDIDATE in ua and ua.get(T_FIDELITY, 1.0) == 1.0
-                self.keys[t.number] = candidate_key(Candidate.model_validate(ua[T_CANDIDATE])) if usable else None
+                self.keys[t.number] = candidate_key(MergeSpec.model_validate(ua[T_CANDIDATE])) if usable else None
             if self.keys[t.number] == key:
                 return t.number, dict(t.user_attrs[T_RAW])
         return None

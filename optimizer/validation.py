@@ -25,6 +25,8 @@ from optimizer.attrs import (
     BASE_LABEL,
     VAL,
     VAL_CLAIM,
+    VAL_DOCS,
+    VAL_SUMMARY,
     checkpoint_label,
 )
 from optimizer.claims import Claims as WorkClaims
@@ -64,7 +66,7 @@ def to_docs(out: Mapping[str, Mapping], tasks: list[str]) -> dict[str, DocScores
 
 
 def load_docs(entry: Mapping) -> dict[str, DocScores]:
-    return {t: DocScores.from_json(d) for t, d in entry["docs"].items()}
+    return {t: DocScores.from_json(d) for t, d in entry[VAL_DOCS].items()}
 
 
 def reference_trials(spec: StudySpec, singles: Mapping[str, Mapping[str, float]],
@@ -98,16 +100,16 @@ def bootstrap(spec: StudySpec, attrs: Mapping) -> Bootstrap | None:
     terms, counts = [], {}
     for t in spec.suite.tasks:
         ref_n = vrefs.get(t.task)
-        ref = None if ref_n is None else DocScores.from_json(entries[ref_n]["docs"][t.task])
+        ref = None if ref_n is None else DocScores.from_json(entries[ref_n][VAL_DOCS][t.task])
         terms.append(TaskTerm(t.task, t.weight if weighted else 1.0, directions.get(t.task, True), ref, t.chance))
-        counts[t.task] = next(iter(entries.values()))["docs"][t.task]["n"]
+        counts[t.task] = next(iter(entries.values()))[VAL_DOCS][t.task]["n"]
     return Bootstrap(terms, counts)
 
 
 def front(spec: StudySpec, attrs: Mapping, complete: set[int]) -> dict:
     """Non-dominated validated trials over their validation normalized scores."""
     tasks = spec.task_names
-    done = sorted((n, e["summary"]) for n, e in stored(attrs).items() if "summary" in e and n in complete)
+    done = sorted((n, e[VAL_SUMMARY]) for n, e in stored(attrs).items() if VAL_SUMMARY in e and n in complete)
     empty = {"split": "validation", "tasks": tasks, "trials": [], "hypervolume": 0.0, "reference_point": [0.0] * len(tasks),
              "hypervolume_skips": []}
     if not done:

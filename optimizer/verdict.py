@@ -14,7 +14,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from optimizer import validation as V
-from optimizer.records import BASE_LABEL, TrialRow
+from optimizer.attrs import (
+    A_SPEC,
+    BASE_LABEL,
+    CHECKPOINT_PREFIX,
+    KIND_BASELINE,
+    KIND_SEARCH,
+    ROLE_BASE,
+    ROLE_BEST_CHECKPOINT,
+    ROLE_BEST_MERGE,
+    ROLE_BEST_SINGLE,
+    ROLE_UNIFORM,
+    UNIFORM,
+    V_COMPARISONS,
+    V_DOCUMENTS,
+    V_PICK,
+    V_RECOMMENDED,
+    V_SEARCH_PAID,
+    V_TEXT,
+    is_single,
+)
+from optimizer.records import TrialRow
 from optimizer.spec import StudySpec
 from optimizer.stats import compare
 
@@ -22,7 +42,7 @@ from optimizer.stats import compare
 def shown(label: str) -> str:
     if label == BASE_LABEL:
         return "the base model"
-    return label.removeprefix("checkpoint:")
+    return label.removeprefix(CHECKPOINT_PREFIX)
 
 
 def _by_search(rows: list[TrialRow]) -> TrialRow | None:
@@ -49,7 +69,7 @@ def recommended(rows: list[TrialRow]) -> TrialRow | None:
 def _recommendation(rec: TrialRow, n: int, entries: dict, boot) -> str:
     obj = boot.summary(V.load_docs(entries[rec.number]))["objective"] if rec.number in entries else None
     score = "" if obj is None else f"; validation {obj['value']:.4f} [{obj['lo']:.4f}, {obj['hi']:.4f}]"
-    who = "a search trial" if rec.kind == "search" else f"set-up: {shown(rec.label)}"
+    who = "a search trial" if rec.kind == KIND_SEARCH else f"set-up: {shown(rec.label)}"
     return (f"recommended merge: trial {rec.number} ({who}), the best on search documents of all {n} "
             f"trials{score}")
 
@@ -65,23 +85,23 @@ def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | Non
         return None
     entries = V.stored(attrs)
     ok = [r for r in rows if r.state == "COMPLETE" and r.validation and "objective" in r.validation]
-    baselines = [r for r in ok if r.kind == "baseline"]
-    singles = [r for r in baselines if r.label.startswith("checkpoint:") or r.label == BASE_LABEL]
-    pick = _by_search([r for r in ok if r.kind == "search"])
+    baselines = [r for r in ok if r.kind == KIND_BASELINE]
+    singles = [r for r in baselines if is_single(r.label)]
+    pick = _by_search([r for r in ok if r.kind == KIND_SEARCH])
     rec = recommended(rows)
-    out = {"pick": None, "recommended": None if rec is None else rec.number, "search_paid": None,
-           "comparisons": [], "documents": {t: int(i.shape[1]) for t, i in boot.idx.items()}}
+    out = {V_PICK: None, V_RECOMMENDED: None if rec is None else rec.number, V_SEARCH_PAID: None,
+           V_COMPARISONS: [], V_DOCUMENTS: {t: int(i.shape[1]) for t, i in boot.idx.items()}}
     n_done = len([r for r in rows if r.state == "COMPLETE"])
     top = [] if rec is None or rec.number not in entries else [_recommendation(rec, n_done, entries, boot)]
     if pick is None or not singles:
-        out["text"] = "\n".join([*top, "no verdict yet: no search trial has validation scores (each is scored "
+        out[V_TEXT] = "\n".join([*top, "no verdict yet: no search trial has validation scores (each is scored "
                                  "once it reaches the search documents' front)"])
         return out
-    against = {"best single model": _by_search(singles),
-               "best merge baseline": _by_search([r for r in baselines if r not in singles]),
-               "best single checkpoint": _by_search([r for r in singles if r.label != BASE_LABEL]),
-               "uniform average": next((r for r in baselines if r.label == "uniform"), None),
-               "base model": next((r for r in singles if r.label == BASE_LABEL), None)}
+    against = {ROLE_BEST_SINGLE: _by_search(singles),
+               ROLE_BEST_MERGE: _by_search([r for r in baselines if r not in singles]),
+               ROLE_BEST_CHECKPOINT: _by_search([r for r in singles if r.label != BASE_LABEL]),
+               ROLE_UNIFORM: next((r for r in baselines if r.label == UNIFORM), None),
+               ROLE_BASE: next((r for r in singles if r.label == BASE_LABEL), None)}
     docs = lambda r: V.load_docs(entries[r.number])  # noqa: E731
     mine = docs(pick)
     heads, lines, seen = [], [], set()
@@ -90,24 +110,24 @@ def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | Non
             continue
         seen.add(other.number)
         c = compare(boot, mine, docs(other)).to_json()
-        out["comparisons"].append({"against": role, "trial": other.number, "label": other.label, **c})
-        if role in ("best single model", "best merge baseline"):
+        out[V_COMPARISONS].append({"against": role, "trial": other.number, "label": other.label, **c})
+        if role in (ROLE_BEST_SINGLE, ROLE_BEST_MERGE):
             heads.append(_headline(role, pick, other, c))
         lines.append(f"  vs {role} ({shown(other.label)}, trial {other.number}): {c['diff']:+.4f} "
                      f"(95% CI [{c['lo']:+.4f}, {c['hi']:+.4f}], p={c['p']:.3f})"
                      f"{'  significant' if c['significant'] else '  not significant'}")
-    out["pick"] = pick.number
+    out[V_PICK] = pick.number
     # Did searching pay? Only if the search's best beats the set-up trial best on search
     # documents, significantly, on validation documents.
     best_setup = _by_search(baselines)
-    c = next(x for x in out["comparisons"] if x["trial"] == best_setup.number) if best_setup.number in seen else None
-    out["search_paid"] = bool(c and c["significant"] and c["diff"] > 0)
-    paid = ("searching paid: the search's best merge beats every set-up trial's best" if out["search_paid"] else
+    c = next(x for x in out[V_COMPARISONS] if x["trial"] == best_setup.number) if best_setup.number in seen else None
+    out[V_SEARCH_PAID] = bool(c and c["significant"] and c["diff"] > 0)
+    paid = ("searching paid: the search's best merge beats every set-up trial's best" if out[V_SEARCH_PAID] else
             f"searching did not pay (yet): the search's best merge is not significantly better than the best "
             f"set-up trial, {shown(best_setup.label)} (trial {best_setup.number})")
-    n = sorted(set(out["documents"].values()))
+    n = sorted(set(out[V_DOCUMENTS].values()))
     per = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
-    out["text"] = "\n".join([f"verdict on validation documents ({per} per task, never seen by the search; "
+    out[V_TEXT] = "\n".join([f"verdict on validation documents ({per} per task, never seen by the search; "
                              "mean normalized score, paired bootstrap over documents; the best merge is "
                              "the search trial best on search documents):", *heads, *lines, *top, paid])
     return out
@@ -116,7 +136,6 @@ def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | Non
 def study_verdict(study, rows: list[TrialRow]) -> dict | None:
     """The verdict of a stored study (None without validation documents)."""
     from optimizer.carry_over import stored_spec
-    from optimizer.records import A_SPEC
 
     attrs = study.user_attrs
     if A_SPEC not in attrs:

@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from optimizer.attrs import V_RECOMMENDED
 from optimizer.records import stored_front, trial_rows
 from optimizer.spec import SpecError, parse_spec
 from optimizer.verdict import study_verdict
@@ -75,13 +76,13 @@ def run_demo(workdir: Path, *, n_trials: int = 80, fresh: bool = False, progress
     rows, front = trial_rows(study), stored_front(study)
     verdict = study_verdict(study, rows)
     png = plot_study(rows, front, workdir / "front.png", title=f"mergeopt demo: {len(rows)} trials",
-                     pick=verdict and verdict.get("recommended"))
+                     pick=verdict and verdict.get(V_RECOMMENDED))
     print("\n[3/3] the front and the verdict (normalized per task: held-in / best single checkpoint, "
           "held-out / base)")
     print(front_table(rows, front, verdict))
     total = time.perf_counter() - t0
     print(f"\nplot: {png}\nwall time: {total:.0f} s (pool {t_pool:.0f} s)")
     print(f"inspect: mergeopt front demo --storage {spec.storage}")
-    trial = verdict["recommended"] if verdict and verdict.get("recommended") is not None else "TRIAL"
+    trial = verdict[V_RECOMMENDED] if verdict and verdict.get(V_RECOMMENDED) is not None else "TRIAL"
     print(f"export the recommended merge: mergeopt export demo {trial} OUT_DIR --storage {spec.storage}")
     return 0

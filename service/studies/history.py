@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from optimizer.attrs import V_RECOMMENDED
 from optimizer.front import front_hypervolume, non_dominated
 from optimizer.records import TrialRow
 
@@ -32,7 +33,7 @@ def hypervolume_history(rows: list[TrialRow], tasks: list[str]) -> list[tuple[in
 def recommended_headline(rows: list[TrialRow], verdict: dict | None) -> dict | None:
     """The recommended trial with its validation objective and 95% interval (None until it is
     validated or on a study without validation documents)."""
-    number = (verdict or {}).get("recommended")
+    number = (verdict or {}).get(V_RECOMMENDED)
     row = next((r for r in rows if r.number == number), None) if number is not None else None
     objective = (row.validation or {}).get("objective") if row is not None else None
     if not objective:

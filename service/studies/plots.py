@@ -19,7 +19,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from optimizer.records import BASE_LABEL, TrialRow  # noqa: E402
+from optimizer.attrs import (  # noqa: E402
+    BASE_LABEL,
+    KIND_BASELINE,
+    KIND_SEARCH,
+    ROLE_BASE,
+    ROLE_UNIFORM,
+    UNIFORM,
+    is_checkpoint,
+)
+from optimizer.records import TrialRow  # noqa: E402
 from optimizer.verdict import shown  # noqa: E402
 
 COLORS = {"merge": "#e15759", "uniform": "#59a14f", "single": "#f2b134", "base": "#76b7b2"}
@@ -36,12 +45,12 @@ def _validated(rows: list[TrialRow]) -> list[TrialRow]:
 def _bars(ax, rows: list[TrialRow], tasks: list[str], pick: int | None) -> None:
     ok = _validated(rows)
     by = {r.number: r for r in ok}
-    singles = [r for r in ok if r.label.startswith("checkpoint:")]
+    singles = [r for r in ok if is_checkpoint(r.label)]
     best_single = _best(singles)
     groups = [("merge", by.get(pick), "recommended"),
-              ("uniform", next((r for r in ok if r.label == "uniform"), None), "uniform average"),
+              ("uniform", next((r for r in ok if r.label == UNIFORM), None), ROLE_UNIFORM),
               ("single", best_single, f"best single ({shown(best_single.label)})" if best_single else ""),
-              ("base", next((r for r in ok if r.label == BASE_LABEL), None), "base model")]
+              ("base", next((r for r in ok if r.label == BASE_LABEL), None), ROLE_BASE)]
     groups = [g for g in groups if g[1] is not None]
     names = [*tasks, "mean"]
     width = 0.8 / max(1, len(groups))
@@ -66,7 +75,7 @@ def _curve(ax, rows: list[TrialRow]) -> None:
         return
     ax.step([r.number for r in done], np.maximum.accumulate([r.objective for r in done]), where="post",
             color="#4e79a7", label="best so far (search documents)")
-    ok = [r for r in _validated(rows) if r.kind == "search"]
+    ok = [r for r in _validated(rows) if r.kind == KIND_SEARCH]
     ax.errorbar([r.number for r in ok], [r.validation["objective"]["value"] for r in ok],
                 yerr=np.clip([[r.validation["objective"]["value"] - r.validation["objective"]["lo"] for r in ok],
                               [r.validation["objective"]["hi"] - r.validation["objective"]["value"] for r in ok]], 0, None),
@@ -85,8 +94,8 @@ def _curse(ax, rows: list[TrialRow], front: dict) -> None:
     if not ok:
         return
     on = set(front.get("trials", [])) if front.get("split") == "validation" else set()
-    for kind, marker, color, label in (("search", "o", "#9aa5b1", "search trial"),
-                                       ("baseline", "s", COLORS["single"], "baseline")):
+    for kind, marker, color, label in ((KIND_SEARCH, "o", "#9aa5b1", "search trial"),
+                                       (KIND_BASELINE, "s", COLORS["single"], "baseline")):
         pts = [r for r in ok if r.kind == kind]
         ax.errorbar([r.objective for r in pts], [r.validation["objective"]["value"] for r in pts],
                     yerr=np.clip([[r.validation["objective"]["value"] - r.validation["objective"]["lo"] for r in pts],

@@ -6,6 +6,7 @@ intervals); the search documents' front stays available for diagnosis, labelled 
 from __future__ import annotations
 
 from contract.granularity import Granularity
+from optimizer.attrs import V_PICK, V_RECOMMENDED
 from optimizer.records import TrialRow
 from optimizer.verdict import shown
 
@@ -100,9 +101,9 @@ def _cell(value: float, interval: dict | None) -> str:
 def _marks(verdict: dict | None) -> dict[int, str]:
     """Trial -> its mark: * the recommended merge, + the search's best (when another trial)."""
     v = verdict or {}
-    marks = {} if v.get("pick") is None else {v["pick"]: "+"}
-    if v.get("recommended") is not None:
-        marks[v["recommended"]] = "*"
+    marks = {} if v.get(V_PICK) is None else {v[V_PICK]: "+"}
+    if v.get(V_RECOMMENDED) is not None:
+        marks[v[V_RECOMMENDED]] = "*"
     return marks
 
 

@@ -9,6 +9,7 @@ import time
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from optimizer.attrs import KIND_SEARCH, T_CANDIDATE, T_KIND, T_LABEL, T_NORM, T_OBJ, T_RAW, T_TIMES
 from service.db.models import Event, FrontSnapshot, Trial
 from service.db.session import session_factory
 from service.worker.errors import clean
@@ -66,9 +67,9 @@ class DbListener:
 
     def _result(self, number: int, state: str, row: dict) -> None:
         self._upsert(
-            number, state=state, kind=row.get("kind", "search"), label=row.get("label", ""),
-            candidate=row.get("candidate", {}), raw=row.get("raw", {}), normalized=row.get("normalized", {}),
-            objective=row.get("objective"), timings=row.get("timings", {}), worker=self.worker,
+            number, state=state, kind=row.get(T_KIND, KIND_SEARCH), label=row.get(T_LABEL, ""),
+            candidate=row.get(T_CANDIDATE, {}), raw=row.get(T_RAW, {}), normalized=row.get(T_NORM, {}),
+            objective=row.get(T_OBJ), timings=row.get(T_TIMES, {}), worker=self.worker,
         )
 
     def trial_finished(self, number: int, row: dict) -> None:
