@@ -18,7 +18,7 @@ from servicekit import settings_for, wait_for
 
 from service.api import connections
 from service.api.app import create_app
-from service.api.events import EventHub
+from service.api.event_hub import EventHub
 
 
 @contextlib.contextmanager

@@ -18,9 +18,9 @@ from evaluators.pool import PoolError, PoolFileRefused
 from evaluators.scoring import SuiteError
 from evaluators.task_files import TaskFileRefused
 from optimizer.spec import SpecError
-from service.api.events import EventHub
+from service.api.event_hub import EventHub
 from service.api.guards import RequestGuard
-from service.api.routes import router
+from service.api.routes import events, exports, health, pools, studies, suites, trials
 from service.dashboard import STATIC_DIR
 from service.dashboard import router as dashboard_router
 from service.db.migrate import upgrade
@@ -54,9 +54,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False, migrat
         stop = threading.Event()
         thread = None
         if worker:
-            from service.worker.runtime import (
-                Worker,  # torch, transformers: imported before the freeze
-            )
+            from service.worker.runtime import Worker  # torch, transformers: before the freeze
         if freeze_gc:
             # What start-up created (millions of objects) lives as long as the server: outside
             # the collector, full collections pause requests for tens of ms, not a quarter second.
@@ -80,17 +78,14 @@ def create_app(settings: Settings | None = None, *, worker: bool = False, migrat
     app.state.settings = settings
     app.state.events = EventHub(settings)  # open event streams: their caps and their one poll loop
     app.add_middleware(RequestGuard, settings=settings)  # Host, token, then the body (guards.py)
-    app.include_router(router)
+    for resource in (pools, suites, studies, trials, events, exports, health):  # in the order of the docs
+        app.include_router(resource.router)
     app.include_router(dashboard_router)  # the web dashboard: / and /studies/{key}
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     for exc_type, status in ERRORS.items():
         app.add_exception_handler(exc_type, _handler(status))
     app.add_exception_handler(RequestValidationError, _invalid_request)
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict:
-        return {"ok": True}
 
     return app
 

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, database sessions, bearer-token auth."""
+"""FastAPI dependencies: settings, database sessions, bearer-token auth; the /v1 routers' common parts."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from service.api.schemas import Problem
 from service.db.session import session_factory
 from service.settings import Settings
 
@@ -60,3 +61,13 @@ async def require_write(creds: Creds, settings: Cfg) -> None:
 async def require_read(creds: Creds, settings: Cfg) -> None:
     if settings.protect_reads:
         _check(creds, settings)
+
+
+READ = [Depends(require_read)]
+WRITE = [Depends(require_write)]
+NOT_MODIFIED = {304: {"description": "Unchanged since the ETag given in If-None-Match"}}
+
+
+def v1_router() -> APIRouter:
+    """The routes of one resource: under /v1, with the 422 body documented."""
+    return APIRouter(prefix="/v1", responses={422: {"model": Problem, "description": "Invalid request"}})

@@ -39,7 +39,7 @@ from service.client.study_body import study_body
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 RETRIED = {429, 503}
-# Keep-alives come every 15 s on an idle event stream (service/api/events.py): a read waiting
+# Keep-alives come every 15 s on an idle event stream (service/api/event_hub.py): a read waiting
 # longer than this means the connection is gone.
 STREAM_READ_S = 60.0
 EXPORT_S = 3600.0  # a download is merged on the server's CPU first: minutes for a big pool

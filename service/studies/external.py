@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from optimizer.carry_over import stored_spec
 from optimizer.records import A_SPEC
 from service.db.models import Pool, Study, Suite
+from service.studies import registry
 from service.studies.views import _storage
 
 log = logging.getLogger(__name__)
@@ -81,3 +82,14 @@ def adopt_external(session: Session, url: str) -> int:
         except Exception:  # another API process adopted it at the same moment (unique name): theirs stands
             session.rollback()
     return added
+
+
+def find_study(session: Session, key: str) -> Study:
+    """The study row of ``key`` (id or name); perhaps a `mergeopt run` study not listed yet (the
+    rescan throttled as for lists); NotFound otherwise."""
+    try:
+        return registry.get_row(session, Study, key)
+    except registry.NotFound:
+        if not adopt_external(session, str(session.get_bind().url.render_as_string(hide_password=False))):
+            raise
+        return registry.get_row(session, Study, key)
