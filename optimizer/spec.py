@@ -27,6 +27,9 @@ MethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_lin
 SamplerName = Literal["cmaes", "nsga2", "tpe", "gp", "random"]
 METHODS_NEEDING_BASE = {"task_arithmetic", "ties", "dare_ties", "dare_linear"}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+# A study's storage unless its spec names one, and the service's database unless
+# MERGEOPT_DATABASE_URL does (service/settings.py): a SQLite file in the working folder.
+DEFAULT_STORAGE = "sqlite:///mergeopt.db"
 # Share of each task's documents kept from the search for the reported scores. Less leaves the
 # reported intervals wide; more leaves the search's own scores too noisy to rank candidates.
 DEFAULT_VALIDATION = 0.4
@@ -270,7 +273,7 @@ class StudySpec(_Strict):
     pool: PoolSpec
     suite: SuiteSpec
     search: SearchSpec = Field(default_factory=SearchSpec)
-    storage: str = "sqlite:///mergeopt.db"
+    storage: str = DEFAULT_STORAGE
     device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="auto, cpu, mps, cuda or cuda:N")
 
     @model_validator(mode="after")

@@ -9,11 +9,13 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from optimizer.spec import DEFAULT_STORAGE
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MERGEOPT_", env_file=".env", extra="ignore")
 
-    database_url: str = Field(default="sqlite:///mergeopt.db", description="SQLAlchemy URL; also Optuna's storage")
+    database_url: str = Field(default=DEFAULT_STORAGE, description="SQLAlchemy URL; also Optuna's storage")
     allowed_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path.cwd()],
         description="checkpoint, task and export paths must lie under one of these (comma-separated)",

@@ -21,7 +21,7 @@ from servicekit import (
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
-from service.db.models import Event, FrontSnapshot, Study, Trial
+from service.db.models import Event, Study, Trial
 
 FAST_HEARTBEAT = {"MERGEOPT_HEARTBEAT_S": "1", "MERGEOPT_GRACE_S": "3"}
 
@@ -127,7 +127,7 @@ def snapshot(url: str) -> dict:
     """Every row a restart must neither lose nor duplicate."""
     with create_engine(url).connect() as conn:
         out = {key: set(conn.execute(select(table.id)).scalars())
-               for key, table in (("studies", Study), ("front_snapshots", FrontSnapshot), ("events", Event))}
+               for key, table in (("studies", Study), ("events", Event))}
         per_number = conn.execute(select(Trial.study_id, Trial.number, func.count()).group_by(Trial.study_id, Trial.number)).all()
         optuna_rows = conn.execute(text("select s.study_name, t.number, t.state from trials t join studies s using (study_id)")).all()
     return {

@@ -27,7 +27,7 @@ def tables(url):
 def test_upgrade_from_empty_then_downgrade(empty_db):
     assert migrate.current(empty_db) is None
     migrate.upgrade(empty_db)
-    assert migrate.current(empty_db) == "0003"
+    assert migrate.current(empty_db) == "0004"
     assert TABLES <= tables(empty_db)
     migrate.upgrade(empty_db)  # idempotent
     migrate.downgrade(empty_db)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from optimizer.spec import DEFAULT_STORAGE
+
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults appended where there is one worth showing (not None, not a flag's False);
@@ -38,7 +40,7 @@ DEMO = examples(
     ("mergeopt demo --fresh", "drop the stored demo study and start over (the pool is reused)"),
 )
 RUN = examples(
-    ("mergeopt run study.yaml", "storage from the spec (default sqlite:///mergeopt.db next to it)"),
+    ("mergeopt run study.yaml", f"storage from the spec (default {DEFAULT_STORAGE} next to it)"),
     ("mergeopt run study.yaml --storage sqlite:////data/studies.db", "another database"),
 )
 FRONT = examples(

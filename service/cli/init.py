@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from optimizer.spec import NAME_PATTERN
+from optimizer.spec import DEFAULT_STORAGE, NAME_PATTERN
 
 TEMPLATE = """\
 # A mergeopt study: which checkpoints to merge, what to score the merges on, how to search.
@@ -48,7 +48,7 @@ search:
   baselines: true                    # uniform average, task arithmetic, TIES, DARE-TIES, greedy soup
   seed: 0                            # same seed, same spec: the same trials
 
-storage: sqlite:///mergeopt.db       # or postgresql+psycopg://user@host/db (several workers)
+storage: {storage}       # or postgresql+psycopg://user@host/db (several workers)
 device: auto                         # auto (cuda when available) | cpu | cuda:N | mps
 """
 
@@ -56,7 +56,7 @@ device: auto                         # auto (cuda when available) | cpu | cuda:N
 def render(path: str) -> str:
     stem = Path(path).stem if path != "-" else ""
     name = stem if re.fullmatch(NAME_PATTERN, stem) and stem != "study" else "my-study"
-    return TEMPLATE.format(path="STUDY.yaml" if path == "-" else path, name=name)
+    return TEMPLATE.format(path="STUDY.yaml" if path == "-" else path, name=name, storage=DEFAULT_STORAGE)
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -8,9 +8,8 @@ from pathlib import Path
 def stored_url(ref: str, storage: str | None) -> str:
     """The storage a reader (front, export) opens, picked as open_study picks it, and checked:
     a SQLite file that does not exist is refused, not created empty."""
-    from optimizer.spec import load_spec
+    from optimizer.spec import DEFAULT_STORAGE, load_spec
     from optimizer.storage import check_url
-    from service.studies.runs import DEFAULT_STORAGE
 
     is_yaml = ref.endswith((".yaml", ".yml")) or Path(ref).is_file()
     url = storage or (load_spec(ref).storage if is_yaml else DEFAULT_STORAGE)

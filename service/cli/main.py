@@ -178,6 +178,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from optimizer.spec import DEFAULT_STORAGE
     from service.cli import help as H
     from service.cli import remote
     from service.cli.init import add_parser as add_init
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("front", "print a study's Pareto front and verdict", H.FRONT)
     s.add_argument("study", metavar="STUDY", help="study YAML, or a study name (with --storage)")
-    s.add_argument("--storage", metavar="URL", help="storage URL (default: the YAML's, or sqlite:///mergeopt.db)")
+    s.add_argument("--storage", metavar="URL", help=f"storage URL (default: the YAML's, or {DEFAULT_STORAGE})")
     s.add_argument("--json", action="store_true", help="JSON instead of the table: full merges, intervals, search scores")
     s.add_argument("--split", choices=["validation", "search"], default="validation",
                    help="validation: scores on documents the search never saw; search: the documents "
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("trial", metavar="TRIAL", type=remote.trial_ref,
                    help="trial number (the first column of `mergeopt front`), or 'recommended'")
     s.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must not exist, or be empty)")
-    s.add_argument("--storage", metavar="URL", help="storage URL (default: the YAML's, or sqlite:///mergeopt.db)")
+    s.add_argument("--storage", metavar="URL", help=f"storage URL (default: the YAML's, or {DEFAULT_STORAGE})")
     s.add_argument("-q", "--quiet", **quiet)
     remote.add_server_option(s)
     s.set_defaults(func=cmd_export)
@@ -243,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("serve", "the REST API (uvicorn), with one in-process worker by default")
     s.add_argument("--host", help="bind address (default MERGEOPT_HOST or 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default MERGEOPT_PORT or 8000)")
-    s.add_argument("--db", metavar="URL", help="database URL (default MERGEOPT_DATABASE_URL or sqlite:///mergeopt.db)")
+    s.add_argument("--db", metavar="URL", help=f"database URL (default MERGEOPT_DATABASE_URL or {DEFAULT_STORAGE})")
     s.add_argument("--no-worker", action="store_true", help="API only: workers run elsewhere")
     s.set_defaults(func=cmd_serve)
 

@@ -85,15 +85,6 @@ class Trial(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
 
 
-class FrontSnapshot(Base):
-    __tablename__ = "mergeopt_front_snapshots"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    study_id: Mapped[str] = mapped_column(ForeignKey("mergeopt_studies.id"), index=True)
-    trials: Mapped[list] = mapped_column(JSON)
-    hypervolume: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
-
-
 class Event(Base):
     """Append-only: what the SSE endpoint streams (workers may live in other processes)."""
 

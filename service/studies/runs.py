@@ -8,18 +8,16 @@ from pathlib import Path
 
 import optuna
 
-from evaluators.engine import MergeEvaluator
 from contract.merge import MergeSpec
+from evaluators.engine import MergeEvaluator
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentPool, pick_device
 from evaluators.scoring import TaskRequest
 from optimizer import records as R
 from optimizer.carry_over import stored_spec
 from optimizer.loop import StudyRunner
-from optimizer.spec import SpecError, StudySpec, load_spec
+from optimizer.spec import DEFAULT_STORAGE, SpecError, StudySpec, load_spec
 from optimizer.storage import open_storage
-
-DEFAULT_STORAGE = "sqlite:///mergeopt.db"
 
 
 def build_evaluator(spec: StudySpec, progress: bool = True, roots: list[Path] | None = None,

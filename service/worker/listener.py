@@ -1,5 +1,5 @@
-"""StudyListener writing the service's tables: trial mirror rows, front snapshots and the
-events the SSE endpoint streams."""
+"""StudyListener writing the service's tables: trial mirror rows and the events the SSE
+endpoint streams."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from optimizer.attrs import KIND_SEARCH, T_CANDIDATE, T_KIND, T_LABEL, T_NORM, T_OBJ, T_RAW, T_TIMES
-from service.db.models import Event, FrontSnapshot, Trial
+from service.db.models import Event, Trial
 from service.db.session import session_factory
 from service.worker.errors import clean
 
@@ -85,7 +85,6 @@ class DbListener:
     @_retried
     def front_changed(self, front: dict) -> None:
         with self.sessions() as s, s.begin():
-            s.add(FrontSnapshot(study_id=self.study_id, trials=front["trials"], hypervolume=front["hypervolume"]))
             s.add(Event(study_id=self.study_id, type="front_changed",
                         payload={"trials": front["trials"], "hypervolume": front["hypervolume"]}))
 
