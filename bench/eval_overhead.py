@@ -20,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from evaluators.adapters import lm_eval as lm_eval_adapter  # noqa: E402
 from evaluators.demo_pool import build_demo_pool  # noqa: E402
 from evaluators.engine import MergeEvaluator  # noqa: E402
 from evaluators.merge_spec import MergeSpec  # noqa: E402
@@ -38,7 +39,7 @@ def main() -> None:
     spec = MergeSpec(weights={n: 1.0 for n, _ in pool.checkpoints})
     ev.evaluate(spec)  # builds requests, tokenizes pairs, warms up
     model, lm = ev.model.model, ev.scorer._lm
-    seqs = sorted(((c + k)[-lm.max_length:] for c, k in lm._mergeopt_pairs.values()), key=len, reverse=True)
+    seqs = sorted(((c + k)[-lm.max_length:] for c, k in lm_eval_adapter.encoded_pairs(lm).values()), key=len, reverse=True)
     pad = ev.tokenizer.pad_token_id or 0
 
     @torch.no_grad()

@@ -40,6 +40,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from evaluators.adapters import lm_eval as lm_eval_adapter  # noqa: E402
 from evaluators.demo_pool import make_tokenizer  # noqa: E402
 from evaluators.scoring import SuiteScorer, TaskRequest  # noqa: E402
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
             res = evaluate(hflm, plain.task_dict, bootstrap_iters=0)
             acc["HFLM"] = res["results"][task]["acc,none"]
             insts = plain.tasks[task].instances
-            pairs = [hflm._encode_pair(*i.args) for i in insts]
+            pairs = [lm_eval_adapter.encode_pair(hflm, *i.args) for i in insts]
             ll_ref = [ll for ll, _ in hflm.loglikelihood(insts, disable_tqdm=True)]
             ll_ours = [ll for ll, _ in ours._lm_for(model, tok).loglikelihood(insts)]
             docs: dict = {}

@@ -13,6 +13,7 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from evaluators.encode_check import check_documents_encode
+from evaluators.lm_eval_guard import guard_lm_eval
 from evaluators.merge_spec import MergeSpec
 from evaluators.pool import PoolError, validate_pool
 from evaluators.pool_staging import stage_checkpoint
@@ -49,6 +50,7 @@ class MergeEvaluator:
         should_stop=None,
     ) -> None:
         quiet_libraries()
+        guard_lm_eval()  # before any task is read: sandboxed templates, bounded filters (lm_eval_guard.py)
         # roots (the service's allowed roots): pool and task files are re-checked as they are
         # opened; Python in task folders runs only from trusted_task_roots.
         self.pool_info = validate_pool(checkpoints, base, roots=roots)

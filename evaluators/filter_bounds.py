@@ -46,6 +46,6 @@ class TimedRe:
 @functools.cache
 def bound_filters() -> None:
     """From now on, lm-eval's extraction filters match under the timeout (once per process)."""
-    from lm_eval.filters import extraction
+    from evaluators.adapters import lm_eval as lm_eval_adapter
 
-    extraction.re = TimedRe()
+    lm_eval_adapter.replace_filter_regex_module(TimedRe())

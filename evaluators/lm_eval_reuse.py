@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from evaluators.adapters import lm_eval as lm_eval_adapter
+
 
 def reuse_requests(task) -> None:
     """Make ``task.build_all_requests`` build once, then just reset responses."""
@@ -19,13 +21,13 @@ def reuse_requests(task) -> None:
     def build_once(*, limit=None, samples=None, **kwargs):
         key = (limit, json.dumps(samples, sort_keys=True) if samples is not None else None)
         if key in built:
-            task._instances = built[key]
-            for inst in task._instances:
+            lm_eval_adapter.set_task_instances(task, built[key])
+            for inst in built[key]:
                 inst.resps = []
                 inst.filtered_resps = {}
             return
         original(limit=limit, samples=samples, **kwargs)
-        built[key] = task._instances
+        built[key] = lm_eval_adapter.task_instances(task)
 
     task.build_all_requests = build_once
     task._mergeopt_reuse = True

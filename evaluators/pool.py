@@ -252,6 +252,8 @@ def _model_parameters(config: dict) -> list[list[str]] | None:
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from evaluators.adapters import transformers as transformers_adapter
+
     quiet = logging.getLogger("transformers")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -262,7 +264,7 @@ def _model_parameters(config: dict) -> list[list[str]] | None:
         return None
     finally:
         quiet.setLevel(level)
-    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or ()]
+    ignored = [re.compile(p) for p in transformers_adapter.ignored_missing_keys(model)]
     groups: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(param), []).append(name)

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from evaluators.adapters import transformers as transformers_adapter
+
 logger = logging.getLogger(__name__)
 
 
@@ -126,13 +128,10 @@ def _padded(seqs: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.
 
 def _cache_rows(cache, index: torch.Tensor):
     """A new cache holding the prefix rows ``index`` (one per continuation row)."""
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    if type(cache) is not DynamicCache or not layers or any(
-            type(layer) is not DynamicLayer or getattr(layer, "keys", None) is None for layer in layers):
+    layers = transformers_adapter.full_attention_layers(cache)
+    if layers is None:
         raise PrefixUnsupported(f"cache {type(cache).__name__} is not a DynamicCache of full-attention layers")
-    return DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in layers])
+    return transformers_adapter.dynamic_cache([(keys[index], values[index]) for keys, values in layers])
 
 
 class _Scorer:
@@ -196,7 +195,7 @@ class _Scorer:
         idx = torch.arange(width, device=self.device)
         allowed = (idx[None, :] <= idx[:, None])[None] & (
             (seg_t[:, :, None] == seg_t[:, None, :]) | (seg_t[:, None, :] == -1))
-        if getattr(self.model.config, "_attn_implementation", None) == "eager":  # additive float mask
+        if transformers_adapter.attention_implementation(self.model.config) == "eager":  # additive float mask
             dtype = self.autocast_dtype or next(self.model.parameters()).dtype
             mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill_(~allowed, torch.finfo(dtype).min)
         else:
@@ -215,7 +214,7 @@ def tree_supported(model) -> bool:
     types = getattr(config, "layer_types", None)
     sliding = (any("sliding" in t for t in types) if types is not None
                else getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True))
-    return getattr(config, "_attn_implementation", None) in ("eager", "sdpa") and not sliding
+    return transformers_adapter.attention_implementation(config) in ("eager", "sdpa") and not sliding
 
 
 def score(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int, max_length: int,

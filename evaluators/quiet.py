@@ -11,10 +11,10 @@ from collections.abc import Callable
 @functools.cache
 def quiet_libraries() -> None:
     import datasets
-    import lm_eval.api.task as task_module
-    import lm_eval.models.huggingface as hf_module
     import transformers
     from tqdm import tqdm
+
+    from evaluators.adapters import lm_eval as lm_eval_adapter
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
@@ -26,8 +26,7 @@ def quiet_libraries() -> None:
     # tasks) calls _loglikelihood_tokens with disable_tqdm=False whatever its caller asked: the
     # module-level names are the only handles. disable is forced, not defaulted (a partial's
     # keyword would lose to the explicit disable=False).
-    task_module.tqdm = _silent(tqdm)
-    hf_module.tqdm = _silent(tqdm)
+    lm_eval_adapter.replace_progress_bars(_silent(tqdm))
 
 
 def _silent(tqdm_cls: type) -> Callable[..., object]:

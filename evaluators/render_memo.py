@@ -15,10 +15,17 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
-from jinja2.exceptions import SecurityError, TemplateError, TemplateRuntimeError
+from jinja2.exceptions import SecurityError, TemplateError, TemplateRuntimeError, UndefinedError
 
 _active: ContextVar[Recorder | Replay | None] = ContextVar("mergeopt_render_memo", default=None)
 ERRORS = {cls.__name__: cls for cls in (SecurityError, TemplateRuntimeError, TemplateError)}
+# A render's error is stored as the study's error, which anyone who may read studies sees: it
+# says what kind of failure it was and never quotes the document (Jinja's and Python's messages
+# do: "'dict object' has no attribute '<the document's text>'", "invalid literal for int(): ...").
+KINDS = {
+    SecurityError: "a task template did something the sandbox refuses as unsafe",
+    UndefinedError: "a task template used a name, key or attribute the document lacks",
+}
 
 
 class RendersTooLarge(MemoryError):
@@ -77,10 +84,18 @@ def replayed(entry: tuple[str, str]) -> str:
     kind, text = entry
     if kind == "ok":
         return text
-    from evaluators.sandbox import KINDS
-
     cls = next((c for c in KINDS if c.__name__ == kind), None) or ERRORS.get(kind, TemplateRuntimeError)
     raise cls(text)
+
+
+def content_free(exc: Exception) -> TemplateError:
+    """The same kind of Jinja error, with a message that quotes nothing rendered."""
+    for kind, text in KINDS.items():
+        if isinstance(exc, kind):
+            return kind(text)
+    if isinstance(exc, TemplateError):
+        return type(exc)(f"a task template failed ({type(exc).__name__})")
+    return TemplateRuntimeError(f"a task template failed ({type(exc).__name__})")
 
 
 def active() -> Recorder | Replay | None:

@@ -13,30 +13,15 @@ from __future__ import annotations
 
 import functools
 
-from jinja2.exceptions import SecurityError, TemplateError, TemplateRuntimeError, UndefinedError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from evaluators import render_memo
+from evaluators.adapters import lm_eval as lm_eval_adapter
+from evaluators.render_memo import KINDS, content_free  # noqa: F401 (defined there, imported from here too)
 
 MAX_PRODUCT = 1 << 20
 MAX_POWER_BITS = 1 << 16
-# A render's error is stored as the study's error, which anyone who may read studies sees: it
-# says what kind of failure it was and never quotes the document (Jinja's and Python's messages
-# do: "'dict object' has no attribute '<the document's text>'", "invalid literal for int(): ...").
-KINDS = {
-    SecurityError: "a task template did something the sandbox refuses as unsafe",
-    UndefinedError: "a task template used a name, key or attribute the document lacks",
-}
-
-
-def content_free(exc: Exception) -> TemplateError:
-    """The same kind of Jinja error, with a message that quotes nothing rendered."""
-    for kind, text in KINDS.items():
-        if isinstance(exc, kind):
-            return kind(text)
-    if isinstance(exc, TemplateError):
-        return type(exc)(f"a task template failed ({type(exc).__name__})")
-    return TemplateRuntimeError(f"a task template failed ({type(exc).__name__})")
 
 
 class BoundedSandbox(ImmutableSandboxedEnvironment):
@@ -59,9 +44,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
 @functools.cache
 def sandbox_templates() -> ImmutableSandboxedEnvironment:
-    import lm_eval.utils as utils
-
-    plain = utils.env
+    """Install the sandbox as lm-eval's template environment and renderer (once per process)."""
+    plain = lm_eval_adapter.template_environment()
     env = BoundedSandbox(
         loader=plain.loader, undefined=plain.undefined, keep_trailing_newline=plain.keep_trailing_newline,
         trim_blocks=plain.trim_blocks, lstrip_blocks=plain.lstrip_blocks, autoescape=plain.autoescape,
@@ -86,6 +70,11 @@ def sandbox_templates() -> ImmutableSandboxedEnvironment:
             return render(template, doc)
         return memo.render(template, doc, render)
 
-    utils.env = env
-    utils.apply_template = apply_template
+    lm_eval_adapter.route_template_rendering(env, apply_template)
     return env
+
+
+def installed() -> bool:
+    """Whether lm-eval renders task templates through the sandbox now."""
+    return isinstance(lm_eval_adapter.template_environment(), BoundedSandbox) and \
+        getattr(lm_eval_adapter.template_renderer(), "__module__", None) == __name__

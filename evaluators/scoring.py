@@ -12,19 +12,16 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evaluators import render_memo
+from evaluators.adapters import lm_eval as lm_eval_adapter
 from evaluators.fileguard import Roots
-from evaluators.filter_bounds import bound_filters
+from evaluators.lm_eval_guard import guard_lm_eval
 from evaluators.quiet import quiet_libraries
-from evaluators.sandbox import sandbox_templates
 from evaluators.splits import prefix, split_documents
 from evaluators.staging import Staging
 from evaluators.suite_types import SuiteError, TaskRequest  # defined there, imported from here too
 from evaluators.task_dict import check_names, tasks_from_manager  # the same
 
 log = logging.getLogger(__name__)
-# Before any task is built, in every process that registers suites or scores (API, worker, CLI).
-sandbox_templates()
-bound_filters()  # client regexes on model outputs: each match under a timeout (filter_bounds.py)
 
 # lm-eval aggregations whose per-document values can be resampled (the optimizer's stats.py):
 # a mean of per-document values, or a perplexity of per-document log-likelihoods.
@@ -34,36 +31,16 @@ AGGREGATIONS = ("mean", "perplexity", "weighted_perplexity", "bits_per_byte")
 def _study_hflm():
     """HFLM for a study: no per-call progress bars, and each (context, continuation) pair is
     tokenized once per study (the tokenizer and the documents never change between trials)."""
-    from lm_eval.models.huggingface import HFLM
+    cls = lm_eval_adapter.study_hflm(_prefix_shared)
+    cls.prefix_sharing = True  # prefix_scoring.py; SuiteScorer(prefix_sharing=False) keeps HFLM's path
+    return cls
 
-    class StudyHFLM(HFLM):
-        prefix_sharing = True  # prefix_scoring.py; SuiteScorer(prefix_sharing=False) keeps HFLM's path
 
-        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
-            from evaluators.prefix_scoring import hflm_loglikelihood_tokens
+def _prefix_shared(lm, requests: list) -> list | None:
+    """Log-likelihoods by prefix sharing, or None for HFLM's own path."""
+    from evaluators.prefix_scoring import hflm_loglikelihood_tokens
 
-            shared = hflm_loglikelihood_tokens(self, requests) if self.prefix_sharing else None
-            if shared is not None:
-                return shared
-            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-
-        def _encode_pair(self, context, continuation):
-            cache = self.__dict__.setdefault("_mergeopt_pairs", {})
-            key = (context, continuation)
-            if key not in cache:
-                cache[key] = super()._encode_pair(context, continuation)
-            return cache[key]
-
-        def loglikelihood(self, requests, disable_tqdm: bool = True):
-            return super().loglikelihood(requests, disable_tqdm=True)
-
-        def loglikelihood_rolling(self, requests, disable_tqdm: bool = True):
-            return super().loglikelihood_rolling(requests, disable_tqdm=True)
-
-        def generate_until(self, requests, disable_tqdm: bool = True):
-            return super().generate_until(requests, disable_tqdm=True)
-
-    return StudyHFLM
+    return hflm_loglikelihood_tokens(lm, requests) if lm.prefix_sharing else None
 
 
 def check_task_names(names: list[str], include_path: str | Path | None, *, roots: Roots = None,
@@ -76,6 +53,7 @@ def check_task_names(names: list[str], include_path: str | Path | None, *, roots
     ``functions``, import their ``!function`` tags (to build tasks, not to check names);
     ``include_defaults``, lm-eval's built-in tasks beside them (always, without an include_path);
     ``staging`` (a staging.Staging), where the data files the tasks read are copied (task_data.py)."""
+    guard_lm_eval()  # before lm-eval reads a task (registration: the API; set-up: worker, CLI)
     if os.environ.get("HF_HUB_OFFLINE"):
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     quiet_libraries()
@@ -126,6 +104,7 @@ class SuiteScorer:
     ) -> None:
         """``box`` (a task_box.BoxLimits, with ``roots``): the tasks are built first in a bounded
         child, and every render here replays its renders (task_box.py); ``should_stop`` stops it."""
+        guard_lm_eval()  # every template of these tasks renders sandboxed, every filter is bounded
         self.requests = requests
         # Log-likelihoods scored with each shared context run once (prefix_scoring.py), same
         # scores as lm-eval's; False, or MERGEOPT_PREFIX_SHARING=0 for None, keeps lm-eval's path.

@@ -30,7 +30,9 @@ from pathlib import Path
 from jinja2.exceptions import TemplateError
 
 from evaluators import render_memo
+from evaluators.adapters import lm_eval as lm_eval_adapter
 from evaluators.fileguard import Roots
+from evaluators.lm_eval_guard import guard_lm_eval
 from evaluators.staging import Staging
 from evaluators.suite_types import SuiteError, TaskRequest
 from evaluators.task_dict import check_names, tasks_from_manager
@@ -104,8 +106,6 @@ def _templates(value, found: set[str]) -> set[str]:
 
 def _render_everything(task) -> None:
     """Every template string of the task's config against every document it may meet."""
-    import lm_eval.utils as utils
-
     docs: list = list(task.eval_docs or [])
     fewshot = task.fewshot_docs() if hasattr(task, "fewshot_docs") else None
     docs += list(fewshot or []) + list(getattr(getattr(task, "sampler", None), "df", None) or [])
@@ -113,7 +113,7 @@ def _render_everything(task) -> None:
     for template in sorted(templates):
         for doc in docs:
             try:
-                utils.apply_template(template, doc)
+                lm_eval_adapter.render_template(template, doc)
             except TemplateError:
                 pass  # recorded: the worker raises it again if lm-eval renders this
 
@@ -122,6 +122,7 @@ def _child(conn, job: _Job) -> None:
     try:
         _limit(job.limits)
         os.environ.update(job.env)
+        guard_lm_eval()  # the child renders client templates: sandboxed, whatever the forkserver imported
         recorder = render_memo.Recorder(job.limits.renders_mb << 20)
         with render_memo.using(recorder):
             manager = check_names([r.task for r in job.requests], _manager(job.configs, job.left, job.include_defaults))

@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from evaluators.adapters import datasets as datasets_adapter
 from evaluators.fileguard import Roots
 from evaluators.staging import Staging, StagingError
+from evaluators.task_data_checks import check_local_folder, local_dataset
 
 DATA_KEYS = ("dataset_path", "dataset_kwargs")
 
@@ -39,14 +41,12 @@ def _rewrite(value, stage_one):
 
 
 def _stager(staging: Staging, roots: Roots, where: str, base: str | None, what: str):
-    from evaluators.task_files import _matches
-
     folder = staging.folder("data")
 
     def stage_one(pattern: str) -> list[str]:
         if base is None and not os.path.isabs(pattern):
             return [pattern]  # a file of the Hub repository
-        matches = _matches(pattern, base or "")
+        matches = datasets_adapter.matching_files(pattern, base or "")
         if not matches:
             raise StagingError(f"{where}: {what} '{pattern}' matches no file (it does not exist)")
         out = []
@@ -70,10 +70,6 @@ def _stage_folder(src: Path, staging: Staging, roots: Roots, where: str) -> Path
 
 def stage_task_data(cfg: dict, roots: Roots, staging: Staging, where: str) -> None:
     """Rewrite ``cfg`` (checked already) in place to name staged copies only."""
-    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
-
-    from evaluators.task_files import _check_local_folder, _local_dataset
-
     if not any(k in cfg for k in DATA_KEYS):
         return  # a group, or a task of lm-eval's own
     kwargs = dict(cfg["dataset_kwargs"]) if isinstance(cfg.get("dataset_kwargs"), dict) else {}
@@ -81,7 +77,7 @@ def stage_task_data(cfg: dict, roots: Roots, staging: Staging, where: str) -> No
     data_dir = kwargs.get("data_dir") if isinstance(kwargs.get("data_dir"), str) else None
     data_files = kwargs.get("data_files")
     what = "dataset_kwargs.data_files"
-    if path and path not in _PACKAGED_DATASETS_MODULES and _local_dataset(path):
+    if path and not datasets_adapter.is_packaged_builder(path) and local_dataset(path):
         src = Path(os.path.realpath(os.path.expanduser(path)))
         if src.is_dir():
             copy = _stage_folder(src, staging, roots, where)
@@ -94,16 +90,11 @@ def stage_task_data(cfg: dict, roots: Roots, staging: Staging, where: str) -> No
             stage_abs = _stager(staging, roots, where, None, what)
             kwargs["data_files"] = _rewrite(data_files, lambda p: stage_abs(p) if os.path.isabs(p) else [p])
         if copy.is_dir():
-            _check_local_folder(str(copy), copy, data_dir, kwargs.get("data_files"), [staging.root], where)
-    elif path is None or path in _PACKAGED_DATASETS_MODULES:
+            check_local_folder(str(copy), copy, data_dir, kwargs.get("data_files"), [staging.root], where)
+    elif path is None or datasets_adapter.is_packaged_builder(path):
         base = os.path.expanduser(data_dir) if data_dir else os.getcwd()
-        if path and data_files is None:
-            from datasets.data_files import get_data_patterns
-
-            try:
-                data_files = {k: list(v) for k, v in get_data_patterns(base).items()}
-            except Exception:  # no data files there: the builder reads nothing
-                data_files = None
+        if path and data_files is None:  # None: no data files there, the builder reads nothing
+            data_files = datasets_adapter.inferred_data_files(base)
         if data_files is not None:
             kwargs["data_files"] = _rewrite(data_files, _stager(staging, roots, where, base, what))
         kwargs.pop("data_dir", None)

@@ -8,6 +8,7 @@ import logging
 
 from jinja2.exceptions import TemplateError
 
+from evaluators.lm_eval_guard import guard_lm_eval
 from evaluators.lm_eval_reuse import reuse_requests
 from evaluators.suite_types import SuiteError, TaskRequest
 
@@ -30,6 +31,7 @@ def tasks_from_manager(requests: list[TaskRequest], manager) -> dict:
     """lm-eval's task dict for ``requests`` from a manager whose names were checked."""
     from lm_eval.tasks import get_task_dict
 
+    guard_lm_eval()  # building tasks renders their templates (doc_to_choice...)
     names = [r.task for r in requests]
     try:
         task_dict = get_task_dict(names, manager)

@@ -14,7 +14,7 @@ own loader class (a UTF-16 file reads as lm-eval reads it) under a budget on the
 to and their depth (an alias bomb is refused before it is built).
 
 Checks on each merged config, and on each inline task of a group:
-- files: every ``dataset_kwargs.data_files`` pattern and every file `datasets` expands it to
+- files (task_data_checks.py): every ``dataset_kwargs.data_files`` pattern and every file `datasets` expands it to
   (globs, links), ``data_dir``, ``cache_dir`` and a local ``dataset_path`` folder (every file in
   it) lie under the roots; URLs and the options that send `datasets` elsewhere
   (storage_options, download_config, base_path) are refused.
@@ -36,20 +36,17 @@ from pathlib import Path
 import yaml
 
 from evaluators import fileguard, yaml_bounds
+from evaluators.adapters import lm_eval as lm_eval_adapter
 from evaluators.fileguard import FileRefused, Roots
 from evaluators.staging import Staging, StagingError
 from evaluators.suite_types import SuiteError
+from evaluators.task_data import stage_task_data
+from evaluators.task_data_checks import TaskFileRefused, check_data, leaves
 
 MAX_YAML_BYTES = 1 << 20  # a task YAML is a few kB
 MAX_YAML_NODES = 100_000  # scalars, lists and mappings once every alias is expanded
 MAX_YAML_DEPTH = 64
-REDIRECTS = ("storage_options", "download_config", "base_path")  # where `datasets` looks, unchecked
 TRUST_HINT = "MERGEOPT_TRUSTED_TASK_ROOTS"
-
-
-class TaskFileRefused(SuiteError):
-    """A task file that leads outside the allowed roots, or would run Python from outside the
-    trusted task roots."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +72,7 @@ def _check_budget(root: yaml.Node, path: Path) -> None:
 
 @functools.cache
 def _loader_class() -> type:
-    from lm_eval.tasks import _yaml_loader  # its loader: libyaml's CSafeLoader, else FullLoader
-
-    class TaskLoader(_yaml_loader._Base):
+    class TaskLoader(lm_eval_adapter.yaml_loader_base()):  # libyaml's CSafeLoader, else FullLoader
         yaml_multi_constructors: dict = {}  # FullLoader's python/* tags build objects: not here
         yaml_path: Path
 
@@ -142,26 +137,6 @@ def _load(path: Path, roots: Roots, seen: set[Path], what: str = "task file") ->
     return merged, real
 
 
-# ------------------------------------------------------------------------------ the checks
-
-def _leaves(value, kind: type, *, keys: bool = False) -> Iterator:
-    """Every ``kind`` in a parsed YAML value: in lists, mapping values (and keys, with ``keys``)."""
-    if isinstance(value, kind):
-        yield value
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _leaves(v, kind, keys=keys)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            if keys:
-                yield from _leaves(k, kind, keys=keys)
-            yield from _leaves(v, kind, keys=keys)
-
-
-def _strings(value) -> Iterator[str]:
-    return _leaves(value, str)
-
-
 def _configs(cfg: dict) -> Iterator[dict]:
     """The config and every inline task or group of its ``task:`` list (their keys reach tasks)."""
     yield cfg
@@ -171,120 +146,10 @@ def _configs(cfg: dict) -> Iterator[dict]:
                 yield from _configs(item)
 
 
-def _inside(raw: str | Path, roots: Sequence[Path], where: str, what: str, target: str | None = None) -> Path:
-    """The real path of ``target`` (default: ``raw``, as written), which must lie inside the roots."""
-    real = Path(os.path.realpath(target or raw))
-    if why := fileguard.refusal(real, roots):
-        via = f" (resolves to {real})" if str(real) != str(raw) else ""
-        raise TaskFileRefused(f"{where}: {what} '{raw}'{via} is {why.removeprefix('which is ')}")
-    return real
-
-
-def _local_dataset(path: str) -> bool:
-    """A dataset_path is a builder ("json") or a Hub id ("org/name") unless it looks like a path
-    or names something here (a folder is what `datasets` checks for first)."""
-    return path.startswith(("/", "./", "../", "~")) or os.path.exists(path)
-
-
-def _matches(pattern: str, base: str) -> list[str]:
-    """The files `datasets` reads for one data_files pattern (its own resolver: globs, hidden files)."""
-    from datasets.data_files import resolve_pattern
-
-    try:
-        return resolve_pattern(pattern, base_path=base)
-    except (FileNotFoundError, ValueError):  # no match, or a pattern it refuses: it reads nothing
-        return []
-
-
-def _check_patterns(patterns: list[str], base: str | None, roots: Sequence[Path], where: str,
-                    what: str = "dataset_kwargs.data_files") -> None:
-    for p in patterns:
-        if base is None and not os.path.isabs(p):
-            continue  # a file of the Hub repository
-        _inside(p, roots, where, what, target=os.path.join(base or "", p))
-        found = _matches(p, base or "")
-        if not found:  # not "nothing to check": a file may appear there (as a link) before it is read
-            raise SuiteError(f"{where}: {what} '{p}' matches no file (it does not exist)")
-        for f in found:
-            real = Path(os.path.realpath(f))
-            why = "outside the allowed roots" if "://" in f else fileguard.refusal(real, roots)
-            if why:
-                raise TaskFileRefused(f"{where}: {what} '{p}' matches {f}, which resolves to {real}, {why}")
-
-
-def _check_local_folder(path: str, folder: Path, data_dir: str | None, data_files, roots: Sequence[Path],
-                        where: str) -> None:
-    """Every data file `datasets` finds for a local dataset folder: ``data_files``, else what it
-    infers, and each config of the folder's README (patterns relative to the folder)."""
-    from datasets.load import LocalDatasetModuleFactory
-
-    try:
-        module = LocalDatasetModuleFactory(path, data_dir=data_dir, data_files=data_files).get_module()
-    except Exception as exc:  # by type: its text may quote the folder's README
-        raise SuiteError(f"{where}: dataset_path '{path}' is not a dataset folder `datasets` can read "
-                         f"({type(exc).__name__})") from exc
-    configs = [(module.builder_kwargs.get("data_files"), data_dir)]
-    configs += [(c.data_files, c.data_dir) for c in module.builder_configs_parameters.builder_configs or []]
-    for files, sub in configs:
-        if files:
-            base = str(folder / sub) if sub else str(folder)
-            _check_patterns(list(_strings({k: list(v) for k, v in files.items()})), base, roots, where,
-                            f"data_files of dataset_path '{path}' (or its README)")
-
-
-def _check_data(cfg: dict, roots: Sequence[Path], where: str) -> None:
-    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
-
-    kwargs = cfg.get("dataset_kwargs") if isinstance(cfg.get("dataset_kwargs"), dict) else {}
-    for key in REDIRECTS:
-        if key in kwargs:
-            raise TaskFileRefused(f"{where}: dataset_kwargs.{key} is not allowed (it sends `datasets` "
-                                  "to files nobody checked)")
-    path = cfg.get("dataset_path") if isinstance(cfg.get("dataset_path"), str) else None
-    named = {"dataset_path": [path] if path else [],
-             **{f"dataset_kwargs.{k}": list(_strings(kwargs.get(k))) for k in ("data_files", "data_dir", "cache_dir")}}
-    for what, values in named.items():
-        for v in values:
-            if "://" in v or "::" in v:
-                raise TaskFileRefused(f"{where}: {what} '{v}' is a URL: task data must be local files "
-                                      "under the allowed roots")
-    if isinstance(kwargs.get("cache_dir"), str):
-        _inside(os.path.expanduser(kwargs["cache_dir"]), roots, where, "dataset_kwargs.cache_dir")
-    data_dir = kwargs.get("data_dir") if isinstance(kwargs.get("data_dir"), str) else None
-    data_files = kwargs.get("data_files")
-    patterns = list(_strings(data_files))
-    if path and path not in _PACKAGED_DATASETS_MODULES and _local_dataset(path):
-        # A local dataset folder: `datasets` reads its README and data files, data_dir is inside it.
-        folder = _inside(os.path.expanduser(path), roots, where, "dataset_path")
-        if folder.is_dir():
-            for entry in folder.rglob("*"):
-                _inside(entry, roots, where, "file in dataset_path")
-            base = str(folder / data_dir) if data_dir else str(folder)
-            _inside(base, roots, where, "dataset_kwargs.data_dir")
-            _check_patterns(patterns, base, roots, where)
-            _check_local_folder(path, folder, data_dir, data_files, roots, where)
-    elif path is None or path in _PACKAGED_DATASETS_MODULES:
-        # A builder (json, csv...): patterns relative to data_dir, else to the working directory.
-        base = str(_inside(os.path.expanduser(data_dir), roots, where, "dataset_kwargs.data_dir")) if data_dir \
-            else os.getcwd()
-        if path and data_files is None:  # the builder reads every data file it finds there
-            from datasets.data_files import get_data_patterns
-
-            _inside(base, roots, where, f"the folder dataset_path '{path}' without data_files reads")
-
-            try:
-                patterns = list(_strings({k: list(v) for k, v in get_data_patterns(base).items()}))
-            except Exception:  # EmptyDatasetError: no data files there, nothing read
-                patterns = []
-        _check_patterns(patterns, base, roots, where)
-    else:  # a Hub dataset: relative patterns are files of the repository, absolute ones are local
-        _check_patterns(patterns, None, roots, where)
-
-
 def _check_code(cfg: dict, real: Path, trusted: Sequence[Path]) -> None:
     shown = f"{TRUST_HINT}: {', '.join(str(t) for t in trusted)}" if trusted else f"{TRUST_HINT} is empty"
     tail = f"Python from task files runs only under the trusted task roots ({shown})"
-    for ref in _leaves(cfg, FunctionRef, keys=True):  # the task's YAML and the one the tag is in (an include) both trusted
+    for ref in leaves(cfg, FunctionRef, keys=True):  # the task's YAML and the one the tag is in (an include) both trusted
         for yml in (real, ref.yaml):
             if not fileguard.within(yml, trusted):
                 raise TaskFileRefused(f"task file {yml}: '!function {ref.name}' runs Python; {tail}")
@@ -293,9 +158,7 @@ def _check_code(cfg: dict, real: Path, trusted: Sequence[Path]) -> None:
             raise TaskFileRefused(f"task file {ref.yaml}: '!function {ref.name}' imports {module}; {tail}")
     if fileguard.within(real, trusted):
         return
-    from lm_eval.api import metrics  # noqa: F401 (fills lm-eval's metric registry)
-    from lm_eval.api.registry import metric_registry
-
+    metric_registry = lm_eval_adapter.registered_metrics()
     for conf in _configs(cfg):
         if "class" in conf:
             raise TaskFileRefused(f"task file {real}: 'class:' makes a Python task; {tail}")
@@ -321,10 +184,8 @@ def _import_functions(value):
     """The config with each ``!function`` imported as lm-eval imports it (only ever reached for
     YAMLs and modules under the trusted roots)."""
     if isinstance(value, FunctionRef):
-        from lm_eval.tasks._yaml_loader import _import_func_in_yml
-
         try:
-            return _import_func_in_yml(value.name, value.yaml.parent)
+            return lm_eval_adapter.import_yaml_function(value.name, value.yaml.parent)
         except Exception as exc:  # ImportError, AttributeError, whatever the module raises
             raise SuiteError(f"task file {value.yaml}: '!function {value.name}': {exc}") from exc
     if isinstance(value, list):
@@ -340,12 +201,10 @@ def read_suite(include: Path, roots: Roots, trusted: Sequence[Path] = (), *, fun
     why each other one is left out. ``functions``: import the ``!function`` tags (to build the
     tasks; registration only checks them). ``staging`` (with ``roots``): the data files each
     config names are copied there and the config names the copies (task_data.py)."""
-    from lm_eval.tasks._index import TaskIndex
-
     trusted = tuple(Path(os.path.realpath(t)) for t in trusted)
     configs: dict[Path, dict] = {}
     left: dict[Path, str] = {}
-    for yml in TaskIndex._iter_yaml_files(include):  # lm-eval's own walk: **/*.yaml, sorted
+    for yml in lm_eval_adapter.task_yaml_files(include):  # lm-eval's own walk: **/*.yaml, sorted
         if any(part.startswith(".") for part in yml.relative_to(include).parts):
             left[yml] = "a hidden file (left out)"  # fileguard would refuse it: nothing left out is used
             continue
@@ -356,7 +215,7 @@ def read_suite(include: Path, roots: Roots, trusted: Sequence[Path] = (), *, fun
             continue
         if roots is not None:
             for conf in _configs(cfg):
-                _check_data(conf, roots, f"task file {yml}")
+                check_data(conf, roots, f"task file {yml}")
         _check_code(cfg, real, trusted)
         if staging is not None and roots is not None:
             _stage(cfg, roots, staging, f"task file {yml}")
@@ -365,8 +224,6 @@ def read_suite(include: Path, roots: Roots, trusted: Sequence[Path] = (), *, fun
 
 
 def _stage(cfg: dict, roots: Sequence[Path], staging: Staging, where: str) -> None:
-    from evaluators.task_data import stage_task_data
-
     try:
         for conf in _configs(cfg):
             stage_task_data(conf, roots, staging, where)
@@ -379,7 +236,6 @@ def _stage(cfg: dict, roots: Sequence[Path], staging: Staging, where: str) -> No
 @functools.cache
 def _manager_class() -> type:
     from lm_eval.tasks import TaskManager
-    from lm_eval.tasks._index import Kind, TaskIndex
 
     class CheckedTaskManager(TaskManager):
         """lm-eval's TaskManager over configs read and checked here: its index holds them, with no
@@ -393,15 +249,12 @@ def _manager_class() -> type:
             index.update(builtin)  # lm-eval's own entries (its installed files); the suite's override them
             for path, cfg in configs.items():
                 try:
-                    TaskIndex.process_cfg(cfg, path, index)
+                    lm_eval_adapter.index_task_config(cfg, path, index)
                 except Exception as exc:  # neither a task nor a group: lm-eval skips it too
                     self.left[path] = f"neither a task nor a group ({type(exc).__name__})"  # no quoted content
             for name, entry in index.items():
                 if builtin.get(name) is not entry:  # the suite's: built from its checked config
-                    entry.yaml_path = None
-
-        def _names(self, *kinds) -> list[str]:
-            return sorted(n for n, e in self.task_index.items() if e.kind in kinds)
+                    lm_eval_adapter.detach_from_file(entry)
 
         @property
         def all_tasks(self) -> list[str]:
@@ -409,15 +262,15 @@ def _manager_class() -> type:
 
         @property
         def all_subtasks(self) -> list[str]:
-            return self._names(Kind.TASK, Kind.PY_TASK)
+            return lm_eval_adapter.names_of_kind(self.task_index, "subtask")
 
         @property
         def all_groups(self) -> list[str]:
-            return self._names(Kind.GROUP)
+            return lm_eval_adapter.names_of_kind(self.task_index, "group")
 
         @property
         def all_tags(self) -> list[str]:
-            return self._names(Kind.TAG)
+            return lm_eval_adapter.names_of_kind(self.task_index, "tag")
 
     return CheckedTaskManager
 

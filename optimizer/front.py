@@ -11,7 +11,8 @@ other tasks and the front says which tasks it left out (``hypervolume_skips``)."
 from __future__ import annotations
 
 import numpy as np
-from optuna._hypervolume import compute_hypervolume
+
+from optimizer.adapters import optuna as optuna_adapter
 
 
 def non_dominated(points: np.ndarray) -> np.ndarray:
@@ -35,7 +36,7 @@ def hypervolume(points: np.ndarray, reference: np.ndarray | None = None) -> floa
     pts = pts[np.all(pts > ref, axis=1)]
     if len(pts) == 0:
         return 0.0
-    return float(compute_hypervolume(-pts, -ref))
+    return optuna_adapter.hypervolume(-pts, -ref)
 
 
 def informative(points: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:

@@ -32,6 +32,8 @@ from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from optimizer.adapters import optuna as optuna_adapter
+
 RESTART_ATTR = "mergeopt:cma_restart"  # trial system attr: the CMA-ES run that proposed it
 START_ATTR = "mergeopt:cma_restart_x0"  # on a run's first trial: where that run starts (JSON)
 IMPROVEMENT = 1e-9  # a generation's best must beat the run's best by more than this
@@ -63,16 +65,16 @@ class RestartingCmaEs(optuna.samplers.CmaEsSampler):
 
     def _use(self, run: int, x0: dict[str, float] | None) -> None:
         self.run = run
-        self._attr_prefix = "cma:" if run == 0 else f"cma:r{run}:"
-        self._popsize = min(self._first_popsize * 2**run, self._max_popsize)
-        self._x0 = self._first_x0 if run == 0 else x0
-        self._sigma0 = self._sigmas[0] if run == 0 else self._sigmas[1]
+        optuna_adapter.set_cma_run(self, attr_prefix="cma:" if run == 0 else f"cma:r{run}:",
+                                   popsize=min(self._first_popsize * 2**run, self._max_popsize),
+                                   x0=self._first_x0 if run == 0 else x0,
+                                   sigma0=self._sigmas[0] if run == 0 else self._sigmas[1])
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not search_space:
             return super().sample_relative(study, trial, search_space)
-        every = study._get_trials(deepcopy=False, use_cache=True)
+        every = optuna_adapter.cached_trials(study)
         run = max((t.system_attrs.get(RESTART_ATTR, 0) for t in every), default=0)
         starts = [t.system_attrs[START_ATTR] for t in every
                   if t.system_attrs.get(RESTART_ATTR) == run and START_ATTR in t.system_attrs]
@@ -80,23 +82,23 @@ class RestartingCmaEs(optuna.samplers.CmaEsSampler):
         if self._restarts and self._stalled(study):
             x0 = self._incumbent(study, search_space)
             self._use(run + 1, x0)
-            study._storage.set_trial_system_attr(trial._trial_id, START_ATTR, json.dumps(x0))
-        study._storage.set_trial_system_attr(trial._trial_id, RESTART_ATTR, self.run)
+            optuna_adapter.set_trial_system_attr(study, trial, START_ATTR, json.dumps(x0))
+        optuna_adapter.set_trial_system_attr(study, trial, RESTART_ATTR, self.run)
         return super().sample_relative(study, trial, search_space)
 
     def _stalled(self, study: optuna.Study) -> bool:
         """No better best for ``patience`` complete generations of this run, or CMA-ES says stop."""
-        complete = self._get_trials(study)
+        complete = optuna_adapter.cma_complete_trials(self, study)
         sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
         by_generation: dict[int, list[float]] = {}
-        key = self._attr_key_generation
+        key = optuna_adapter.cma_generation_key(self)
         for t in complete:
             if key in t.system_attrs and t.value is not None:
                 by_generation.setdefault(t.system_attrs[key], []).append(sign * t.value)
-        bests = [max(v) for _, v in sorted(by_generation.items()) if len(v) >= self._popsize]
+        bests = [max(v) for _, v in sorted(by_generation.items()) if len(v) >= optuna_adapter.cma_popsize(self)]
         if len(bests) > self._patience and max(bests[-self._patience:]) <= max(bests[:-self._patience]) + IMPROVEMENT:
             return True
-        optimizer = self._restore_optimizer(complete)  # a fresh copy: asking it changes nothing stored
+        optimizer = optuna_adapter.cma_restored_optimizer(self, complete)  # a fresh copy: asking it changes nothing stored
         return optimizer is not None and hasattr(optimizer, "should_stop") and bool(optimizer.should_stop())
 
     @staticmethod

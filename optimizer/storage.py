@@ -11,6 +11,8 @@ import optuna
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+from optimizer.adapters import optuna as optuna_adapter
+
 # Heartbeats are "experimental" in Optuna and "meant for Study.optimize"; we drive them from our
 # own ask/tell loop on purpose (see heartbeat()).
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -110,11 +112,4 @@ def trials_without_heartbeat(storage: optuna.storages.RDBStorage, trial_ids: lis
     first beat, e.g. when the database went away). Optuna's fail_stale_trials never sees them."""
     if not trial_ids:
         return set()
-    from optuna.storages._rdb.models import TrialHeartbeatModel
-
-    with storage.scoped_session() as session:
-        beating = {
-            row[0]
-            for row in session.query(TrialHeartbeatModel.trial_id).filter(TrialHeartbeatModel.trial_id.in_(trial_ids))
-        }
-    return set(trial_ids) - beating
+    return set(trial_ids) - optuna_adapter.trials_with_heartbeat(storage, trial_ids)

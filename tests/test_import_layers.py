@@ -139,8 +139,6 @@ def _every_import(body: list[ast.stmt]):
 # Cycles closed only by an import inside a function (a late binding), left for later (issue 22):
 # this list may only shrink.
 LATE_CYCLES = [
-    ["evaluators.render_memo", "evaluators.sandbox"],  # replayed() looks up sandbox.KINDS
-    ["evaluators.task_data", "evaluators.task_files"],  # staging re-uses task_files' data checks
 ]
 
 

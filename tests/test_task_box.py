@@ -110,6 +110,9 @@ def test_a_client_regex_filter_on_model_outputs_is_bounded():
     each match has a timeout and the trial fails instead of the worker hanging."""
     from lm_eval.filters.extraction import RegexFilter
 
+    from evaluators.lm_eval_guard import guard_lm_eval
+
+    guard_lm_eval()  # what the worker's evaluator set-up installs (lm_eval_guard.py)
     assert RegexFilter(regex_pattern=r"#### (\-?[0-9\.\,]+)").apply([["so #### 42", "no"]], [{}]) == [["42", "[invalid]"]]
     run = run_in_thread(lambda: RegexFilter(regex_pattern=r"(a|aa)+$").apply([["a" * 60 + "b"]], [{}]))
     run["thread"].join(60)

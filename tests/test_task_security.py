@@ -31,6 +31,8 @@ from evaluators.task_files import TaskFileRefused
 from service.api.app import create_app
 from service.worker.runtime import Worker
 
+from tinypool import make_tasks
+
 TRUST = "MERGEOPT_TRUSTED_TASK_ROOTS"
 
 
@@ -143,10 +145,14 @@ def test_template_injection_never_runs_on_a_real_scoring_path(sec, tmp_path):
     assert not hit.exists()
 
 
-def test_every_process_renders_sandboxed():
-    """The API, a worker and `mergeopt run` (service.studies.runs) each sandbox lm-eval's templates as
-    soon as they import what builds tasks: fresh interpreters, nothing else imported."""
-    probe = "import {}, lm_eval.utils as u, jinja2.sandbox as s; print(isinstance(u.env, s.ImmutableSandboxedEnvironment))"
+def test_every_process_renders_sandboxed(tmp_path):
+    """The API, a worker and `mergeopt run` (service.studies.runs) each sandbox lm-eval's templates
+    before they read a task: fresh interpreters, nothing else imported, then the call every one of
+    them makes first (registration checks the names; an evaluator's scorer builds the tasks)."""
+    include, _ = make_tasks(tmp_path)
+    probe = ("import {}, lm_eval.utils as u, jinja2.sandbox as s; from evaluators.scoring import check_task_names; "
+             f"check_task_names(['tiny_add'], {str(include)!r}); "
+             "print(isinstance(u.env, s.ImmutableSandboxedEnvironment))")
     runs = {m: subprocess.Popen([sys.executable, "-c", probe.format(m)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
             for m in ("service.api.app", "service.worker.runtime", "service.studies.runs")}
