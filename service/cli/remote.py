@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from service.cli.help import examples
@@ -24,7 +23,9 @@ STATUS = examples(
 
 def server_of(args: argparse.Namespace) -> str | None:
     """--server, else MERGEOPT_SERVER; None: local mode (the study's own storage)."""
-    return getattr(args, "server", None) or os.environ.get("MERGEOPT_SERVER", "").strip() or None
+    from service.client.settings import ClientSettings
+
+    return getattr(args, "server", None) or ClientSettings().server or None
 
 
 def trial_ref(text: str) -> int | str:

@@ -13,7 +13,6 @@ server's reason."""
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -34,10 +33,10 @@ from service.client.models import (
     TrialOut,
     Verdict,
 )
+from service.client.settings import DEFAULT_SERVER, ClientSettings
 from service.client.sse import parse_events
 from service.client.study_body import study_body
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
 RETRIED = {429, 503}
 # Keep-alives come every 15 s on an idle event stream (service/api/event_hub.py): a read waiting
 # longer than this means the connection is gone.
@@ -46,16 +45,12 @@ EXPORT_S = 3600.0  # a download is merged on the server's CPU first: minutes for
 
 
 def token_from_env() -> str | None:
-    """MERGEOPT_TOKEN; else the first of the server's own MERGEOPT_TOKENS (same machine or .env)."""
-    token = os.environ.get("MERGEOPT_TOKEN", "").strip()
-    if token:
-        return token
-    tokens = [t.strip() for t in os.environ.get("MERGEOPT_TOKENS", "").split(",") if t.strip()]
-    return tokens[0] if tokens else None
+    """MERGEOPT_TOKEN; else the first of the server's own MERGEOPT_TOKENS (same machine)."""
+    return ClientSettings().bearer()
 
 
 def server_from_env() -> str:
-    return os.environ.get("MERGEOPT_SERVER", "").strip() or DEFAULT_SERVER
+    return ClientSettings().server or DEFAULT_SERVER
 
 
 def _reason(response: httpx.Response) -> str:
