@@ -1,8 +1,8 @@
 """`datasets` internals mergeopt relies on, and nothing else touches: how it tells a packaged
 builder from a dataset folder, expands a data_files pattern, infers data files, and reads a local
 dataset folder's README configs. Task files are checked and staged with exactly these, so the
-files checked are the files `datasets` reads. Checked against datasets 4.0.0, 4.8.5, 5.0.0 and
-5.2.0 (pyproject pins the range; tests/test_adapters.py checks each symbol)."""
+files checked are the files `datasets` reads. tests/test_adapters.py passes on datasets 4.0.0,
+4.8.5, 5.0.0 and 5.2.0; pyproject pins that range."""
 
 from __future__ import annotations
 

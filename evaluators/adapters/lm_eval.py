@@ -1,8 +1,8 @@
 """lm-eval internals mergeopt relies on, and nothing else touches: module-level names it replaces
 (the template environment and renderer, the regex module of the extraction filters, progress
 bars), HFLM's private scoring methods it overrides, and the task index and YAML loader it builds
-task managers from. Checked against lm-eval 0.4.12 and 0.4.13 (pyproject pins the range;
-tests/test_adapters.py checks each symbol)."""
+task managers from. tests/test_adapters.py passes on lm-eval 0.4.12 and 0.4.13 (0.4.11 has no
+lm_eval.tasks._index nor _yaml_loader); pyproject pins that range."""
 
 from __future__ import annotations
 

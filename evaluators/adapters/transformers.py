@@ -1,7 +1,8 @@
 """transformers internals mergeopt relies on, and nothing else touches: which attention kernel a
 config selected, the layers of a DynamicCache, and the parameters a model declares may stay
-unloaded. Checked against transformers 4.56.2, 4.57.6 and 5.25.0 (pyproject pins the range;
-tests/test_adapters.py checks each symbol)."""
+unloaded. tests/test_adapters.py passes on transformers 5.25.0; the same symbols are in the sources
+of 4.56.2, 4.57.6, 5.0.0 and 5.10.4 (4.56 is also the first with from_pretrained(dtype=), which
+resident.py passes); pyproject pins that range."""
 
 from __future__ import annotations
 
