@@ -2,12 +2,13 @@
 
 Units, each claimed like a trial (optimizer/claims.py: a heartbeat keeps a live owner's claim,
 the grace period hands a dead owner's to the next process that looks):
-- references: each checkpoint alone, and the base;
+- references (references.py): each checkpoint alone, and the base;
 - merge baselines (uniform, TA, TIES, DARE-TIES), as many as the budget holds, in that order;
-  they need no reference, so they run beside them;
+  they need no reference, so they run beside them (baseline_phase.py);
 - greedy soup's steps, one at a time (each depends on whether the one before joined), once
   every reference is in (the soup starts from the best checkpoint);
 - validation of each set-up trial (ValidationPhase's claims, by trial number).
+SetupPhase schedules these units; the phases above say what each unit is and how it runs.
 
 Each result is stored (study user attribute ``setup:LABEL``) as its unit finishes, so nothing
 finished is ever redone. Results become trials under the study lock in one fixed order
