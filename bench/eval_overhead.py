@@ -20,10 +20,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from contract.merge import MergeSpec  # noqa: E402
 from evaluators.adapters import lm_eval as lm_eval_adapter  # noqa: E402
 from evaluators.demo_pool import build_demo_pool  # noqa: E402
 from evaluators.engine import MergeEvaluator  # noqa: E402
-from evaluators.merge_spec import MergeSpec  # noqa: E402
 from evaluators.scoring import TaskRequest  # noqa: E402
 
 

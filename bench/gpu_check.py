@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from materialize import build_pool  # noqa: E402
 from materialize import time_it as time_calls  # noqa: E402
 
-from evaluators.merge_spec import MergeSpec  # noqa: E402
+from contract.merge import MergeSpec  # noqa: E402
 from evaluators.pool import validate_pool  # noqa: E402
 from evaluators.resident import ResidentModel, ResidentPool, pick_device  # noqa: E402
 from evaluators.streaming import host_buffer  # noqa: E402

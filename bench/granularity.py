@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from materialize import build_pool, config_for  # noqa: E402
 
-from evaluators.merge_spec import MergeSpec  # noqa: E402
+from contract.merge import MergeSpec  # noqa: E402
 from evaluators.pool import validate_pool  # noqa: E402
 from evaluators.resident import ResidentPool, pick_device  # noqa: E402
 

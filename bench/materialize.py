@@ -95,7 +95,7 @@ def measure(args) -> dict:
     """One process: the pool in ``args.pool_dir`` (built if missing) merged by the evaluators of
     ``args.code`` (default: this checkout)."""
     sys.path.insert(0, str(args.code or ROOT))
-    from evaluators.merge_spec import MergeSpec
+    from contract.merge import MergeSpec
     from evaluators.pool import validate_pool
     from evaluators.resident import ResidentModel, ResidentPool, pick_device
     from evaluators.streaming import host_buffer

@@ -42,9 +42,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from search_pools import POOLS, BenchPool, build_pools  # noqa: E402
 from search_report import table  # noqa: E402
 
+from contract.merge import MergeSpec  # noqa: E402
 from optimizer import records as R  # noqa: E402
 from optimizer import validation as V  # noqa: E402
-from contract.merge import MergeSpec
 from optimizer.loop import StudyRunner  # noqa: E402
 from optimizer.reuse import candidate_key  # noqa: E402
 from optimizer.spec import parse_spec  # noqa: E402

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import save
 from tqdm.auto import tqdm
 
+from contract.merge import MergeSpec
 from evaluators import fileguard, fused
 from evaluators.fileguard import SIDE_FILES, FileRefused, Roots
-from evaluators.merge_spec import MergeSpec
 from evaluators.mergekit_yaml import to_mergekit_yaml
 from evaluators.pool import PoolFileRefused
 from evaluators.resident import ResidentPool

@@ -11,11 +11,9 @@ Values are written as Python floats, which YAML round-trips exactly."""
 
 from __future__ import annotations
 
-from evaluators.granularity import KIND_FILTERS, MATCH_ORDER, REST, TensorGroups
-from evaluators.merge_methods import USES_DENSITY
-from evaluators.merge_spec import MergeSpec
-
-BASE_WEIGHT = "__base__"  # the base as a linear member (optimizer/candidate.py spells the same)
+from contract.granularity import REST
+from contract.merge import BASE_WEIGHT, MergeSpec
+from evaluators.granularity import KIND_FILTERS, MATCH_ORDER, TensorGroups
 
 
 def _weight(spec: MergeSpec, groups: TensorGroups, names: list[str], depth: int, i: int):
@@ -55,7 +53,7 @@ def granular_inputs(spec: MergeSpec, checkpoints: list[tuple[str, str]], base: s
 
     def params(depth: int, i: int) -> dict:
         out: dict = {"weight": _weight(spec, groups, names, depth, i)}
-        if spec.method in USES_DENSITY:
+        if spec.info.uses_density:
             out["density"] = densities[names[i]]
         return out
 

@@ -1,7 +1,7 @@
 """Per-group merge weights: which weight vector each pool tensor gets (README "Granularity").
 
-Mirrors optimizer/granularity.py (evaluators never import the optimizer). A tensor has a depth
-and a kind:
+The groups are contract/granularity.py's; this module maps them to tensor names. A tensor has a
+depth and a kind:
 - depth: its layer (``...layers.N...``); tensors outside the layers go with the nearest layer,
   as mergekit's slices do (embeddings with the first layer, every other one -- final norm, head --
   with the last), so an exported ``slices:`` config gives them the same weights.
@@ -18,13 +18,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from contract.granularity import KINDS, REST, Granularity
 
-KindName = Literal["attention", "mlp", "norms", "embeddings"]
-KINDS = ("attention", "mlp", "norms", "embeddings")
-REST = "rest"
 # Norms first: q_norm / k_norm inside self_attn are norms. mergekit matches a filter as a substring.
 MATCH_ORDER = ("norms", "embeddings", "attention", "mlp")
 KIND_FILTERS: dict[str, tuple[str, ...]] = {
@@ -38,29 +34,6 @@ LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 
 class GranularityError(ValueError):
     """A granularity this pool cannot take (more layer groups than layers, an unclassifiable tensor)."""
-
-
-class Granularity(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    layer_groups: int | None = Field(default=None, ge=1)
-    smooth: int | None = Field(default=None, ge=2)
-    kinds: list[KindName] | None = None
-
-    @property
-    def depth(self) -> int:
-        return self.layer_groups or self.smooth or 1
-
-    @property
-    def kind_slots(self) -> list[str]:
-        if self.kinds is None:
-            return [""]
-        kinds = [k for k in KINDS if k in self.kinds]
-        return kinds if len(kinds) == len(KINDS) else [*kinds, REST]
-
-    @property
-    def n_groups(self) -> int:
-        return self.depth * len(self.kind_slots)
 
 
 def kind_of(name: str, kinds: list[str] | None) -> str:
@@ -170,21 +143,3 @@ def layout_key(name: str) -> tuple[int, float, str]:
     layer = layer_of(name)
     depth = layer if layer is not None else (-1 if is_pre_layer(name) else math.inf)
     return [*MATCH_ORDER, REST].index(kind), depth, name
-
-
-def check_group_weights(granularity: Granularity | None, group_weights: dict[str, list[float]] | None,
-                        *, nonzero_sums: bool) -> None:
-    """Shapes and values; ``nonzero_sums`` (a normalized linear merge): no group's weights sum to 0."""
-    if (granularity is None) != (group_weights is None):
-        raise ValueError("granularity and group_weights come together")
-    if granularity is None or group_weights is None:
-        return
-    n = granularity.n_groups
-    for name, ws in group_weights.items():
-        if len(ws) != n:
-            raise ValueError(f"group_weights of '{name}' has {len(ws)} values; the granularity has {n} groups")
-        if not all(math.isfinite(w) for w in ws):
-            raise ValueError(f"a group weight of '{name}' is not a finite number")
-    for i in range(n) if nonzero_sums else ():
-        if abs(sum(ws[i] for ws in group_weights.values())) < 1e-12:
-            raise ValueError(f"linear merge with normalize: the weights of group {i} sum to zero")

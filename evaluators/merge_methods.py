@@ -1,4 +1,6 @@
-"""Merge methods: one small pure function each, formulas identical to mergekit's.
+"""Merge methods: one small pure function each, formulas identical to mergekit's, and
+merge_tensor, which applies a MergeSpec (contract/merge.py) to one parameter with them. What each
+method needs (a base, a density, a seed) is in contract/methods.py.
 
 Every function takes the pool stacked along dim 0 (``tensors`` or task vectors ``deltas``
 of shape [N, *shape]) and a weight vector of length N, and returns one merged tensor. They
@@ -16,9 +18,12 @@ References (mergekit 0.1.x, ``merge_methods/linear.py``, ``generalized_task_arit
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 
 import torch
+
+from contract.merge import MergeSpec
 
 Density = float | Sequence[float]
 
@@ -248,17 +253,6 @@ def dare_linear(
     )
 
 
-# mergekit's per-method default for ``normalize`` (registry.py), used when a config omits it.
-DEFAULT_NORMALIZE: dict[str, bool] = {
-    "linear": True,
-    "task_arithmetic": False,
-    "ties": True,
-    "dare_ties": False,
-    "dare_linear": False,
-}
-NEEDS_BASE = frozenset({"task_arithmetic", "ties", "dare_ties", "dare_linear"})
-USES_DENSITY = frozenset({"ties", "dare_ties", "dare_linear"})
-RANDOMIZED = frozenset({"dare_ties", "dare_linear"})
 METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "linear": linear,
     "task_arithmetic": task_arithmetic,
@@ -266,3 +260,47 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "dare_ties": dare_ties,
     "dare_linear": dare_linear,
 }
+
+
+def merge_tensor(
+    spec: MergeSpec,
+    names: list[str],
+    tensor_name: str,
+    *,
+    tensors: torch.Tensor | None = None,
+    base: torch.Tensor | None = None,
+    deltas: torch.Tensor | None = None,
+    ranks: torch.Tensor | None = None,
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Merge one parameter. Linear needs ``tensors``; the task-vector methods need ``base`` and
+    ``deltas`` (precomputed once per study by the resident pool). ``weights``: this tensor's own
+    (a granular spec's group weights, evaluators/granularity.py); None: the spec's."""
+    weights = spec.weight_vector(names) if weights is None else list(weights)
+    if spec.method == "linear":
+        assert tensors is not None
+        return linear(tensors, weights, normalize=spec.resolved_normalize)
+    assert base is not None and deltas is not None
+    kwargs = method_kwargs(spec, names, tensor_name, deltas.device)
+    if spec.method == "ties" and ranks is not None:
+        kwargs["ranks"] = ranks
+    return METHODS[spec.method](base, deltas, weights, **kwargs)
+
+
+def method_kwargs(spec: MergeSpec, names: list[str], tensor_name: str, device: torch.device) -> dict:
+    """A task-vector method's parameters for one tensor (the per-tensor and chunked paths share them)."""
+    kwargs: dict = {"lambda_": spec.lambda_, "normalize": spec.resolved_normalize}
+    if spec.info.uses_density:
+        kwargs["density"] = spec.density_vector(names)
+    if spec.info.randomized:
+        kwargs["generator"] = generator_for(spec, tensor_name, device)
+    return kwargs
+
+
+def generator_for(spec: MergeSpec, tensor_name: str, device: torch.device) -> torch.Generator | None:
+    """A per-tensor generator: DARE masks depend only on (seed, tensor), not on order."""
+    if not spec.info.randomized:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed((spec.seed * 1_000_003 + zlib.crc32(tensor_name.encode())) % (2**63))
+    return g

@@ -10,11 +10,11 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from contract.merge import BASE_WEIGHT, MergeSpec
+from contract.methods import METHOD_INFO
 from evaluators import yaml_bounds
 from evaluators.granular_yaml import granular_inputs
 from evaluators.granularity import TensorGroups
-from evaluators.merge_methods import DEFAULT_NORMALIZE, NEEDS_BASE, RANDOMIZED, USES_DENSITY
-from evaluators.merge_spec import BASE_WEIGHT, MergeSpec
 
 DTYPES = {"float32", "float16", "bfloat16", "float64"}
 
@@ -82,8 +82,9 @@ def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
     if not isinstance(cfg, dict):
         raise MergeConfigError("the config must be a mapping")
     method = cfg.get("merge_method")
-    if method not in DEFAULT_NORMALIZE:
-        raise MergeConfigError(f"merge_method {_shown(method)} is not supported (use one of {sorted(DEFAULT_NORMALIZE)})")
+    if method not in METHOD_INFO:
+        raise MergeConfigError(f"merge_method {_shown(method)} is not supported (use one of {sorted(METHOD_INFO)})")
+    info = METHOD_INFO[method]
     models = cfg.get("models")
     if not isinstance(models, list) or not models:
         raise MergeConfigError("'models' must be a non-empty list of {model: PATH, parameters: {...}}")
@@ -104,7 +105,7 @@ def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
         # mergekit treats a linear base_model as one more input that needs a weight.
         raise MergeConfigError("linear: base_model must also be listed under models with a weight (as mergekit requires)")
     # mergekit lists the base among the models sometimes; it contributes no task vector.
-    entries = [(p, params) for p, params in entries if p != base or method not in NEEDS_BASE]
+    entries = [(p, params) for p, params in entries if p != base or not info.needs_base]
     names = _names([p for p, _ in entries])
     weights, densities = {}, {}
     for name, (_, params) in zip(names, entries, strict=True):
@@ -113,18 +114,18 @@ def parse_mergekit_yaml(text: str, base_dir: Path) -> MergeJob:
         weights[name] = _scalar(params["weight"], "weight", name)
         if "density" in params:
             densities[name] = _scalar(params["density"], "density", name)
-    if method in NEEDS_BASE and base is None:
+    if info.needs_base and base is None:
         raise MergeConfigError(f"merge_method {method} needs base_model")
     glob = _mapping(cfg.get("parameters"), "parameters")
-    rescale = glob.get("rescale", method in RANDOMIZED)
-    if rescale is not (method in RANDOMIZED):
+    rescale = glob.get("rescale", info.randomized)
+    if rescale is not info.randomized:
         # DARE always rescales here; TIES / task arithmetic never do (mergekit's defaults).
         raise MergeConfigError(f"parameters.rescale: {_shown(rescale)} is not supported for {method}")
     try:
         spec = MergeSpec(
             method=method,
             weights=weights,
-            density=(densities if densities else None) if method in USES_DENSITY else None,
+            density=(densities if densities else None) if info.uses_density else None,
             lambda_=_number(glob.get("lambda", 1.0), "parameters.lambda"),
             normalize=glob.get("normalize"),
             seed=_number(cfg.get("random_seed", 0) or 0, "random_seed", int),
@@ -157,7 +158,7 @@ def to_mergekit_yaml(
     models = []
     for name, path in checkpoints:
         params: dict = {"weight": float(spec.weights.get(name, 0.0))}
-        if spec.method in USES_DENSITY:
+        if spec.info.uses_density:
             params["density"] = densities[name]
         models.append({"model": _absolute(path), "parameters": params})
     if spec.has_base_weight:  # listed last, where the resident merge adds it (mergekit sums in list order)
@@ -181,7 +182,7 @@ def to_mergekit_yaml(
     if out_dtype is not None:
         cfg["out_dtype"] = out_dtype
     header = "# written by mergeopt; reproduce with: mergekit-yaml mergekit_config.yml OUT_DIR\n"
-    if spec.method in RANDOMIZED:
+    if spec.info.randomized:
         header += (
             "# NOTE: DARE drop masks are random. mergeopt seeds them per tensor (seed "
             f"{spec.seed}); mergekit draws its own, so its tensors differ in which entries drop.\n"

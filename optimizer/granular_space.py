@@ -11,16 +11,16 @@ from typing import Protocol
 
 from optuna.distributions import FloatDistribution
 
-from optimizer.candidate import Candidate
-from optimizer.granularity import Granularity
+from contract.granularity import Granularity
+from contract.merge import MergeSpec
 
 
 class ModelSpace(Protocol):
     names: list[str]
 
     def distributions(self) -> dict[str, FloatDistribution]: ...
-    def candidate(self, params: dict[str, float], seed: int = 0) -> Candidate: ...
-    def embed(self, cand: Candidate) -> dict[str, float]: ...
+    def candidate(self, params: dict[str, float], seed: int = 0) -> MergeSpec: ...
+    def embed(self, cand: MergeSpec) -> dict[str, float]: ...
 
 
 def group_param(name: str, label: str) -> str:
@@ -43,7 +43,7 @@ class GroupedSpace:
         out = {group_param(n, label): flat[self.weight_param(n)] for n in self.flat.names for label in self.labels}
         return out | self._shared(flat)
 
-    def candidate(self, params: dict[str, float], seed: int = 0) -> Candidate:
+    def candidate(self, params: dict[str, float], seed: int = 0) -> MergeSpec:
         shared = {k: v for k, v in params.items() if not k.startswith("w:")}
         groups = [
             self.flat.candidate(shared | {self.weight_param(n): params[group_param(n, label)] for n in self.flat.names},
@@ -51,12 +51,12 @@ class GroupedSpace:
             for label in self.labels
         ]
         group_weights = {n: [c.weights[n] for c in groups] for n in groups[0].weights}
-        return groups[0].model_copy(update={
+        return MergeSpec.model_validate(groups[0].model_dump() | {
             "weights": {n: sum(ws) / len(ws) for n, ws in group_weights.items()},
             "granularity": self.granularity, "group_weights": group_weights,
         })
 
-    def embed(self, cand: Candidate) -> dict[str, float]:
+    def embed(self, cand: MergeSpec) -> dict[str, float]:
         """Per group, the model-level embedding of that group's weights; a candidate of another
         granularity (a model-level baseline) has the same weights in every group."""
         same = cand.group_weights is not None and cand.granularity == self.granularity

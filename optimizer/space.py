@@ -1,16 +1,16 @@
 """Search spaces: Optuna distributions per merge method, and the maps between a point in the
-space and a Candidate (both ways, so baselines can be placed in the space to warm-start CMA-ES)."""
+space and a MergeSpec (both ways, so baselines can be placed in the space to warm-start CMA-ES)."""
 
 from __future__ import annotations
 
 from optuna.distributions import FloatDistribution
 
-from optimizer.candidate import BASE_WEIGHT, Candidate
+from contract.merge import BASE_WEIGHT, MergeSpec
+from contract.methods import METHOD_INFO
 from optimizer.granular_space import GroupedSpace
 from optimizer.signed import repair
 from optimizer.spec import SearchSpec
 
-WITH_DENSITY = {"ties", "dare_ties", "dare_linear"}
 # search.weights 'gated': where a left-out member's weight is placed when a set-up trial is
 # embedded, as a share of the range's top (the CMA-ES step decides how often it rejoins).
 GATE_MARGIN = 0.2
@@ -36,17 +36,22 @@ class SearchSpace:
         if self.gated:
             lo = -hi  # the negative half: the member is left out (weight 0)
         dists = {weight_param(n): FloatDistribution(lo, hi) for n in self.names}
-        if self.search.method in WITH_DENSITY:
+        if "density" in self.searched:
             dists["density"] = FloatDistribution(*self.search.density_range)
-        if self.search.method == "task_arithmetic":
+        if "lambda" in self.searched:
             dists["lambda"] = FloatDistribution(*self.search.lambda_range)
         return dists
+
+    @property
+    def searched(self) -> tuple[str, ...]:
+        """The method's parameters searched beside the weights (contract/methods.py)."""
+        return METHOD_INFO[self.search.method].searched
 
     @property
     def gated(self) -> bool:
         return self.search.weight_mode == "gated"
 
-    def candidate(self, params: dict[str, float], seed: int = 0) -> Candidate:
+    def candidate(self, params: dict[str, float], seed: int = 0) -> MergeSpec:
         if self.grouped is not None:
             return self.grouped.candidate(params, seed)
         weights = {n: float(params[weight_param(n)]) for n in self.names}
@@ -62,10 +67,10 @@ class SearchSpace:
             weights = dict.fromkeys(self.names, 1.0)
         elif method == "linear" and normalize is not False and signed:
             weights = repair(weights, self.search.max_amplification)  # weights that cancel
-        return Candidate(
+        return MergeSpec(
             method=method,
             weights=weights,
-            density=params.get("density") if method in WITH_DENSITY else None,
+            density=params.get("density") if "density" in self.searched else None,
             lambda_=float(params.get("lambda", 1.0)),
             normalize=normalize,
             seed=seed,
@@ -82,7 +87,7 @@ class SearchSpace:
             weights = {n: float(n == top) for n in raw}
         return weights
 
-    def embed(self, cand: Candidate) -> dict[str, float]:
+    def embed(self, cand: MergeSpec) -> dict[str, float]:
         """The point of this space closest to ``cand`` (exact when methods agree)."""
         if self.grouped is not None:
             return self.grouped.embed(cand)
@@ -91,7 +96,7 @@ class SearchSpace:
             # base + sum_i l w_i (t_i - base) is the linear merge with weights l w_i and
             # 1 - sum_i l w_i for the base (the base itself: all w_i = 0).
             mix = {n: cand.lambda_ * w for n, w in cand.weights.items()}
-            cand = Candidate(method="linear", weights={**mix, BASE_WEIGHT: 1 - sum(mix.values())}, normalize=True)
+            cand = MergeSpec(method="linear", weights={**mix, BASE_WEIGHT: 1 - sum(mix.values())}, normalize=True)
         weights = [cand.weights.get(n, 0.0) for n in self.names]
         if not self.search.signed_weights:
             weights = [max(w, 0.0) for w in weights]
@@ -105,10 +110,10 @@ class SearchSpace:
             weights = [w if w > 0 else -GATE_MARGIN * hi for w in weights]
             lo = -hi
         params = {weight_param(n): min(max(w, lo), hi) for n, w in zip(self.names, weights, strict=True)}
-        if self.search.method in WITH_DENSITY:
+        if "density" in self.searched:
             dlo, dhi = self.search.density_range
             params["density"] = min(max(cand.density if cand.density is not None else 1.0, dlo), dhi)
-        if self.search.method == "task_arithmetic":
+        if "lambda" in self.searched:
             llo, lhi = self.search.lambda_range
             params["lambda"] = min(max(cand.lambda_, llo), lhi)
         return params

@@ -20,12 +20,11 @@ from pydantic import (
     model_validator,
 )
 
-from optimizer.candidate import BASE_WEIGHT
-from optimizer.granularity import Granularity, parse_granularity
+from contract.granularity import Granularity, parse_granularity
+from contract.merge import BASE_WEIGHT
+from contract.methods import METHOD_INFO, MethodName
 
-MethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
 SamplerName = Literal["cmaes", "nsga2", "tpe", "gp", "random"]
-METHODS_NEEDING_BASE = {"task_arithmetic", "ties", "dare_ties", "dare_linear"}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 # A study's storage unless its spec names one, and the service's database unless
 # MERGEOPT_DATABASE_URL does (service/settings.py): a SQLite file in the working folder.
@@ -278,7 +277,7 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StudySpec:
-        if self.search.method in METHODS_NEEDING_BASE and not self.pool.base:
+        if METHOD_INFO[self.search.method].needs_base and not self.pool.base:
             raise ValueError(f"search.method '{self.search.method}' needs pool.base (task vectors are taken against it)")
         for t in self.suite.tasks:
             if t.normalization == "base" and not self.pool.base:

@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from evaluators.merge_spec import MergeSpec
+from contract.merge import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
 from service.cli.main import main

@@ -1,4 +1,4 @@
-"""The Evaluator protocol (optimizer/candidate.py) declares everything the study runner uses, and
+"""The Evaluator protocol (contract/evaluator.py) declares everything the study runner uses, and
 the runner probes for nothing: no hasattr/getattr on an evaluator in optimizer/."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import ast
 import inspect
 from pathlib import Path
 
-from optimizer.candidate import Evaluator
+from contract.evaluator import Evaluator
 
 from fakes import NoisyPool, QuadraticPool
 

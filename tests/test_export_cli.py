@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from evaluators.merge_spec import MergeSpec
+from contract.merge import MergeSpec
 from evaluators.mergekit_yaml import parse_mergekit_yaml, to_mergekit_yaml
 from service.cli.main import main
 

@@ -1,5 +1,6 @@
-"""The import graph of the project's own modules (optimizer/, evaluators/, service/): no cycles, and
-the layers of DESIGN.md: optimizer/ never imports evaluators/ or torch, evaluators/ never imports
+"""The import graph of the project's own modules (contract/, optimizer/, evaluators/, service/): no
+cycles, and the layers of DESIGN.md: contract/ imports only the standard library and pydantic (both
+sides import it); optimizer/ never imports evaluators/ or torch, evaluators/ never imports
 optimizer/ or service/.
 
 Module-level imports only (what runs when a module is imported, `if TYPE_CHECKING:` blocks left
@@ -8,10 +9,11 @@ out); an import inside a function is a deliberate late binding and is not an edg
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("optimizer", "evaluators", "service")
+PACKAGES = ("contract", "optimizer", "evaluators", "service")
 
 
 def _modules() -> dict[str, Path]:
@@ -120,7 +122,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_the_project():
     graph = import_graph()
-    assert {"optimizer.loop", "evaluators.scoring", "service.cli.main"} <= set(graph)
+    assert {"contract.merge", "optimizer.loop", "evaluators.scoring", "service.cli.main"} <= set(graph)
     assert "optuna" in graph["optimizer.loop"] or any("optuna" in graph[m] for m in graph if m.startswith("optimizer"))
 
 
@@ -162,5 +164,7 @@ def test_layers():
             if top == "optimizer" and other in ("evaluators", "service", "torch"):
                 wrong.append(f"{module} -> {target}")
             if top == "evaluators" and other in ("optimizer", "service"):
+                wrong.append(f"{module} -> {target}")
+            if top == "contract" and other not in ("contract", "pydantic") and other not in sys.stdlib_module_names:
                 wrong.append(f"{module} -> {target}")
     assert wrong == []

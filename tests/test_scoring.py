@@ -5,8 +5,8 @@ import math
 
 import pytest
 
+from contract.merge import MergeSpec
 from evaluators.engine import MergeEvaluator
-from evaluators.merge_spec import MergeSpec
 from evaluators.scoring import SuiteError, SuiteScorer, TaskRequest
 from evaluators.splits import prefix
 

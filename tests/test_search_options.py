@@ -19,14 +19,11 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from evaluators import merge_spec as ms
+from contract.merge import BASE_WEIGHT, MergeSpec, base_only
 from evaluators.export import write_merge
-from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
-from optimizer import candidate as oc
 from optimizer import ipop
-from optimizer.candidate import BASE_WEIGHT, Candidate, base_only
 from optimizer.loop import StudyRunner
 from optimizer.records import trial_rows
 from optimizer.samplers import cmaes_sizes
@@ -60,13 +57,13 @@ class MemberPool:
 
     def __init__(self, names, target, tasks=("x", "y")):
         self.names, self.target, self.tasks = list(names), np.asarray(target, float), tasks
-        self.calls: list[Candidate] = []
+        self.calls: list[MergeSpec] = []
 
     checkpoint_names = property(lambda self: self.names)
     has_base = property(lambda self: True)
     directions = property(lambda self: dict.fromkeys(self.tasks, True))
 
-    def point(self, c: Candidate) -> np.ndarray:
+    def point(self, c: MergeSpec) -> np.ndarray:
         if c.method == "task_arithmetic":
             mix = [c.lambda_ * c.weights.get(n, 0.0) for n in self.names]
             return np.array([*mix, 1 - sum(mix)])
@@ -75,12 +72,12 @@ class MemberPool:
 
     last_timings: dict[str, float] = {}  # analytic scores: no stages to time
 
-    def evaluate(self, c: Candidate, fidelity: float = 1.0) -> dict[str, float]:
+    def evaluate(self, c: MergeSpec, fidelity: float = 1.0) -> dict[str, float]:
         self.calls.append(c)
         value = 1.0 / (1.0 + float(np.sum((self.point(c) - self.target) ** 2)))  # > 0: normalizable
         return dict.fromkeys(self.tasks, value)
 
-    def validate(self, c: Candidate) -> dict[str, dict]:
+    def validate(self, c: MergeSpec) -> dict[str, dict]:
         """Exact scores (no document noise), as 20 identical validation documents."""
         value = 1.0 / (1.0 + float(np.sum((self.point(c) - self.target) ** 2)))
         return {t: {"score": value, "values": [value] * 20, "aggregation": "mean"} for t in self.tasks}
@@ -96,7 +93,7 @@ class Scripted(MemberPool):
         super().__init__(names, np.zeros(len(names) + 1))
         self.value = value
 
-    def evaluate(self, c: Candidate, fidelity: float = 1.0) -> dict[str, float]:
+    def evaluate(self, c: MergeSpec, fidelity: float = 1.0) -> dict[str, float]:
         self.calls.append(c)
         return dict.fromkeys(self.tasks, self.value(len(self.calls)))
 
@@ -119,7 +116,7 @@ def test_base_in_search_is_linear_only_and_needs_a_base(tmp_path):
     assert spec.weight_names == [*NAMES, "__base__"] and spec.identity()["pool"]["base_in_search"] is True
     # Studies stored before the option existed have no such key in their identity: still theirs.
     assert "base_in_search" not in spec_for(tmp_path).identity()["pool"]
-    assert oc.BASE_WEIGHT == ms.BASE_WEIGHT  # the optimizer and the evaluators spell one key
+    assert BASE_WEIGHT == "__base__"  # one key (contract/merge.py) for the optimizer and the evaluators
 
 
 def test_signed_weights_are_opt_in(tmp_path):
@@ -177,7 +174,7 @@ def test_space_with_the_base_embeds_the_base_and_task_arithmetic_exactly(tmp_pat
     space = SearchSpace(spec_for(tmp_path, pool={"base_in_search": True}).search, [*NAMES, BASE_WEIGHT])
     assert "w:__base__" in space.distributions()
     assert space.embed(base_only(NAMES)) == {"w:a": 0.0, "w:b": 0.0, "w:c": 0.0, "w:__base__": 0.5}
-    ta = Candidate(method="task_arithmetic", weights={"a": 0.5, "b": 0.25, "c": 0.5}, lambda_=0.8)
+    ta = MergeSpec(method="task_arithmetic", weights={"a": 0.5, "b": 0.25, "c": 0.5}, lambda_=0.8)
     point = space.embed(ta)
     ev = MemberPool(NAMES, [0, 0, 0, 1])
     assert np.allclose(ev.point(space.candidate(point)), ev.point(ta))  # 0.4, 0.2, 0.4, base 0.0
@@ -195,7 +192,7 @@ def test_a_search_keeps_the_base_when_the_base_is_best(tmp_path):
     top = max((r for r in trial_rows(runner.study) if r.kind == "search"), key=lambda r: r.objective)
     base_row = next(r for r in trial_rows(runner.study) if r.label == "base")
     assert top.objective > base_row.objective
-    p = ev.point(Candidate.model_validate(top.candidate))
+    p = ev.point(MergeSpec.model_validate(top.candidate))
     assert 0.6 < p[-1] < 0.95
 
 

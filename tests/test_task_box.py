@@ -15,9 +15,9 @@ import pytest
 from servicekit import AUTH, wait_for
 from test_task_security import folder_with, own_service, sec, study_on  # noqa: F401 (fixture)
 
+from contract.merge import MergeSpec
 from evaluators import render_memo
 from evaluators.engine import MergeEvaluator
-from evaluators.merge_spec import MergeSpec
 from evaluators.scoring import TaskRequest
 from evaluators.task_box import BoxLimits, TaskBoxStopped
 from service.worker.runtime import Worker

@@ -1,24 +1,21 @@
-"""MergeSpec: one candidate merge as data (method, per-checkpoint weights, method parameters).
+"""MergeSpec: one merge as data (method, per-checkpoint weights, method parameters).
 
-It is the evaluators' boundary type: the optimizer's candidates, mergekit YAML files and the
-REST API all become a MergeSpec before any tensor is touched."""
+What the optimizer proposes and the evaluators score: the search's candidates, mergekit YAML
+files and stored trials (``user_attrs["candidate"]``, its ``to_json``) are all a MergeSpec, and
+one that constructs is one the evaluators can merge. Field names match mergekit's parameters."""
 
 from __future__ import annotations
 
 import math
-import zlib
-from collections.abc import Sequence
-from typing import Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from evaluators import merge_methods as mm
-from evaluators.granularity import Granularity, check_group_weights
+from contract.granularity import Granularity, check_group_weights
+from contract.methods import METHOD_INFO, MethodInfo, MethodName
 
-MethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
-# The base model as a member of a linear merge, under its own weight (pool.base_in_search; the
-# optimizer's candidate.BASE_WEIGHT). Exports list it under mergekit's `models:` with that weight.
+# The weight key of the base model as a member of a linear merge (pool.base_in_search). No
+# checkpoint name can take it (names start with a letter or digit); exports list the base under
+# mergekit's `models:` with this weight.
 BASE_WEIGHT = "__base__"
 
 
@@ -33,6 +30,8 @@ class MergeSpec(BaseModel):
     lambda_: float = Field(default=1.0, alias="lambda")
     normalize: bool | None = Field(default=None, description="None: mergekit's method default")
     seed: int = Field(default=0, description="seed of the DARE drop masks")
+    # search.granularity other than model: the weights per group (Granularity.labels() order);
+    # ``weights`` then holds each checkpoint's mean over its groups, as a summary.
     granularity: Granularity | None = Field(default=None, description="None: one weight per checkpoint")
     group_weights: dict[str, list[float]] | None = Field(
         default=None, description="checkpoint -> weight per group (evaluators/granularity.py); overrides weights")
@@ -57,7 +56,7 @@ class MergeSpec(BaseModel):
         for d in densities:
             if d is not None and not (math.isfinite(d) and 0 < d <= 1):
                 raise ValueError(f"density must be in (0, 1], got {d}")
-        if self.method in mm.USES_DENSITY and self.density is None:
+        if self.info.uses_density and self.density is None:
             self.density = 1.0
         if self.has_base_weight and self.method != "linear":
             raise ValueError(f"a weight for the base ('{BASE_WEIGHT}') is for linear merges only; "
@@ -68,13 +67,21 @@ class MergeSpec(BaseModel):
             raise ValueError("linear merge with normalize: the weights sum to zero")
         return self
 
+    def to_json(self) -> dict:
+        """The stored form (``lambda`` under its mergekit name); model_validate reads it back."""
+        return self.model_dump(by_alias=True)
+
+    @property
+    def info(self) -> MethodInfo:
+        return METHOD_INFO[self.method]
+
     @property
     def resolved_normalize(self) -> bool:
-        return mm.DEFAULT_NORMALIZE[self.method] if self.normalize is None else self.normalize
+        return self.info.default_normalize if self.normalize is None else self.normalize
 
     @property
     def needs_base(self) -> bool:
-        return self.method in mm.NEEDS_BASE
+        return self.info.needs_base
 
     @property
     def has_base_weight(self) -> bool:
@@ -92,45 +99,12 @@ class MergeSpec(BaseModel):
             return [float(self.density.get(n, 1.0)) for n in names]
         return [float(self.density if self.density is not None else 1.0)] * len(names)
 
-    def generator_for(self, tensor_name: str, device: torch.device) -> torch.Generator | None:
-        """A per-tensor generator: DARE masks depend only on (seed, tensor), not on order."""
-        if self.method not in mm.RANDOMIZED:
-            return None
-        g = torch.Generator(device=device)
-        g.manual_seed((self.seed * 1_000_003 + zlib.crc32(tensor_name.encode())) % (2**63))
-        return g
+
+def one_hot(names: list[str], name: str) -> MergeSpec:
+    """Exactly checkpoint ``name`` (a normalized linear merge with one non-zero weight)."""
+    return MergeSpec(method="linear", weights={n: float(n == name) for n in names}, normalize=True)
 
 
-def merge_tensor(
-    spec: MergeSpec,
-    names: list[str],
-    tensor_name: str,
-    *,
-    tensors: torch.Tensor | None = None,
-    base: torch.Tensor | None = None,
-    deltas: torch.Tensor | None = None,
-    ranks: torch.Tensor | None = None,
-    weights: Sequence[float] | None = None,
-) -> torch.Tensor:
-    """Merge one parameter. Linear needs ``tensors``; the task-vector methods need ``base`` and
-    ``deltas`` (precomputed once per study by the resident pool). ``weights``: this tensor's own
-    (a granular spec's group weights, evaluators/granularity.py); None: the spec's."""
-    weights = spec.weight_vector(names) if weights is None else list(weights)
-    if spec.method == "linear":
-        assert tensors is not None
-        return mm.linear(tensors, weights, normalize=spec.resolved_normalize)
-    assert base is not None and deltas is not None
-    kwargs = method_kwargs(spec, names, tensor_name, deltas.device)
-    if spec.method == "ties" and ranks is not None:
-        kwargs["ranks"] = ranks
-    return mm.METHODS[spec.method](base, deltas, weights, **kwargs)
-
-
-def method_kwargs(spec: MergeSpec, names: list[str], tensor_name: str, device: torch.device) -> dict:
-    """A task-vector method's parameters for one tensor (the per-tensor and chunked paths share them)."""
-    kwargs: dict = {"lambda_": spec.lambda_, "normalize": spec.resolved_normalize}
-    if spec.method in mm.USES_DENSITY:
-        kwargs["density"] = spec.density_vector(names)
-    if spec.method in mm.RANDOMIZED:
-        kwargs["generator"] = spec.generator_for(tensor_name, device)
-    return kwargs
+def base_only(names: list[str]) -> MergeSpec:
+    """Exactly the base model: task arithmetic with every task vector weighted 0."""
+    return MergeSpec(method="task_arithmetic", weights=dict.fromkeys(names, 0.0))
