@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 
-from optimizer.candidate import Candidate
+from contract.merge import MergeSpec
 
 
 class QuadraticPool:
@@ -24,11 +24,11 @@ class QuadraticPool:
         self.names = list(names)
         self.targets = {t: np.asarray(v, dtype=float) for t, v in targets.items()}
         self.k, self.penalty, self._has_base = k, penalty, has_base
-        self.calls: list[Candidate] = []
+        self.calls: list[MergeSpec] = []
         self.fail_on: set[int] = set()
         self.interrupt_on: int | None = None
         self.fidelities: list[float] = []
-        self.validations: list[Candidate] = []
+        self.validations: list[MergeSpec] = []
 
     @property
     def checkpoint_names(self):
@@ -42,7 +42,7 @@ class QuadraticPool:
     def directions(self):
         return dict.fromkeys(self.targets, True)
 
-    def point(self, c: Candidate) -> np.ndarray | None:
+    def point(self, c: MergeSpec) -> np.ndarray | None:
         w = np.array([max(c.weights.get(n, 0.0), 0.0) for n in self.names])
         return None if w.sum() == 0 else w / w.sum()
 
@@ -51,14 +51,14 @@ class QuadraticPool:
         identical documents carry no noise either), so there is no noise to guide on."""
         return {}
 
-    def validate(self, c: Candidate) -> dict[str, dict]:
+    def validate(self, c: MergeSpec) -> dict[str, dict]:
         """Validation documents without noise: each of 20 documents scores the true value."""
         self.validations.append(c)
         p = self.point(c)
         scores = self._scores(p, 1.0) if p is not None else dict.fromkeys(self.targets, 0.5)
         return {t: {"score": v, "values": [v] * 20, "aggregation": "mean"} for t, v in scores.items()}
 
-    def evaluate(self, c: Candidate, fidelity: float = 1.0) -> dict[str, float]:
+    def evaluate(self, c: MergeSpec, fidelity: float = 1.0) -> dict[str, float]:
         self.calls.append(c)
         self.fidelities.append(fidelity)
         if self.interrupt_on is not None and len(self.calls) == self.interrupt_on:
@@ -93,7 +93,7 @@ class NoisyPool:
         self.tasks = list(truth(np.full(len(self.names), 1 / len(self.names))))
         self.n = {"search": n_search, "validation": n_validation}
         self.shared, self.base_score, self.seed = shared, base_score, seed
-        self.validated: list[Candidate] = []
+        self.validated: list[MergeSpec] = []
         rng = np.random.default_rng(seed)
         self.difficulty = {(s, t): rng.random(n) for s, n in self.n.items() for t in self.tasks}
 
@@ -105,13 +105,13 @@ class NoisyPool:
     def doc_counts(self, split: str = "search") -> dict[str, int]:
         return dict.fromkeys(self.tasks, self.n[split])
 
-    def true_scores(self, c: Candidate) -> dict[str, float]:
+    def true_scores(self, c: MergeSpec) -> dict[str, float]:
         w = np.array([max(c.weights.get(n, 0.0), 0.0) for n in self.names])
         if c.method != "linear" and c.lambda_ * w.sum() == 0 or w.sum() == 0:
             return dict.fromkeys(self.tasks, self.base_score)
         return self.truth(w / w.sum())
 
-    def _outcomes(self, c: Candidate, split: str) -> dict[str, np.ndarray]:
+    def _outcomes(self, c: MergeSpec, split: str) -> dict[str, np.ndarray]:
         key = json.dumps(c.to_json(), sort_keys=True) + split
         rng = np.random.default_rng([self.seed, zlib.crc32(key.encode())])
         out = {}
@@ -121,10 +121,10 @@ class NoisyPool:
             out[t] = (draw < p).astype(float)
         return out
 
-    def evaluate(self, c: Candidate, fidelity: float = 1.0) -> dict[str, float]:
+    def evaluate(self, c: MergeSpec, fidelity: float = 1.0) -> dict[str, float]:
         return {t: float(v.mean()) for t, v in self._outcomes(c, "search").items()}
 
-    def validate(self, c: Candidate) -> dict[str, dict]:
+    def validate(self, c: MergeSpec) -> dict[str, dict]:
         self.validated.append(c)
         return {t: {"score": float(v.mean()), "values": v.tolist(), "aggregation": "mean"}
                 for t, v in self._outcomes(c, "validation").items()}
