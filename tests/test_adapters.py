@@ -1,16 +1,14 @@
 """Every private thing of another project the adapters rely on (evaluators/adapters/,
 optimizer/adapters/): each symbol exists, with the parameters the adapter passes by name. An
 upgrade that moves one fails here, with the symbol's name as the test id, rather than somewhere
-in a study. Then the template sandbox: installed at set-up (not by an import), and lm-eval's own
-rendering path goes through it."""
+in a study; and no module outside the adapters touches them. (The sandbox the lm-eval adapter
+installs: test_sandbox_install.py.)"""
 
 from __future__ import annotations
 
 import ast
 import inspect
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,6 +164,16 @@ def check_evaluate_and_get_task_dict():
     takes(get_task_dict, "task_name_list", "task_manager")
 
 
+def check_hflm_attributes_prefix_scoring_reads():
+    from lm_eval.models.huggingface import HFLM
+
+    source = inspect.getsource(HFLM)
+    for name in ("softmax_dtype", "mixed_precision_dtype", "backend"):
+        assert f"self.{name} =" in source, f"HFLM sets no {name}"
+    for name in ("batch_size", "max_length", "device", "model"):
+        has_attr(HFLM, name)
+
+
 LM_EVAL = {
     "lm_eval.utils.env": check_utils_env,
     "lm_eval.utils.apply_template": check_utils_apply_template,
@@ -175,6 +183,7 @@ LM_EVAL = {
     "Task._instances, Task.build_all_requests": check_task_instances,
     "HFLM._loglikelihood_tokens": check_hflm_loglikelihood_tokens,
     "HFLM._encode_pair": check_hflm_encode_pair,
+    "HFLM attributes prefix_scoring.py reads": check_hflm_attributes_prefix_scoring_reads,
     "lm_eval.tasks._yaml_loader._Base": check_yaml_loader_base,
     "lm_eval.tasks._yaml_loader._import_func_in_yml": check_import_func_in_yml,
     "TaskIndex._iter_yaml_files": check_task_index_iter_yaml_files,
@@ -404,59 +413,3 @@ def test_no_private_use_outside_the_adapters():
             for line, what in _private_uses(ast.parse(path.read_text(), str(path))):
                 found.append(f"{path.relative_to(REPO)}:{line}: {what}")
     assert found == []
-
-
-# ------------------------------------------------------------------------------ the sandbox
-
-PAYLOAD = "{{ cycler.__init__.__globals__.os.system('true') }}{{ q }}"
-
-
-def test_importing_scoring_installs_nothing_and_set_up_installs_the_sandbox():
-    """A fresh interpreter: importing scoring.py leaves lm-eval as it is; the set-up call
-    (guard_lm_eval, made by MergeEvaluator, SuiteScorer, check_task_names and the task box)
-    installs the sandbox, and a second call changes nothing."""
-    probe = ("import evaluators.scoring, lm_eval.utils as u; from evaluators import sandbox; "
-             "from evaluators.lm_eval_guard import guard_lm_eval; before = sandbox.installed(); "
-             "guard_lm_eval(); env = u.env; guard_lm_eval(); "
-             "print(before, sandbox.installed(), u.env is env)")
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert run.stdout.split() == ["False", "True", "True"], run.stderr[-2000:]
-
-
-def test_lm_eval_renders_a_tasks_template_through_the_sandbox(tmp_path):
-    """lm-eval's own path: a ConfigurableTask built from a config renders its doc_to_text through
-    the sandbox, which refuses the template escape (and renders a plain template)."""
-    from lm_eval.api.task import ConfigurableTask
-
-    from evaluators.lm_eval_guard import guard_lm_eval
-
-    guard_lm_eval()
-    data = tmp_path / "test.jsonl"
-    data.write_text(json.dumps({"q": "1+1=", "choices": ["2", "3"], "label": 0}) + "\n")
-
-    def task(doc_to_text: str) -> ConfigurableTask:
-        return ConfigurableTask(config={
-            "task": "sandbox_probe", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
-            "test_split": "test", "output_type": "multiple_choice", "doc_to_text": doc_to_text,
-            "doc_to_target": "{{ label }}", "doc_to_choice": "{{ choices }}"})
-
-    with pytest.raises(jinja2.exceptions.SecurityError, match="unsafe"):
-        task(PAYLOAD)  # lm-eval renders the first document's prompt as it builds the task
-    plain = task("{{ q }}")
-    assert plain.doc_to_text(plain.test_docs()[0]) == "1+1="
-    plain.config.doc_to_text = PAYLOAD
-    with pytest.raises(jinja2.exceptions.SecurityError, match="unsafe"):
-        plain.doc_to_text(plain.test_docs()[0])
-
-
-def test_set_up_fails_closed_when_lm_eval_renders_elsewhere(monkeypatch):
-    """Were lm-eval to render through anything but the sandbox (a name bound at import, say),
-    set-up refuses to go on rather than render a client template unsandboxed."""
-    import lm_eval.utils
-
-    from evaluators.lm_eval_guard import LmEvalUnguarded, guard_lm_eval
-
-    guard_lm_eval()
-    monkeypatch.setattr(lm_eval.utils, "apply_template", lambda template, doc: "plain")
-    with pytest.raises(LmEvalUnguarded, match="sandbox"):
-        guard_lm_eval()
