@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from contract.methods import METHOD_INFO
 from optimizer.spec import DEFAULT_STORAGE
 
 
@@ -53,7 +54,7 @@ EXPORT = examples(
     ("mergekit-yaml merged/mergekit_config.yml again/", "mergekit reproduces it"),
 )
 MERGE = examples(
-    ("mergeopt merge mergekit.yml merged/", "linear, task_arithmetic, ties, dare_ties, dare_linear"),
+    ("mergeopt merge mergekit.yml merged/", ", ".join(METHOD_INFO)),
     ("mergeopt merge mergekit.yml merged/ --device cuda:0", "merge on a GPU"),
 )
 

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from contract.methods import METHOD_INFO
 from optimizer.spec import DEFAULT_STORAGE, NAME_PATTERN
 
 TEMPLATE = """\
@@ -41,7 +42,7 @@ suite:
   batch_size: 32
 
 search:
-  method: linear                     # linear | task_arithmetic | ties | dare_ties | dare_linear
+  method: linear                     # {methods}
   sampler: cmaes                     # cmaes | nsga2 | tpe | gp | random
   objective: mean                    # what cmaes maximizes: mean | weighted (of normalized scores)
   n_trials: 60                       # every trial: each checkpoint, the base, the baselines, the search
@@ -56,7 +57,8 @@ device: auto                         # auto (cuda when available) | cpu | cuda:N
 def render(path: str) -> str:
     stem = Path(path).stem if path != "-" else ""
     name = stem if re.fullmatch(NAME_PATTERN, stem) and stem != "study" else "my-study"
-    return TEMPLATE.format(path="STUDY.yaml" if path == "-" else path, name=name, storage=DEFAULT_STORAGE)
+    return TEMPLATE.format(path="STUDY.yaml" if path == "-" else path, name=name, storage=DEFAULT_STORAGE,
+                           methods=" | ".join(METHOD_INFO))
 
 
 def cmd_init(args: argparse.Namespace) -> int:

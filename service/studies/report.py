@@ -6,6 +6,7 @@ intervals); the search documents' front stays available for diagnosis, labelled 
 from __future__ import annotations
 
 from contract.granularity import Granularity
+from contract.methods import METHOD_INFO
 from optimizer.attrs import V_PICK, V_RECOMMENDED
 from optimizer.records import TrialRow
 from optimizer.verdict import shown
@@ -87,7 +88,8 @@ def _weights(candidate: dict) -> str:
     extra = []
     if candidate.get("density") is not None:
         extra.append(f"density={candidate['density']:.2f}")
-    if candidate.get("method") == "task_arithmetic":
+    info = METHOD_INFO.get(candidate.get("method", ""))
+    if info is not None and "lambda" in info.searched:  # the method's lambda is searched: show it
         extra.append(f"lambda={candidate.get('lambda', 1.0):.2f}")
     return f"{candidate.get('method', '?')}: " + " ".join(parts + extra)
 
