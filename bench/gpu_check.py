@@ -11,7 +11,6 @@ builds the pool once for both placements.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -28,6 +27,7 @@ from materialize import build_pool  # noqa: E402
 from materialize import time_it as time_calls  # noqa: E402
 
 from contract.merge import MergeSpec  # noqa: E402
+from evaluators.options import EvaluatorOptions  # noqa: E402
 from evaluators.pool import validate_pool  # noqa: E402
 from evaluators.resident import ResidentModel, ResidentPool, pick_device  # noqa: E402
 from evaluators.streaming import host_buffer  # noqa: E402
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         n, n_params = len(info.names), info.reference.n_params
         spec = MergeSpec(method="linear", weights={name: 1.0 / (i + 2) for i, name in enumerate(info.names)})
         for place in ("device", "host"):
-            os.environ["MERGEOPT_POOL_ON"] = place
-            resident = ResidentModel(ResidentPool(info, device))
+            resident = ResidentModel(ResidentPool(info, device, options=EvaluatorOptions(pool_on=place)))
             streamed = resident.pool.streamed
             t = time_it(lambda r=resident: r.materialize(spec), args.repeats, sync)
             resident = None
@@ -84,7 +83,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append({"pool": "pinned host, streamed" if streamed else str(device), "ms": t * 1e3,
                          "GB/s": moved / t / 1e9, "reference": what, "ref GB/s": peak / 1e9, "of ref": moved / t / peak})
     finally:
-        os.environ.pop("MERGEOPT_POOL_ON", None)
         shutil.rmtree(root, ignore_errors=True)
     print(f"pool: {n} x {n_params / 1e6:.1f}M {args.dtype} (+ base), linear merge on {device}, median of {args.repeats}")
     print("| pool on | per candidate | bandwidth | reference | reference bandwidth | of reference |\n|---|---|---|---|---|---|")

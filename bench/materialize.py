@@ -100,13 +100,19 @@ def measure(args) -> dict:
     from evaluators.resident import ResidentModel, ResidentPool, pick_device
     from evaluators.streaming import host_buffer
 
-    os.environ["MERGEOPT_POOL_ON"] = args.pool_on
+    try:
+        from evaluators.options import EvaluatorOptions
+
+        placed = {"options": EvaluatorOptions(pool_on=args.pool_on)}
+    except ImportError:  # a checkout from before evaluators/options.py read the variable itself
+        os.environ["MERGEOPT_POOL_ON"] = args.pool_on
+        placed = {}
     dtype = getattr(torch, args.dtype)
     device = pick_device(args.device)
     pool_dirs = build_pool(args.pool_dir, args.n, args.params, dtype)
     base = args.pool_dir / "m0"  # the first checkpoint doubles as the base for task-vector methods
     info = validate_pool(pool_dirs[1:], base)
-    resident = ResidentModel(ResidentPool(info, device))
+    resident = ResidentModel(ResidentPool(info, device, **placed))
     n_params = info.reference.n_params
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     n = len(info.names)

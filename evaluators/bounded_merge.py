@@ -24,7 +24,6 @@ disjoint mean, lambda) is merge_methods._combine on each chunk."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -44,11 +43,11 @@ def row_scratch(n: int, numel: int) -> int:
     return (28 + n) * numel
 
 
-def route(n: int, numel: int, resident_bytes: int) -> str | None:
+def route(n: int, numel: int, resident_bytes: int, bounded_min: int | None = None) -> str | None:
     """None (the per-tensor formula), "ranked" or "radix" for one tensor of an N-checkpoint pool.
-    MERGEOPT_BOUNDED_MIN=<entries>: radix-select every tensor over that size (tests, or memory)."""
-    forced = os.environ.get("MERGEOPT_BOUNDED_MIN")
-    if forced and numel > int(forced):
+    ``bounded_min`` (MERGEOPT_BOUNDED_MIN) entries: radix-select every tensor over that size (tests, or memory)."""
+    forced = bounded_min
+    if forced and numel > forced:
         return "radix"
     if numel <= CHUNK_MIN:
         return None

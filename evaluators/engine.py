@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 from evaluators.encode_check import check_documents_encode
 from evaluators.lm_eval_guard import guard_lm_eval
 from evaluators.merge_spec import MergeSpec
+from evaluators.options import EvaluatorOptions
 from evaluators.pool import PoolError, validate_pool
 from evaluators.pool_staging import stage_checkpoint
 from evaluators.quiet import quiet_libraries
@@ -48,15 +49,18 @@ class MergeEvaluator:
         trusted_task_roots: Sequence[Path] = (),
         task_box=None,
         should_stop=None,
+        options: EvaluatorOptions | None = None,
     ) -> None:
+        """``options``: the host's tuning (options.py: memory budget, placement, kernels, prefix sharing)."""
         quiet_libraries()
+        options = options or EvaluatorOptions()
         guard_lm_eval()  # before any task is read: sandboxed templates, bounded filters (lm_eval_guard.py)
         # roots (the service's allowed roots): pool and task files are re-checked as they are
         # opened; Python in task folders runs only from trusted_task_roots.
         self.pool_info = validate_pool(checkpoints, base, roots=roots)
         self.scorer = SuiteScorer(tasks, include_path, limit=limit, batch_size=batch_size, validation=validation,
                                   roots=roots, trusted=trusted_task_roots, include_defaults=include_defaults,
-                                  box=task_box, should_stop=should_stop)
+                                  box=task_box, should_stop=should_stop, prefix_sharing=options.prefix_sharing)
         ref = self.pool_info.reference
         # transformers opens files by name: it gets a private copy read through the guard.
         with Staging() as staging:
@@ -65,7 +69,7 @@ class MergeEvaluator:
             # Before any weight is loaded: a tokenizer that cannot encode a document fails here,
             # named, not in lm-eval mid-study (encode_check.py).
             check_documents_encode(self.tokenizer, self.scorer, f"checkpoint '{ref.name}'")
-            self.resident = ResidentPool(self.pool_info, pick_device(device), progress=progress)
+            self.resident = ResidentPool(self.pool_info, pick_device(device), progress=progress, options=options)
             self.model = ResidentModel(self.resident, source=staged)
         self.last_timings: dict[str, float] = {}
         self._resident_spec: MergeSpec | None = None

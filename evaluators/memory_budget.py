@@ -11,8 +11,8 @@ pool is loaded (free GPU memory, or the host's MemAvailable). The same number de
   arithmetic) and int32 magnitude rankings (TIES) while they fit; a tensor that does not fit is
   merged by the bounded paths of fused.py / bounded_merge.py, with the same result bit for bit.
 
-Evaluators read the variable themselves (they never import service/); service.settings validates
-the same variable at start-up."""
+The service reads the variable (service/settings.py) and passes it in (EvaluatorOptions.memory_budget,
+options.py); evaluators never read the environment."""
 
 from __future__ import annotations
 
@@ -64,9 +64,8 @@ def available(device: torch.device) -> int:
 
 
 def resolve(device: torch.device, setting: str | int | None = None) -> int:
-    """The budget in bytes: ``setting`` (None: the environment's), else the default share."""
-    if setting is None:
-        setting = os.environ.get(ENV) or None
+    """The budget in bytes: ``setting`` (bytes, or a MERGEOPT_MEMORY_BUDGET string); None: the
+    default share."""
     if isinstance(setting, int):
         return setting
     kind, value = parse(setting) if setting is not None else ("share", DEFAULT_SHARE)

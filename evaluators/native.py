@@ -9,8 +9,8 @@ torch's addcmul_ fuses, rounded products and sums in torch's order elsewhere, IE
 round-to-nearest-even), so their results equal torch's bit for bit (tests/test_native.py).
 
 The library is compiled on first use with the system's C compiler into a per-user cache, keyed by
-the source, compiler flags and machine; without a compiler (or with MERGEOPT_NATIVE=0) callers
-get None and keep torch's path."""
+the source, compiler flags and machine; without a compiler (or turned off: configure, from
+EvaluatorOptions.native, MERGEOPT_NATIVE=0) callers get None and keep torch's path."""
 
 from __future__ import annotations
 
@@ -54,10 +54,21 @@ def _flags() -> list[str]:
     return flags + (["-mavx512f"] if flags and " avx512f " in info else [])
 
 
+_config: dict = {"enabled": True, "cache_dir": None}
+
+
+def configure(enabled: bool = True, cache_dir: Path | None = None) -> None:
+    """Whether the kernels are used, and where they are compiled to (None: ~/.cache/mergeopt): one
+    library per process, so set where a pool is built (resident.py, from EvaluatorOptions)."""
+    if _config != {"enabled": enabled, "cache_dir": cache_dir}:
+        _config.update(enabled=enabled, cache_dir=cache_dir)
+        library.cache_clear()
+
+
 @cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (no compiler, MERGEOPT_NATIVE=0, not a Linux x86/ARM host)."""
-    if os.environ.get("MERGEOPT_NATIVE", "1") == "0":
+    """The compiled kernels, or None (no compiler, turned off by configure, not a Linux x86/ARM host)."""
+    if not _config["enabled"]:
         return None
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
@@ -67,7 +78,7 @@ def library() -> ctypes.CDLL | None:
     args = ["-O3", "-shared", "-fPIC", "-fno-fast-math", "-ffp-contract=off", *_flags()]
     source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + " ".join([compiler, *args, platform.machine()]).encode()).hexdigest()
-    folder = Path(os.environ.get("MERGEOPT_CACHE_DIR", Path.home() / ".cache" / "mergeopt")) / "native"
+    folder = Path(_config["cache_dir"] or Path.home() / ".cache" / "mergeopt") / "native"
     target = folder / f"merge-{key[:16]}.so"
     try:
         if not target.exists():

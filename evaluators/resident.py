@@ -28,6 +28,7 @@ from evaluators import bounded_merge, fused, memory_budget, native, streaming
 from evaluators.granularity import Granularity, TensorGroups, layout_key
 from evaluators.merge_methods import magnitude_ranks, task_vectors
 from evaluators.merge_spec import BASE_WEIGHT, MergeSpec, merge_tensor, method_kwargs
+from evaluators.options import EvaluatorOptions
 from evaluators.pool import PoolError, PoolInfo, load_checkpoint_tensors
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,17 @@ def pick_device(device: str = "auto") -> torch.device:
 class ResidentPool:
     """All checkpoints stacked per parameter ([N, *shape] views of one flat [N, P] buffer when
     the dtype is uniform) and the base; task vectors are cached or formed as they are used.
-    ``budget``: bytes (or a MERGEOPT_MEMORY_BUDGET string); None: the environment's / default."""
+    ``budget``: bytes (or a MERGEOPT_MEMORY_BUDGET string); None: the options' (options.py), else
+    the default share."""
 
     def __init__(self, pool: PoolInfo, device: torch.device, progress: bool = False,
-                 budget: int | str | None = None) -> None:
+                 budget: int | str | None = None, options: EvaluatorOptions | None = None) -> None:
         self.pool = pool
         self.device = device
-        self.budget = memory_budget.resolve(device, budget)  # at study start, before the pool loads
+        self.options = options = options or EvaluatorOptions()
+        native.configure(options.native, options.cache_dir)
+        # At study start, before the pool loads.
+        self.budget = memory_budget.resolve(device, options.memory_budget if budget is None else budget)
         self.tensor_names = sorted(pool.reference.tensors)
         self.checkpoint_names = pool.names
         ref = pool.reference.tensors
@@ -67,7 +72,7 @@ class ResidentPool:
                                                        pool.base is not None)
         # Over the budget of a GPU: the flat pool stays in pinned host memory and is streamed.
         self.streamed = uniform and streaming.should_stream(n, self.numel, next(iter(dtypes)).itemsize, device,
-                                                            self.budget)
+                                                            self.budget, options.pool_on)
         self.storage = torch.device("cpu") if self.streamed else device
         if self.streamed:
             log.info("pool of %d x %d parameters kept in host memory and streamed to %s", n, self.numel, device)
@@ -191,7 +196,8 @@ class ResidentPool:
             return native.ties(stack, base, ranks, weights or spec.weight_vector(self.checkpoint_names),
                                spec.density_vector(self.checkpoint_names), normalize=spec.resolved_normalize,
                                lambda_=spec.lambda_, out=out)
-        route = bounded_merge.route(len(self.checkpoint_names), base.numel(), self.resident_bytes) \
+        route = bounded_merge.route(len(self.checkpoint_names), base.numel(), self.resident_bytes,
+                                    self.options.bounded_min) \
             if spec.method in bounded_merge.METHODS and stack.is_floating_point() else None
         if route is not None and work:  # cached rankings: mergekit's ranking at no scratch
             return self._merged_in_chunks(spec, tensor_name, weights, dtype, out, ranks=ranks,

@@ -97,7 +97,7 @@ class SuiteScorer:
         validation: float | int = 0,
         roots: Roots = None,
         trusted: Sequence[Path] = (),
-        prefix_sharing: bool | None = None,
+        prefix_sharing: bool = True,
         include_defaults: bool = False,
         box=None,
         should_stop=None,
@@ -107,9 +107,8 @@ class SuiteScorer:
         guard_lm_eval()  # every template of these tasks renders sandboxed, every filter is bounded
         self.requests = requests
         # Log-likelihoods scored with each shared context run once (prefix_scoring.py), same
-        # scores as lm-eval's; False, or MERGEOPT_PREFIX_SHARING=0 for None, keeps lm-eval's path.
-        self.prefix_sharing = (os.environ.get("MERGEOPT_PREFIX_SHARING", "1") != "0"
-                               if prefix_sharing is None else prefix_sharing)
+        # scores as lm-eval's; False (MERGEOPT_PREFIX_SHARING=0 through EvaluatorOptions) keeps lm-eval's path.
+        self.prefix_sharing = prefix_sharing
         self.limit = limit
         self.batch_size = batch_size
         # With roots (the service), data files are read through the guard into a private copy

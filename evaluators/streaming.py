@@ -8,7 +8,6 @@ that a streamed merge equals the resident one."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import torch
@@ -25,15 +24,14 @@ def resident_bytes(n_checkpoints: int, numel: int, itemsize: int, has_base: bool
 
 
 def should_stream(n_checkpoints: int, numel: int, itemsize: int, device: torch.device,
-                  budget: int | None = None) -> bool:
+                  budget: int | None = None, pool_on: str = "auto") -> bool:
     """Keep the pool on the host when pool + base + model exceed the GPU's memory budget
     (memory_budget.py; None: the study's, by default 70% of the free memory). A CPU pool is on
-    the host anyway. MERGEOPT_POOL_ON=host or device forces the choice (benchmarks, tests)."""
-    forced = os.environ.get("MERGEOPT_POOL_ON", "auto")
-    if forced not in {"auto", "host", "device"}:
-        raise ValueError(f"MERGEOPT_POOL_ON must be auto, host or device, not '{forced}'")
-    if forced != "auto":
-        return forced == "host"
+    the host anyway. ``pool_on`` host or device (MERGEOPT_POOL_ON) forces the choice (benchmarks, tests)."""
+    if pool_on not in {"auto", "host", "device"}:
+        raise ValueError(f"MERGEOPT_POOL_ON must be auto, host or device, not '{pool_on}'")
+    if pool_on != "auto":
+        return pool_on == "host"
     if device.type != "cuda":
         return False
     budget = memory_budget.resolve(device) if budget is None else budget

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -73,8 +73,37 @@ class Settings(BaseSettings):
         default=None,
         description="memory a study may hold on its device: bytes ('24GiB', '12G') or a share of what is available "
                     "when it starts ('0.6', '60%'); unset: 70%. Decides GPU placement and the caches kept beside "
-                    "the pool (fp32 task vectors, TIES rankings); the evaluators read this same variable",
+                    "the pool (fp32 task vectors, TIES rankings)",
     )
+    pool_on: Literal["auto", "host", "device"] = Field(
+        default="auto",
+        description="where a study's pool lives: auto (by the memory budget), host (streamed to the GPU) or "
+                    "device; forced for benchmarks and tests",
+    )
+    bounded_min: int | None = Field(
+        default=None, ge=0,
+        description="TIES / DARE tensors over this many entries are merged by the bounded radix-select path "
+                    "whatever the budget (tests, or memory)",
+    )
+    prefix_sharing: bool = Field(
+        default=True, description="score each shared context once (the same scores as lm-eval's); false: lm-eval's path",
+    )
+    native: bool = Field(
+        default=True,
+        description="run the CPU merges as compiled passes where a C compiler is found (the same arithmetic "
+                    "as torch's, bit for bit); false: torch's kernels",
+    )
+    cache_dir: Path | None = Field(default=None, description="where those passes are compiled to; unset: ~/.cache/mergeopt")
+
+    @field_validator("memory_budget", "bounded_min", "cache_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v):
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("native", "prefix_sharing", mode="before")
+    @classmethod
+    def _empty_is_on(cls, v):
+        return True if isinstance(v, str) and not v.strip() else v
 
     @field_validator("memory_budget")
     @classmethod
@@ -84,6 +113,14 @@ class Settings(BaseSettings):
 
             parse(v)
         return v
+
+    def evaluator_options(self):
+        """The evaluators' share of these settings (evaluators/options.py): they never read the
+        environment themselves."""
+        from evaluators.options import EvaluatorOptions
+
+        return EvaluatorOptions(memory_budget=self.memory_budget, pool_on=self.pool_on, bounded_min=self.bounded_min,
+                                prefix_sharing=self.prefix_sharing, native=self.native, cache_dir=self.cache_dir)
 
     allow_hidden: bool = Field(
         default=False,

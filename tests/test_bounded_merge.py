@@ -12,6 +12,7 @@ from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
 from evaluators.streaming import resident_bytes
+from service.settings import Settings
 
 from tinypool import make_pool
 
@@ -153,11 +154,13 @@ def test_the_resident_pool_merges_large_tensors_in_chunks(tmp_path, monkeypatch,
                      density={"ckpt0": 0.3, "ckpt1": 0.6, "ckpt2": 0.9}, seed=3)
     name = max(rp.tensor_names, key=lambda n: rp.base[n].numel())
     monkeypatch.setenv("MERGEOPT_BOUNDED_MIN", str(10**12))
+    monkeypatch.setattr(rp, "options", Settings().evaluator_options())  # as the service builds its pools
     if method == "ties":  # the per-tensor path with the stable tie rule
         monkeypatch.setattr(rp, "magnitude_ranks", lambda n: stable_ranks(rp.deltas()[n]))
     per_tensor = rp.merged(spec, name)
     monkeypatch.undo()
     monkeypatch.setenv("MERGEOPT_BOUNDED_MIN", "100")
+    monkeypatch.setattr(rp, "options", Settings().evaluator_options())
     chunked = rp.merged(spec, name)
     target = torch.empty_like(chunked)
     assert rp.merged(spec, name, out=target) is target and torch.equal(target, chunked)  # in place
@@ -190,7 +193,8 @@ def test_the_export_is_the_merge_the_search_scored(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MERGEOPT_BOUNDED_MIN", "100")
     p = make_pool(tmp_path, n=3, dtype=torch.bfloat16)  # no room for rankings: the radix select
-    rp = ResidentPool(validate_pool(p["checkpoints"], p["base"]), torch.device("cpu"), budget=1)
+    rp = ResidentPool(validate_pool(p["checkpoints"], p["base"]), torch.device("cpu"), budget=1,
+                      options=Settings().evaluator_options())
     w = {"ckpt0": 0.5, "ckpt1": 0.8, "ckpt2": 0.3}
     spec = MergeSpec(method="ties", weights=w, density=0.3)
     written = load_file(str(write_merge(rp, spec, tmp_path / "bf16") / "model.safetensors"))
@@ -214,4 +218,5 @@ def test_the_route_radix_selects_only_where_one_row_cannot_be_ranked(monkeypatch
     big = resident_bytes(8, 6_740_000_000, 2)  # 8 x Llama-2-7B: nothing but mergekit's ranking
     assert bm.route(8, 11_008 * 4096, big) == "ranked" and bm.route(8, 32_000 * 4096, big) == "ranked"
     monkeypatch.setenv("MERGEOPT_BOUNDED_MIN", "1000")
-    assert bm.route(8, 1001, big) == "radix" and bm.route(8, 1000, small) is None
+    forced = Settings().evaluator_options().bounded_min
+    assert bm.route(8, 1001, big, forced) == "radix" and bm.route(8, 1000, small, forced) is None

@@ -11,6 +11,7 @@ from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
 from evaluators.streaming import device_chunks, host_buffer, should_stream
+from service.settings import Settings
 
 from tinypool import make_pool, save_model, tiny_config
 
@@ -52,9 +53,9 @@ def test_a_pool_kept_on_the_host_merges_like_a_resident_one(tmp_path, monkeypatc
     spec = MergeSpec(method=method, weights={"ckpt0": 0.6, "ckpt1": 1.0, "ckpt2": 0.3}, lambda_=0.7,
                      density=0.5 if method == "ties" else None)
     monkeypatch.setenv("MERGEOPT_POOL_ON", "device")
-    resident = ResidentModel(ResidentPool(info, torch.device("cpu")))
+    resident = ResidentModel(ResidentPool(info, torch.device("cpu"), options=Settings().evaluator_options()))
     monkeypatch.setenv("MERGEOPT_POOL_ON", "host")
-    streamed = ResidentModel(ResidentPool(info, torch.device("cpu")))
+    streamed = ResidentModel(ResidentPool(info, torch.device("cpu"), options=Settings().evaluator_options()))
     assert streamed.pool.streamed and not resident.pool.streamed
     a, b = resident.materialize(spec).state_dict(), streamed.materialize(spec).state_dict()
     for name in resident.pool.tensor_names:
@@ -63,8 +64,10 @@ def test_a_pool_kept_on_the_host_merges_like_a_resident_one(tmp_path, monkeypatc
 
 def test_pool_placement_setting_is_checked(monkeypatch):
     monkeypatch.setenv("MERGEOPT_POOL_ON", "gpu")
+    with pytest.raises(ValueError, match="pool_on"):
+        Settings()
     with pytest.raises(ValueError, match="auto, host or device"):
-        should_stream(2, 10, 2, torch.device("cpu"))
+        should_stream(2, 10, 2, torch.device("cpu"), pool_on="gpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -19,15 +19,16 @@ import yaml
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from evaluators.export import write_merge
 from contract.granularity import Granularity
-from evaluators.granularity import GranularityError, TensorGroups
 from contract.merge import MergeSpec
+from evaluators.export import write_merge
+from evaluators.granularity import GranularityError, TensorGroups
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
 from optimizer.loop import StudyRunner
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, parse_spec
+from service.settings import Settings
 from service.studies.report import _weights
 
 from fakes import QuadraticPool
@@ -212,7 +213,7 @@ def test_groups_really_get_different_weights(merged):
 
 def test_streamed_pool_merges_granular_specs_like_the_resident_one(merged, monkeypatch):
     monkeypatch.setenv("MERGEOPT_POOL_ON", "host")
-    streamed = ResidentModel(ResidentPool(merged.resident.pool, torch.device("cpu")))
+    streamed = ResidentModel(ResidentPool(merged.resident.pool, torch.device("cpu"), options=Settings().evaluator_options()))
     assert streamed.pool.streamed
     for case in ("linear-smooth", "task_arithmetic-per_layer"):
         state = streamed.state_for_export(merged.specs[case])

@@ -12,6 +12,7 @@ from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
 from evaluators.streaming import should_stream
+from service.settings import Settings
 
 from tinypool import make_pool
 
@@ -37,12 +38,13 @@ def test_a_bad_setting_is_a_clear_error(text):
 
 def test_the_budget_is_read_at_study_start_from_the_environment(monkeypatch):
     monkeypatch.setattr(memory_budget, "available", lambda device: 10 * 2**30)
+    from_env = lambda: Settings().evaluator_options().memory_budget  # noqa: E731 (as the service passes it)
     monkeypatch.delenv(memory_budget.ENV, raising=False)
-    assert resolve(CPU) == int(memory_budget.DEFAULT_SHARE * 10 * 2**30)
+    assert resolve(CPU, from_env()) == resolve(CPU) == int(memory_budget.DEFAULT_SHARE * 10 * 2**30)
     monkeypatch.setenv(memory_budget.ENV, "50%")
-    assert resolve(CPU) == 5 * 2**30
+    assert resolve(CPU, from_env()) == 5 * 2**30
     monkeypatch.setenv(memory_budget.ENV, "3GiB")
-    assert resolve(CPU) == 3 * 2**30
+    assert resolve(CPU, from_env()) == 3 * 2**30
     assert resolve(CPU, 1234) == 1234 and resolve(CPU, "0.25") == 10 * 2**30 // 4  # passed in: wins
 
 
@@ -71,7 +73,9 @@ def test_placement_uses_the_same_budget(monkeypatch, free_gb, budget_gb, streame
     assert should_stream(8, 10**9, 2, torch.device("cuda"), budget) is streamed
     if budget_gb is not None:
         monkeypatch.setenv(memory_budget.ENV, f"{budget_gb}G")
-        assert should_stream(8, 10**9, 2, torch.device("cuda")) is streamed
+        options = Settings().evaluator_options()  # as the service passes MERGEOPT_MEMORY_BUDGET in
+        cuda = torch.device("cuda")
+        assert should_stream(8, 10**9, 2, cuda, resolve(cuda, options.memory_budget), options.pool_on) is streamed
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import torch
 
 from evaluators import fused, native
 from evaluators import merge_methods as mm
+from service.settings import Settings
 
 needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler")
 
@@ -53,14 +54,14 @@ def test_switched_off_or_not_applicable_it_is_torchs_path(monkeypatch):
     out = torch.empty(5_000, dtype=torch.bfloat16)
     assert not native.supports(out, flat.t().contiguous().t())  # not contiguous
     assert not native.supports(out, flat.to(torch.float16))  # no fp16 kernel
-    native.library.cache_clear()
     monkeypatch.setenv("MERGEOPT_NATIVE", "0")
+    native.configure(Settings().evaluator_options().native)  # as a pool the service builds does
     try:
         assert native.library() is None and not native.supports(out, flat)
         fused.linear_into(out, flat, [0.1, 0.2, 0.3, 0.4], normalize=True)
         assert torch.equal(bits(out), bits(mm.linear(flat, [0.1, 0.2, 0.3, 0.4], normalize=True)))
     finally:
-        native.library.cache_clear()
+        native.configure()
 
 
 def pool_of(n: int, p: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ from transformers import LlamaForCausalLM
 from evaluators import prefix_scoring
 from evaluators.prefix_scoring import PrefixUnsupported, plan, score
 from evaluators.scoring import SuiteScorer, TaskRequest, _study_hflm
+from service.settings import Settings
 
 from tinypool import CHARS, make_tokenizer, tiny_config
 
@@ -205,4 +206,5 @@ def test_suite_scorer_switch(setup, monkeypatch):
     calls.clear()
     assert off.score(model, tok) == got_on and not calls
     monkeypatch.setenv("MERGEOPT_PREFIX_SHARING", "0")
-    assert SuiteScorer([TaskRequest("pfx_mc")], include).prefix_sharing is False
+    options = Settings().evaluator_options()  # as the service passes it to the engine
+    assert SuiteScorer([TaskRequest("pfx_mc")], include, prefix_sharing=options.prefix_sharing).prefix_sharing is False

@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from evaluators.options import EvaluatorOptions
 from optimizer.attrs import V_RECOMMENDED
 from optimizer.records import stored_front, trial_rows
 from optimizer.spec import SpecError, parse_spec
@@ -50,7 +51,8 @@ def demo_spec(pool, workdir: Path, n_trials: int) -> dict:
     }
 
 
-def run_demo(workdir: Path, *, n_trials: int = 80, fresh: bool = False, progress: bool = True) -> int:
+def run_demo(workdir: Path, *, n_trials: int = 80, fresh: bool = False, progress: bool = True,
+             options: EvaluatorOptions | None = None) -> int:
     from evaluators.demo_pool import build_demo_pool
 
     t0 = time.perf_counter()
@@ -67,7 +69,7 @@ def run_demo(workdir: Path, *, n_trials: int = 80, fresh: bool = False, progress
             pass
     print(f"[2/3] CMA-ES study '{spec.name}' ({n_trials} trials incl. baselines) in {spec.storage}")
     try:
-        study = run_study(spec, progress=progress)
+        study = run_study(spec, progress=progress, options=options)
     except SpecError as exc:
         if "already exists" not in str(exc):
             raise

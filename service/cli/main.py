@@ -43,14 +43,16 @@ def _print_front(study, split: str = "validation", as_json: bool = False) -> Non
 def cmd_run(args: argparse.Namespace) -> int:
     from optimizer.spec import load_spec
     from optimizer.storage import check_url
-    from service.settings import get_settings
+    from service.settings import Settings
     from service.studies.runs import run_study
 
     spec = load_spec(args.study)
     if args.storage:
         spec = spec.model_copy(update={"storage": args.storage})
     check_url(spec.storage)  # before the pool is loaded, not after
-    _print_front(run_study(spec, progress=not args.quiet, trusted_task_roots=get_settings().trusted_task_roots))
+    settings = Settings()  # read now: MERGEOPT_* as this command sees them
+    _print_front(run_study(spec, progress=not args.quiet, trusted_task_roots=settings.trusted_task_roots,
+                           options=settings.evaluator_options()))
     return 0
 
 
@@ -83,7 +85,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if best is None:
             raise SpecError(f"study '{spec.name}' has no completed trial yet")
         args.trial = best.number
-    out = export_trial(study, spec, args.trial, args.out_dir, progress=not args.quiet)
+    out = export_trial(study, spec, args.trial, args.out_dir, progress=not args.quiet, options=_evaluator_options())
     print(f"wrote {out} (load with AutoModelForCausalLM.from_pretrained; mergekit: {out / 'mergekit_config.yml'})")
     return 0
 
@@ -97,7 +99,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     config = Path(args.config)
     job = parse_mergekit_yaml(config.read_text(), config.resolve().parent)
     pool = validate_pool(job.checkpoints, job.base)
-    resident = ResidentPool(pool, pick_device(args.device), progress=not args.quiet)
+    resident = ResidentPool(pool, pick_device(args.device), progress=not args.quiet, options=_evaluator_options())
     out = write_merge(resident, job.spec, args.out_dir, out_dtype=job.out_dtype, dtype=job.dtype,
                       progress=not args.quiet)
     print(f"wrote {out}")
@@ -107,7 +109,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from service.cli.demo import run_demo
 
-    return run_demo(Path(args.workdir), n_trials=args.trials, fresh=args.fresh, progress=not args.quiet)
+    return run_demo(Path(args.workdir), n_trials=args.trials, fresh=args.fresh, progress=not args.quiet,
+                    options=_evaluator_options())
+
+
+def _evaluator_options():
+    """MERGEOPT_MEMORY_BUDGET, _POOL_ON... as this command sees them (service/settings.py)."""
+    from service.settings import Settings
+
+    return Settings().evaluator_options()
 
 
 def _settings(args: argparse.Namespace):

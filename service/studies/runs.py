@@ -10,6 +10,7 @@ import optuna
 
 from contract.merge import MergeSpec
 from evaluators.engine import MergeEvaluator
+from evaluators.options import EvaluatorOptions
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentPool, pick_device
 from evaluators.scoring import TaskRequest
@@ -21,11 +22,12 @@ from optimizer.storage import open_storage
 
 
 def build_evaluator(spec: StudySpec, progress: bool = True, roots: list[Path] | None = None,
-                    trusted_task_roots: Sequence[Path] = (), task_box=None, should_stop=None) -> MergeEvaluator:
+                    trusted_task_roots: Sequence[Path] = (), task_box=None, should_stop=None,
+                    options: EvaluatorOptions | None = None) -> MergeEvaluator:
     """``roots``: where pool and task files may lead (None: anywhere, for the operator's CLI);
     ``trusted_task_roots``: where Python in task folders may run from (MERGEOPT_TRUSTED_TASK_ROOTS);
     ``task_box``: the limits of the child that builds the tasks first (evaluators/task_box.py),
-    ``should_stop`` stops it (a cancel)."""
+    ``should_stop`` stops it (a cancel); ``options``: Settings.evaluator_options() (None: the defaults)."""
     tasks = [TaskRequest(t.task, t.metric, t.num_fewshot, t.higher_is_better) for t in spec.suite.tasks]
     return MergeEvaluator(
         [(c.name, c.path) for c in spec.pool.checkpoints],
@@ -42,11 +44,14 @@ def build_evaluator(spec: StudySpec, progress: bool = True, roots: list[Path] | 
         trusted_task_roots=trusted_task_roots,
         task_box=task_box,
         should_stop=should_stop,
+        options=options,
     )
 
 
-def run_study(spec: StudySpec, progress: bool = True, trusted_task_roots: Sequence[Path] = ()) -> optuna.Study:
-    runner = StudyRunner(spec, build_evaluator(spec, progress, trusted_task_roots=trusted_task_roots), progress=progress)
+def run_study(spec: StudySpec, progress: bool = True, trusted_task_roots: Sequence[Path] = (),
+              options: EvaluatorOptions | None = None) -> optuna.Study:
+    evaluator = build_evaluator(spec, progress, trusted_task_roots=trusted_task_roots, options=options)
+    runner = StudyRunner(spec, evaluator, progress=progress)
     runner.run()
     return runner.study
 
@@ -69,9 +74,10 @@ def open_study(ref: str, storage: str | None = None) -> tuple[optuna.Study, Stud
 
 def export_trial(study: optuna.Study, spec: StudySpec, number: int, out_dir: str | Path, progress: bool = True,
                  *, roots: list[Path] | None = None, out_roots: list[Path] | None = None,
-                 device: str | None = None) -> Path:
+                 device: str | None = None, options: EvaluatorOptions | None = None) -> Path:
     """``roots``: where pool files may lead (checked as they are opened); ``out_roots``: where
-    ``out_dir`` may be; ``device``: the API passes "cpu", never the workers' device."""
+    ``out_dir`` may be; ``device``: the API passes "cpu", never the workers' device; ``options``:
+    Settings.evaluator_options()."""
     from evaluators.export import write_merge
 
     rows = {r.number: r for r in R.trial_rows(study)}
@@ -81,5 +87,5 @@ def export_trial(study: optuna.Study, spec: StudySpec, number: int, out_dir: str
     if not row.candidate:
         raise SpecError(f"trial {number} has no recorded merge")
     pool = validate_pool([(c.name, c.path) for c in spec.pool.checkpoints], spec.pool.base, roots=roots)
-    resident = ResidentPool(pool, pick_device(device or spec.device), progress=progress)
+    resident = ResidentPool(pool, pick_device(device or spec.device), progress=progress, options=options)
     return write_merge(resident, MergeSpec.model_validate(row.candidate), out_dir, progress=progress, out_roots=out_roots)

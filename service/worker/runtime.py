@@ -191,7 +191,8 @@ class Worker:
                 spec, build_evaluator(spec, progress=False, roots=self.settings.allowed_roots,
                                       trusted_task_roots=self.settings.trusted_task_roots,
                                       task_box=self.settings.task_box(),
-                                      should_stop=lambda: self._stop_building(row.id)), progress=False,
+                                      should_stop=lambda: self._stop_building(row.id),
+                                      options=self.settings.evaluator_options()), progress=False,
                 listener=DbListener(self.url, row.id, self.id), claim=study_lock(self.url, row.id), storage=self.storage,
             )
             self.study_id = row.id

@@ -45,7 +45,8 @@ def _export(settings: Settings, key: str, number: int, out_dir: Path, out_roots:
         raise HTTPException(409, f"trial {number} is {state}, only completed trials are exported")
     try:
         return export_trial(study, parse_spec(row.spec), number, out_dir, progress=False,
-                            roots=settings.allowed_roots, out_roots=out_roots, device="cpu")
+                            roots=settings.allowed_roots, out_roots=out_roots, device="cpu",
+                            options=settings.evaluator_options())
     except (FileRefused, PoolFileRefused) as exc:
         raise PathNotAllowed(str(exc)) from exc
     except TargetExists as exc:
