@@ -147,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.api.connections import connection_cap, guarded_protocol
     from service.api.serve_policy import check_serve
 
-    settings = check_serve(_settings(args))  # roots needed off loopback; loopback Host names only (serve_policy.py)
+    settings = check_serve(_settings(args))  # roots needed off loopback; loopback Host names only (api/serve_policy.py)
     if not settings.tokens:
         token = secrets.token_urlsafe(24)
         settings.tokens = [token]

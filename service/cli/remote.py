@@ -196,7 +196,7 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def add_parsers(command, formatter) -> None:
-    """`submit` and `status`; ``command(name, what, epilog)`` makes a subparser (cli.build_parser)."""
+    """`submit` and `status`; ``command(name, what, epilog)`` makes a subparser (main.build_parser)."""
     s = command("submit", "create a study on a running service from a study YAML; --wait follows it", SUBMIT)
     s.add_argument("study", metavar="STUDY.yaml", help="study spec YAML (relative paths: from its folder; the "
                                                        "server must see the same paths)")

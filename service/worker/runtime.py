@@ -1,7 +1,7 @@
 """`mergeopt worker`: claim trials of running studies and evaluate them, forever.
 
 Workers coordinate only through the database: Optuna's RDB storage for the search state, the
-study rows for state/priority/setup, a short lock around "budget left? then ask" (locks.py).
+study rows for state/priority/setup, a short lock around "budget left? then ask" (service/db/locks.py).
 A worker keeps the pool of its current study resident between trials; switching studies
 reloads. Pause and cancel are honoured between trials; a worker that dies mid-trial leaves a
 RUNNING trial whose heartbeat stops, and fail_stale_trials (run by every step) fails it after
