@@ -44,7 +44,7 @@ def _source_copy(dst: Path) -> Path:
     dst.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, dst / name)
-    for pkg in ("optimizer", "evaluators", "service"):
+    for pkg in ("contract", "optimizer", "evaluators", "service"):
         shutil.copytree(REPO / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
     return dst
 
