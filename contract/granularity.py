@@ -9,7 +9,6 @@ evaluators map groups to tensors (evaluators/granularity.py)."""
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -87,21 +86,3 @@ def parse_granularity(value: object) -> Granularity | None:
         raise ValueError("granularity is 'model' or a mapping such as {layer_groups: 4}, {smooth: 3} or "
                          f"{{kinds: [attention, mlp]}}, got {value!r}")
     return Granularity.model_validate(value)
-
-
-def check_group_weights(granularity: Granularity | None, group_weights: dict[str, list[float]] | None,
-                        *, nonzero_sums: bool) -> None:
-    """Shapes and values; ``nonzero_sums`` (a normalized linear merge): no group's weights sum to 0."""
-    if (granularity is None) != (group_weights is None):
-        raise ValueError("granularity and group_weights come together")
-    if granularity is None or group_weights is None:
-        return
-    n = granularity.n_groups
-    for name, ws in group_weights.items():
-        if len(ws) != n:
-            raise ValueError(f"group_weights of '{name}' has {len(ws)} values; the granularity has {n} groups")
-        if not all(math.isfinite(w) for w in ws):
-            raise ValueError(f"a group weight of '{name}' is not a finite number")
-    for i in range(n) if nonzero_sums else ():
-        if abs(sum(ws[i] for ws in group_weights.values())) < 1e-12:
-            raise ValueError(f"linear merge with normalize: the weights of group {i} sum to zero")

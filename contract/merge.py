@@ -10,13 +10,16 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from contract.granularity import Granularity, check_group_weights
+from contract.granularity import Granularity
 from contract.methods import METHOD_INFO, MethodInfo, MethodName
 
 # The weight key of the base model as a member of a linear merge (pool.base_in_search). No
 # checkpoint name can take it (names start with a letter or digit); exports list the base under
 # mergekit's `models:` with this weight.
 BASE_WEIGHT = "__base__"
+# A normalized linear merge divides by the sum of its weights: below this it is refused (weights
+# that cancel); optimizer/space.py repairs its points so that none is refused.
+MIN_WEIGHT_SUM = 1e-12
 
 
 class MergeSpec(BaseModel):
@@ -63,7 +66,7 @@ class MergeSpec(BaseModel):
                              f"{self.method} builds on the base already")
         linear_normalized = self.method == "linear" and self.resolved_normalize
         check_group_weights(self.granularity, self.group_weights, nonzero_sums=linear_normalized)
-        if linear_normalized and self.granularity is None and abs(sum(self.weights.values())) < 1e-12:
+        if linear_normalized and self.granularity is None and abs(sum(self.weights.values())) < MIN_WEIGHT_SUM:
             raise ValueError("linear merge with normalize: the weights sum to zero")
         return self
 
@@ -98,6 +101,24 @@ class MergeSpec(BaseModel):
         if isinstance(self.density, dict):
             return [float(self.density.get(n, 1.0)) for n in names]
         return [float(self.density if self.density is not None else 1.0)] * len(names)
+
+
+def check_group_weights(granularity: Granularity | None, group_weights: dict[str, list[float]] | None,
+                        *, nonzero_sums: bool) -> None:
+    """Shapes and values; ``nonzero_sums`` (a normalized linear merge): no group's weights sum to 0."""
+    if (granularity is None) != (group_weights is None):
+        raise ValueError("granularity and group_weights come together")
+    if granularity is None or group_weights is None:
+        return
+    n = granularity.n_groups
+    for name, ws in group_weights.items():
+        if len(ws) != n:
+            raise ValueError(f"group_weights of '{name}' has {len(ws)} values; the granularity has {n} groups")
+        if not all(math.isfinite(w) for w in ws):
+            raise ValueError(f"a group weight of '{name}' is not a finite number")
+    for i in range(n) if nonzero_sums else ():
+        if abs(sum(ws[i] for ws in group_weights.values())) < MIN_WEIGHT_SUM:
+            raise ValueError(f"linear merge with normalize: the weights of group {i} sum to zero")
 
 
 def one_hot(names: list[str], name: str) -> MergeSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from optuna.distributions import FloatDistribution
 
-from contract.merge import BASE_WEIGHT, MergeSpec
+from contract.merge import BASE_WEIGHT, MIN_WEIGHT_SUM, MergeSpec
 from contract.methods import METHOD_INFO
 from optimizer.granular_space import GroupedSpace
 from optimizer.signed import repair
@@ -61,12 +61,15 @@ class SearchSpace:
         normalize = self.search.normalize
         signed = self.search.signed_weights
         size = sum(abs(w) for w in weights.values()) if signed else sum(weights.values())
+        if method == "linear" and normalize is not False and signed and size > 1e-9:
+            weights = repair(weights, self.search.max_amplification)  # weights that cancel
+            # Repaired, |sum| >= 2 size / (K + 1): with weights barely above 1e-9 and K near its
+            # bound it can still fall below what a normalized merge accepts; then as below.
+            size = size if abs(sum(weights.values())) >= MIN_WEIGHT_SUM else 0.0
         if method == "linear" and normalize is not False and size <= 1e-9:
             # All weights at the lower bound: the normalized merge is undefined; take the
             # uniform average, its limit along the diagonal.
             weights = dict.fromkeys(self.names, 1.0)
-        elif method == "linear" and normalize is not False and signed:
-            weights = repair(weights, self.search.max_amplification)  # weights that cancel
         return MergeSpec(
             method=method,
             weights=weights,

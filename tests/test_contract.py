@@ -12,7 +12,7 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
-from contract.merge import BASE_WEIGHT, MergeSpec, base_only, one_hot
+from contract.merge import BASE_WEIGHT, MIN_WEIGHT_SUM, MergeSpec, base_only, one_hot
 from contract.methods import METHOD_INFO, MethodName
 from evaluators import merge_methods as mm
 from optimizer.space import SearchSpace, weight_param
@@ -105,6 +105,16 @@ def test_every_point_of_a_space_is_a_valid_merge(label):
         spec = space.candidate(point, seed=5)  # raises on an invalid merge
         assert MergeSpec.model_validate(spec.to_json()) == spec
         assert space.candidate(space.embed(spec), seed=5).method == spec.method
+
+
+def test_weights_that_cancel_below_what_a_normalized_merge_accepts_are_repaired():
+    """Barely above the uniform fallback's 1e-9 and repaired at the largest amplification, the sum
+    is 2 * 5.0005e-10 / 1001 < MIN_WEIGHT_SUM: the evaluators refused it (a failed trial); built
+    by the space now, it takes the same fallback as all-zero weights."""
+    space = SearchSpace(SearchSpec(method="linear", signed_weights=True, max_amplification=1000.0), NAMES)
+    assert space.candidate({"w:a": 5.0005e-10, "w:b": -5.0e-10, "w:c": 0.0}).weights == dict.fromkeys(NAMES, 1.0)
+    repaired = space.candidate({"w:a": 0.5, "w:b": -0.4999, "w:c": 0.0}).weights
+    assert repaired["a"] == 0.5 and abs(sum(repaired.values())) > MIN_WEIGHT_SUM  # larger weights: repaired as before
 
 
 def test_a_merge_with_the_base_embeds_as_a_valid_merge():
