@@ -8,13 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from transformers import AutoTokenizer
 
+from contract.merge import MergeSpec
 from evaluators.encode_check import check_documents_encode
 from evaluators.lm_eval_guard import guard_lm_eval
-from evaluators.merge_spec import MergeSpec
 from evaluators.options import EvaluatorOptions
 from evaluators.pool import PoolError, validate_pool
 from evaluators.pool_staging import stage_checkpoint
@@ -90,17 +89,14 @@ class MergeEvaluator:
     def doc_counts(self, split: str = "search") -> dict[str, int]:
         return self.scorer.doc_counts(split)
 
-    def _materialize(self, candidate: Any) -> float:
-        spec = candidate if isinstance(candidate, MergeSpec) else MergeSpec.model_validate(
-            candidate.model_dump(by_alias=True) if hasattr(candidate, "model_dump") else candidate
-        )
+    def _materialize(self, spec: MergeSpec) -> float:
         t0 = time.perf_counter()
         if spec != self._resident_spec:
             self.model.materialize(spec)
             self._resident_spec = spec
         return time.perf_counter() - t0
 
-    def evaluate(self, candidate: Any, fidelity: float = 1.0) -> dict[str, float]:
+    def evaluate(self, candidate: MergeSpec, fidelity: float = 1.0) -> dict[str, float]:
         """Raw scores on ``fidelity`` (a fraction) of each task's search documents. Successive
         rungs of one trial reuse the materialized model."""
         merge_s = self._materialize(candidate)
@@ -109,7 +105,7 @@ class MergeEvaluator:
         self.last_timings = {"materialize_s": merge_s, "score_s": time.perf_counter() - t0}
         return scores
 
-    def validate(self, candidate: Any) -> dict[str, dict]:
+    def validate(self, candidate: MergeSpec) -> dict[str, dict]:
         """Per task, the score on the validation documents and its per-document values."""
         merge_s = self._materialize(candidate)
         t0 = time.perf_counter()

@@ -24,10 +24,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from contract.granularity import Granularity
+from contract.merge import BASE_WEIGHT, MergeSpec
 from evaluators import bounded_merge, fused, memory_budget, native, streaming
-from evaluators.granularity import Granularity, TensorGroups, layout_key
-from evaluators.merge_methods import magnitude_ranks, task_vectors
-from evaluators.merge_spec import BASE_WEIGHT, MergeSpec, merge_tensor, method_kwargs
+from evaluators.granularity import TensorGroups, layout_key
+from evaluators.merge_methods import magnitude_ranks, merge_tensor, method_kwargs, task_vectors
 from evaluators.options import EvaluatorOptions
 from evaluators.pool import PoolError, PoolInfo, load_checkpoint_tensors
 

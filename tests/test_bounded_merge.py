@@ -5,10 +5,10 @@ resident pool's memory accounting."""
 import pytest
 import torch
 
+from contract.merge import MergeSpec
 from evaluators import bounded_merge as bm
 from evaluators import merge_methods as mm
 from evaluators import native
-from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
 from evaluators.streaming import resident_bytes

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from contract.merge import MergeSpec
 from evaluators import fused
 from evaluators import merge_methods as mm
-from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
 from evaluators.streaming import device_chunks, host_buffer, should_stream

@@ -4,11 +4,11 @@ that every path it picks - cached, partly cached, bounded - merges bit for bit a
 import pytest
 import torch
 
+from contract.merge import MergeSpec
 from evaluators import bounded_merge as bm
 from evaluators import fused, memory_budget, native
 from evaluators import merge_methods as mm
 from evaluators.memory_budget import Caches, parse, resolve
-from evaluators.merge_spec import MergeSpec
 from evaluators.pool import validate_pool
 from evaluators.resident import ResidentModel, ResidentPool
 from evaluators.streaming import should_stream
