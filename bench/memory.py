@@ -36,7 +36,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
+from contract.methods import METHOD_INFO  # noqa: E402
+
+METHODS = list(METHOD_INFO)
 GOALS = {"linear": 1.2}  # the task-vector methods: 1.3
 IMPORTS = ("import torch, transformers, lm_eval.evaluator; import service.cli.main, service.studies.runs, "
            "evaluators.engine, evaluators.scoring")
