@@ -4,7 +4,9 @@ doc_to_target, doc_to_choice, gen_prefix, ...) with a plain Jinja ``Environment`
 ``sandbox_templates`` swaps that environment for an ``ImmutableSandboxedEnvironment`` with the
 same options and filters: no attribute that starts with an underscore (so no ``__globals__``,
 ``__class__``, ``__init__``), no method that mutates a list or dict, ranges bounded. lm-eval looks
-``utils.env`` and ``utils.apply_template`` up at each call, so every later render goes through it.
+``utils.env`` and ``utils.apply_template`` up at each call, so every later render goes through it
+(adapters/lm_eval.py). Installed explicitly before any task is read (lm_eval_guard.py), which
+checks ``installed()`` each time.
 
 ``apply_template`` also compiles each distinct template once (lm-eval compiles per document,
 and a study renders the same few templates once per document per trial)."""
@@ -18,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from evaluators import render_memo
 from evaluators.adapters import lm_eval as lm_eval_adapter
-from evaluators.render_memo import KINDS, content_free  # noqa: F401 (defined there, imported from here too)
+from evaluators.render_memo import content_free
 
 MAX_PRODUCT = 1 << 20
 MAX_POWER_BITS = 1 << 16
