@@ -1,9 +1,9 @@
-"""Stored studies keep the search defaults they were created with.
+"""A resumed study keeps the parameterization it was created with.
 
-Issue 18 changed the default parameterization (``search.weights`` None resolves to gated where
-it was measured to help). A study stored before has no ``weights`` in its identity, i.e. box;
-a spec that leaves ``weights`` unset resumes it as box instead of being refused as a different
-study. A spec that sets ``weights`` explicitly is compared as given.
+A spec that leaves ``search.weights`` unset resumes a stored study with the study's own (its
+identity has ``weights`` only when not box), instead of being refused as a different study; a
+spec that sets it explicitly is compared as given. Readers (front, export, the service's
+adoption of CLI studies) see the same spec through ``stored_spec``.
 """
 
 from __future__ import annotations

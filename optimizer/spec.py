@@ -34,6 +34,7 @@ DEFAULT_STORAGE = "sqlite:///mergeopt.db"
 DEFAULT_VALIDATION = 0.4
 # The warm-started first CMA-ES run's step with gated weights: bench/search.py's gated_local
 # (issue 18), which found the weighted_helps pool's better merge in 3/3 seeds at 50 trials.
+# Gated weights are opt-in (see SearchSpec.weight_mode).
 GATED_WARM_SIGMA0 = 0.1
 # Bounds on every number and list a client sends: past them a value is a mistake or an attack
 # (a population of 1e10 allocates hundreds of GB, a seed >= 2**32 fails in NumPy on every pick).
@@ -197,8 +198,7 @@ class SearchSpec(_Strict):
         default=None,
         description="box: each weight searched in weight_range; gated: each searched in [-high, high] and "
                     "clipped at 0, so a single checkpoint or a sub-soup is a region of the space, not a corner; "
-                    "None: gated where it was measured to help (a linear CMA-ES search of one weight per "
-                    "checkpoint in [0, high]), else box. A stored study keeps the one it was created with",
+                    "None: box for a new study, the stored study's own when one is resumed",
     )
     population_size: int | None = Field(
         default=None, ge=2, le=MAX_POPULATION, description="None: CMA-ES' 4 + floor(3 ln d)"
@@ -221,13 +221,10 @@ class SearchSpec(_Strict):
 
     @property
     def weight_mode(self) -> Literal["box", "gated"]:
-        """``weights`` resolved: gated by default only where bench/search.py measured it
-        (issue 18: never worse than box, better where a weighted merge beats the set-up)."""
-        if self.weights is not None:
-            return self.weights
-        measured = (self.method == "linear" and self.sampler == "cmaes" and self.granularity == "model"
-                    and not self.signed_weights and self.weight_range[0] == 0)
-        return "gated" if measured else "box"
+        """``weights`` resolved. Box stays the default: gated weights won where one weighted
+        mixture of few members is best (bench/search.py's weighted_helps) and lost where every
+        member contributes (bench/search_interior.py), so neither is better on every pool."""
+        return self.weights or "box"
 
     @property
     def warm_step(self) -> float | None:

@@ -97,9 +97,9 @@ def truth_single_best(p):
 
 def test_the_recommendation_is_the_best_of_all_trials_and_never_below_set_up(tmp_path):
     ev = NoisyPool(NAMES, truth_single_best, n_search=400, n_validation=400, shared=0.5, seed=3)
-    # Box weights: a single checkpoint is a corner no search trial hits, so every search trial is
-    # a worse mixture (gated weights reach checkpoint a itself, and near-copies that tie with it).
-    runner = StudyRunner(spec(tmp_path, validation=0.5, n_trials=30, weights="box"), ev, progress=False)
+    # Box weights (the default): a single checkpoint is a corner no search trial hits, so every
+    # search trial is a worse mixture (gated weights reach checkpoint a itself: the next test).
+    runner = StudyRunner(spec(tmp_path, validation=0.5, n_trials=30), ev, progress=False)
     runner.run()
     rows = trial_rows(runner.study)
     done = [r for r in rows if r.state == "COMPLETE"]
@@ -119,8 +119,7 @@ def test_the_recommendation_is_the_best_of_all_trials_and_never_below_set_up(tmp
 
 def test_with_gated_weights_the_search_reaches_the_best_checkpoint_and_stays_with_it(tmp_path):
     ev = NoisyPool(NAMES, truth_single_best, n_search=400, n_validation=400, shared=0.5, seed=3)
-    runner = StudyRunner(spec(tmp_path, validation=0.5, n_trials=30), ev, progress=False)  # the default
-    assert runner.space.gated
+    runner = StudyRunner(spec(tmp_path, validation=0.5, n_trials=30, weights="gated"), ev, progress=False)
     runner.run()
     rows = trial_rows(runner.study)
     search = [r for r in rows if r.kind == "search" and r.state == "COMPLETE"]
