@@ -27,8 +27,8 @@ from servicekit import AUTH, make_assets, settings_for
 from evaluators import export
 from evaluators.pool import PoolFileRefused, load_checkpoint_tensors, validate_pool
 from optimizer.spec import parse_spec
-from service.api import routes
 from service.api.app import create_app
+from service.api.routes import exports as routes
 from service.cli.main import main
 from service.db.models import Study
 from service.db.session import session_factory
