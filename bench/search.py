@@ -43,6 +43,7 @@ from search_pools import POOLS, BenchPool, build_pools  # noqa: E402
 from search_report import table  # noqa: E402
 
 from contract.merge import MergeSpec  # noqa: E402
+from optimizer import attrs as K  # noqa: E402
 from optimizer import records as R  # noqa: E402
 from optimizer import validation as V  # noqa: E402
 from optimizer.loop import StudyRunner  # noqa: E402
@@ -83,7 +84,7 @@ class MemoEvaluator:
                 if R.T_CANDIDATE not in ua or R.T_RAW not in ua or ua.get(R.T_FIDELITY, 1.0) != 1.0:
                     continue
                 key = candidate_key(MergeSpec.model_validate(ua[R.T_CANDIDATE]))
-                if "reused_from_trial" not in ua.get(R.T_TIMES, {}):
+                if K.TIME_REUSED_FROM not in ua.get(R.T_TIMES, {}):
                     self.scores.setdefault((key, 1.0), dict(ua[R.T_RAW]))
                 if "docs" in entries.get(t.number, {}):
                     docs = V.load_docs(entries[t.number])
@@ -131,7 +132,7 @@ class Finished:
     def __init__(self, runner: StudyRunner) -> None:
         self.runner = runner
         self.rows = [r for r in R.trial_rows(runner.study) if r.state == "COMPLETE" and r.objective is not None]
-        self.setup = [r for r in self.rows if r.kind == "baseline"]
+        self.setup = [r for r in self.rows if r.kind == K.KIND_BASELINE]
         self.best_setup = _best(self.setup)
 
     def docs(self, row: R.TrialRow) -> dict:
@@ -166,7 +167,7 @@ def measure_cell(f: Finished, boot, budgets: list[int]) -> dict:
     for b in budgets:
         within = [r for r in f.rows if r.number < b]
         entry = {}
-        for role, row in (("recommended", _best(within)), ("search_best", _best([r for r in within if r.kind == "search"]))):
+        for role, row in (("recommended", _best(within)), ("search_best", _best([r for r in within if r.kind == K.KIND_SEARCH]))):
             if row is None:
                 entry[role] = None
                 continue
