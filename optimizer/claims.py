@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from optimizer.attrs import CLAIM_AT, CLAIM_BY
+
 
 class Claims:
     def __init__(self, study, owner: str, *, heartbeat_s: float, grace_s: float,
@@ -28,7 +30,7 @@ class Claims:
         return f"{self.done_prefix}{unit}"
 
     def fresh(self, claim: Mapping | None) -> bool:
-        return claim is not None and time.time() - claim.get("at", 0) < self.grace_s
+        return claim is not None and time.time() - claim.get(CLAIM_AT, 0) < self.grace_s
 
     def open_work(self, attrs: Mapping, units: Iterable) -> tuple[list, list]:
         """(units not done and free to take, units being worked on by a live claimant)."""
@@ -37,7 +39,7 @@ class Claims:
             if self.done_key(u) in attrs:
                 continue
             claim = attrs.get(self.claim_key(u))
-            (busy if self.fresh(claim) and claim.get("by") != self.owner else todo).append(u)
+            (busy if self.fresh(claim) and claim.get(CLAIM_BY) != self.owner else todo).append(u)
         return todo, busy
 
     def take(self, unit: Any) -> Callable[[], None]:
@@ -46,7 +48,7 @@ class Claims:
         key = self.claim_key(unit)
 
         def mark() -> None:
-            self.study.set_user_attr(key, {"by": self.owner, "at": time.time()})
+            self.study.set_user_attr(key, {CLAIM_BY: self.owner, CLAIM_AT: time.time()})
 
         def beat() -> None:
             while not stop.wait(self.heartbeat_s):
