@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 from contract.merge import MergeSpec  # noqa: E402
 from evaluators.adapters import lm_eval as lm_eval_adapter  # noqa: E402
-from evaluators.demo_pool import build_demo_pool  # noqa: E402
+from evaluators.demo.pool import build_demo_pool  # noqa: E402
 from evaluators.engine import MergeEvaluator  # noqa: E402
-from evaluators.scoring import TaskRequest  # noqa: E402
+from evaluators.scoring.suite_scorer import TaskRequest  # noqa: E402
 
 
 def main() -> None:

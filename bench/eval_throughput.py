@@ -1,4 +1,4 @@
-"""Scoring throughput: mergeopt's scorer (prefix-shared, evaluators/prefix_scoring.py) vs lm-eval's
+"""Scoring throughput: mergeopt's scorer (prefix-shared, evaluators/scoring/prefix.py) vs lm-eval's
 HFLM as is vs the floor, side by side in one run, on two local task shapes the bench builds:
 
 - hellaswag-shaped: ~150-token contexts, 4 endings of ~20 tokens (acc, acc_norm);
@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evaluators.adapters import lm_eval as lm_eval_adapter  # noqa: E402
-from evaluators.demo_pool import make_tokenizer  # noqa: E402
-from evaluators.scoring import SuiteScorer, TaskRequest  # noqa: E402
+from evaluators.demo.pool import make_tokenizer  # noqa: E402
+from evaluators.scoring.suite_scorer import SuiteScorer, TaskRequest  # noqa: E402
 
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 :.,?")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"

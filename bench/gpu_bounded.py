@@ -1,5 +1,5 @@
 """Chunked TIES / DARE on the device for bench/gpu_check.sh: each route of
-evaluators/bounded_merge.py against the per-tensor formula on one large tensor, with times and
+evaluators/merging/bounded.py against the per-tensor formula on one large tensor, with times and
 peak device memory. On the CPU the tests check these bit for bit; on CUDA the kernels' reduction
 orders may differ, so this reports the largest difference and fails only past bf16 tolerance.
 DARE on CUDA draws other (equally seeded) masks in chunks: only the kept share is compared.
@@ -19,9 +19,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evaluators import bounded_merge as bm  # noqa: E402
-from evaluators import merge_methods as mm  # noqa: E402
-from evaluators.resident import pick_device  # noqa: E402
+from evaluators.merging import bounded as bm  # noqa: E402
+from evaluators.merging import methods as mm  # noqa: E402
+from evaluators.merging.resident import pick_device  # noqa: E402
 
 
 def timed(fn, device: torch.device):

@@ -27,10 +27,10 @@ from materialize import build_pool  # noqa: E402
 from materialize import time_it as time_calls  # noqa: E402
 
 from contract.merge import MergeSpec  # noqa: E402
+from evaluators.merging.resident import ResidentModel, ResidentPool, pick_device  # noqa: E402
+from evaluators.merging.streaming import host_buffer  # noqa: E402
 from evaluators.options import EvaluatorOptions  # noqa: E402
-from evaluators.pool import validate_pool  # noqa: E402
-from evaluators.resident import ResidentModel, ResidentPool, pick_device  # noqa: E402
-from evaluators.streaming import host_buffer  # noqa: E402
+from evaluators.pool.validation import validate_pool  # noqa: E402
 
 
 def time_it(fn, repeats: int, sync) -> float:

@@ -25,8 +25,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from materialize import build_pool, config_for  # noqa: E402
 
 from contract.merge import MergeSpec  # noqa: E402
-from evaluators.pool import validate_pool  # noqa: E402
-from evaluators.resident import ResidentPool, pick_device  # noqa: E402
+from evaluators.merging.resident import ResidentPool, pick_device  # noqa: E402
+from evaluators.pool.validation import validate_pool  # noqa: E402
 
 
 def spec(method: str, names: list[str], granularity: dict | None, groups: int) -> MergeSpec:

@@ -96,9 +96,9 @@ def measure(args) -> dict:
     ``args.code`` (default: this checkout)."""
     sys.path.insert(0, str(args.code or ROOT))
     from contract.merge import MergeSpec
-    from evaluators.pool import validate_pool
-    from evaluators.resident import ResidentModel, ResidentPool, pick_device
-    from evaluators.streaming import host_buffer
+    from evaluators.merging.resident import ResidentModel, ResidentPool, pick_device
+    from evaluators.merging.streaming import host_buffer
+    from evaluators.pool.validation import validate_pool
 
     try:
         from evaluators.options import EvaluatorOptions

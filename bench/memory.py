@@ -41,7 +41,7 @@ from contract.methods import METHOD_INFO  # noqa: E402
 METHODS = list(METHOD_INFO)
 GOALS = {"linear": 1.2}  # the task-vector methods: 1.3
 IMPORTS = ("import torch, transformers, lm_eval.evaluator; import service.cli.main, service.studies.runs, "
-           "evaluators.engine, evaluators.scoring")
+           "evaluators.engine, evaluators.scoring.suite_scorer")
 
 
 def read_status(pid: int) -> dict[str, int]:
@@ -117,8 +117,8 @@ def build_pool(root: Path, layers: int, n_checkpoints: int = 4) -> dict:
     from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
 
-    from evaluators.demo_pool import make_tokenizer
-    from evaluators.demo_tasks import write_tasks
+    from evaluators.demo.pool import make_tokenizer
+    from evaluators.demo.tasks import write_tasks
 
     root.mkdir(parents=True, exist_ok=True)
     config = model_config(layers)
@@ -180,7 +180,7 @@ def main() -> int:
     if not Path("/proc/self/status").exists():
         raise SystemExit("needs Linux's /proc to read anonymous memory")
 
-    from evaluators.streaming import resident_bytes
+    from evaluators.merging.streaming import resident_bytes
 
     print(f"[1/3] pool in {args.root} (built once)", flush=True)
     pool = build_pool(args.root, args.layers)

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evaluators.demo_pool import build_demo_pool  # noqa: E402
+from evaluators.demo.pool import build_demo_pool  # noqa: E402
 from optimizer.loop import StudyRunner  # noqa: E402
 from optimizer.spec import parse_spec  # noqa: E402
 from service.cli.demo import demo_spec  # noqa: E402

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
-from evaluators.demo_pool import make_tokenizer, model_config, train
-from evaluators.demo_tasks import write_tasks
+from evaluators.demo.pool import make_tokenizer, model_config, train
+from evaluators.demo.tasks import write_tasks
 
 FORMAT = 4
 POOLS = ("merge_helps", "single_best", "trajectory", "recycle8", "recycle16", "weighted_helps")

@@ -5,7 +5,7 @@
 interpolated over the layers) and/or by tensor kind (``kinds``: attention / mlp / norms /
 embeddings, every other tensor sharing one ``rest`` weight). The number of groups depends on the
 spec alone, never on the pool, so the search space is known before any model is loaded; the
-evaluators map groups to tensors (evaluators/granularity.py)."""
+evaluators map groups to tensors (evaluators/merging/granularity.py)."""
 
 from __future__ import annotations
 

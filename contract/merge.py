@@ -37,7 +37,7 @@ class MergeSpec(BaseModel):
     # ``weights`` then holds each checkpoint's mean over its groups, as a summary.
     granularity: Granularity | None = Field(default=None, description="None: one weight per checkpoint")
     group_weights: dict[str, list[float]] | None = Field(
-        default=None, description="checkpoint -> weight per group (evaluators/granularity.py); overrides weights")
+        default=None, description="checkpoint -> weight per group (evaluators/merging/granularity.py); overrides weights")
 
     @field_validator("weights")
     @classmethod

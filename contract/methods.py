@@ -3,7 +3,7 @@
 Every fact about a method that more than one module needs (whether it takes task vectors against
 a base, keeps a density of them, draws random masks, normalizes by default, what a search varies
 besides the weights) is read from this table; the tensor formulas are in
-evaluators/merge_methods.py."""
+evaluators/merging/methods.py."""
 
 from __future__ import annotations
 

@@ -12,15 +12,15 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from contract.merge import MergeSpec
-from evaluators.encode_check import check_documents_encode
-from evaluators.lm_eval_guard import guard_lm_eval
+from evaluators.merging.resident import ResidentModel, ResidentPool, pick_device
 from evaluators.options import EvaluatorOptions
-from evaluators.pool import PoolError, validate_pool
-from evaluators.pool_staging import stage_checkpoint
-from evaluators.quiet import quiet_libraries
-from evaluators.resident import ResidentModel, ResidentPool, pick_device
-from evaluators.scoring import SuiteScorer, TaskRequest
-from evaluators.staging import Staging
+from evaluators.pool.encode_check import check_documents_encode
+from evaluators.pool.staging import stage_checkpoint
+from evaluators.pool.validation import PoolError, validate_pool
+from evaluators.scoring.quiet import quiet_libraries
+from evaluators.scoring.suite_scorer import SuiteScorer, TaskRequest
+from evaluators.security.lm_eval_guard import guard_lm_eval
+from evaluators.security.staging import Staging
 
 
 def load_tokenizer(path: Path, who: str):

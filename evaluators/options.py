@@ -29,7 +29,7 @@ class EvaluatorOptions(BaseModel):
     @classmethod
     def _budget(cls, v):
         if isinstance(v, str):
-            from evaluators.memory_budget import parse  # torch: only when a budget is given
+            from evaluators.merging.memory_budget import parse  # torch: only when a budget is given
 
             parse(v)
         return v

@@ -109,7 +109,9 @@ class Settings(BaseSettings):
     @classmethod
     def _memory_budget(cls, v):
         if v is not None:
-            from evaluators.memory_budget import parse  # imports torch: only when the budget is set
+            from evaluators.merging.memory_budget import (
+                parse,  # imports torch: only when the budget is set
+            )
 
             parse(v)
         return v
@@ -130,7 +132,7 @@ class Settings(BaseSettings):
     task_memory_mb: int = Field(
         default=4096, ge=64, le=1 << 22,
         description="memory (MiB of address space) of the child process that builds a study's tasks and "
-                    "renders their templates (evaluators/task_box.py)",
+                    "renders their templates (evaluators/security/task_box.py)",
     )
     task_cpu_s: int = Field(default=900, ge=1, le=86_400, description="CPU seconds of that child")
     task_wall_s: float = Field(default=1200.0, gt=0, le=86_400, description="wall-clock seconds of that child")
@@ -139,7 +141,7 @@ class Settings(BaseSettings):
 
     def private_files(self) -> list[Path]:
         """Files the service reads its settings or secrets from, or keeps its data in: never
-        readable through a pool or a task (evaluators/fileguard.py)."""
+        readable through a pool or a task (evaluators/security/fileguard.py)."""
         files = [Path(".env").resolve()]
         if self.database_url.startswith("sqlite:///") and self.database_url != "sqlite:///:memory:":
             db = Path(self.database_url.removeprefix("sqlite:///")).resolve()
@@ -148,12 +150,12 @@ class Settings(BaseSettings):
 
     def guard_files(self) -> None:
         """Apply this service's file policy to every later open for a client (fileguard)."""
-        from evaluators import fileguard
+        from evaluators.security import fileguard
 
         fileguard.configure(allow_hidden=self.allow_hidden, private=self.private_files())
 
     def task_box(self):
-        from evaluators.task_box import BoxLimits
+        from evaluators.security.task_box import BoxLimits
 
         return BoxLimits(memory_mb=self.task_memory_mb, cpu_s=self.task_cpu_s, wall_s=self.task_wall_s,
                          renders_mb=self.task_renders_mb)

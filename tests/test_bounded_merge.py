@@ -1,4 +1,4 @@
-"""TIES and DARE merged in chunks (evaluators/bounded_merge.py) against the per-tensor formulas,
+"""TIES and DARE merged in chunks (evaluators/merging/bounded.py) against the per-tensor formulas,
 across chunk boundaries, with bf16 pools whose task vectors tie at the top-k threshold, and the
 resident pool's memory accounting."""
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from contract.merge import MergeSpec
-from evaluators import bounded_merge as bm
-from evaluators import merge_methods as mm
-from evaluators import native
-from evaluators.pool import validate_pool
-from evaluators.resident import ResidentModel, ResidentPool
-from evaluators.streaming import resident_bytes
+from evaluators.merging import bounded as bm
+from evaluators.merging import methods as mm
+from evaluators.merging import native
+from evaluators.merging.resident import ResidentModel, ResidentPool
+from evaluators.merging.streaming import resident_bytes
+from evaluators.pool.validation import validate_pool
 from service.settings import Settings
 
 from tinypool import make_pool
@@ -189,7 +189,7 @@ def test_the_export_is_the_merge_the_search_scored(tmp_path, monkeypatch):
     though mergekit's unstable argsort would keep other entries tied at the threshold."""
     from safetensors.torch import load_file
 
-    from evaluators.export import write_merge
+    from evaluators.merging.export import write_merge
 
     monkeypatch.setenv("MERGEOPT_BOUNDED_MIN", "100")
     p = make_pool(tmp_path, n=3, dtype=torch.bfloat16)  # no room for rankings: the radix select

@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import evaluators.demo_pool as demo_pool
+import evaluators.demo.pool as demo_pool
 from optimizer import records as R
 from optimizer import validation as V
 from optimizer.loop import StudyRunner
@@ -90,7 +90,7 @@ def test_demo_study_exports_from_another_folder_and_mergekit_reproduces_it(tmp_p
 
 def test_exported_mergekit_config_has_absolute_paths_for_a_relative_pool(tmp_path, monkeypatch):
     from contract.merge import MergeSpec
-    from evaluators.mergekit_yaml import to_mergekit_yaml
+    from evaluators.merging.mergekit_yaml import to_mergekit_yaml
 
     monkeypatch.chdir(tmp_path)
     spec = MergeSpec(method="ties", weights={"x": 0.5, "y": 1.0}, density=0.5)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from contract.merge import BASE_WEIGHT, MIN_WEIGHT_SUM, MergeSpec, base_only, one_hot
 from contract.methods import METHOD_INFO, MethodName
-from evaluators import merge_methods as mm
+from evaluators.merging import methods as mm
 from optimizer.space import SearchSpace, weight_param
 from optimizer.spec import SearchSpec
 

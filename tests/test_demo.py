@@ -6,9 +6,9 @@ import json
 from lm_eval.tasks import TaskManager
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import evaluators.demo_pool as demo_pool
-from evaluators.demo_tasks import SKILLS, is_eval, training_text
-from evaluators.pool import validate_pool
+import evaluators.demo.pool as demo_pool
+from evaluators.demo.tasks import SKILLS, is_eval, training_text
+from evaluators.pool.validation import validate_pool
 from service.cli.demo import run_demo
 
 

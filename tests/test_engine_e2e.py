@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from contract.merge import MergeSpec
-from evaluators.pool import validate_pool
-from evaluators.resident import ResidentModel, ResidentPool
+from evaluators.merging.resident import ResidentModel, ResidentPool
+from evaluators.pool.validation import validate_pool
 from service.cli.main import main
 
 from tinypool import make_pool, make_tasks
@@ -64,7 +64,7 @@ def test_run_front_export_and_lm_eval_agreement(study_file, capsys, tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager, get_task_dict
 
-    from evaluators.splits import split_documents
+    from evaluators.scoring.splits import split_documents
     from optimizer.spec import DEFAULT_VALIDATION
 
     # The front reports validation documents; the search documents' scores come along. Both

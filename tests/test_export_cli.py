@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from contract.merge import MergeSpec
-from evaluators.mergekit_yaml import parse_mergekit_yaml, to_mergekit_yaml
+from evaluators.merging.mergekit_yaml import parse_mergekit_yaml, to_mergekit_yaml
 from service.cli.main import main
 
 from tinypool import make_pool

@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
 from servicekit import AUTH, make_assets, settings_for
 
-from evaluators import export
-from evaluators.pool import PoolFileRefused, load_checkpoint_tensors, validate_pool
+from evaluators.merging import export
+from evaluators.pool.validation import PoolFileRefused, load_checkpoint_tensors, validate_pool
 from optimizer.spec import parse_spec
 from service.api.app import create_app
 from service.api.routes import exports as routes

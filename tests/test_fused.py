@@ -6,11 +6,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from contract.merge import MergeSpec
-from evaluators import fused
-from evaluators import merge_methods as mm
-from evaluators.pool import validate_pool
-from evaluators.resident import ResidentModel, ResidentPool
-from evaluators.streaming import device_chunks, host_buffer, should_stream
+from evaluators.merging import fused
+from evaluators.merging import methods as mm
+from evaluators.merging.resident import ResidentModel, ResidentPool
+from evaluators.merging.streaming import device_chunks, host_buffer, should_stream
+from evaluators.pool.validation import validate_pool
 from service.settings import Settings
 
 from tinypool import make_pool, save_model, tiny_config

@@ -21,10 +21,10 @@ from transformers import LlamaForCausalLM
 
 from contract.granularity import Granularity
 from contract.merge import MergeSpec
-from evaluators.export import write_merge
-from evaluators.granularity import GranularityError, TensorGroups
-from evaluators.pool import validate_pool
-from evaluators.resident import ResidentModel, ResidentPool
+from evaluators.merging.export import write_merge
+from evaluators.merging.granularity import GranularityError, TensorGroups
+from evaluators.merging.resident import ResidentModel, ResidentPool
+from evaluators.pool.validation import validate_pool
 from optimizer.loop import StudyRunner
 from optimizer.space import SearchSpace
 from optimizer.spec import SpecError, parse_spec

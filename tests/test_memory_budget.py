@@ -1,17 +1,17 @@
-"""The study's memory budget (evaluators/memory_budget.py): how it is read, what it caches, and
+"""The study's memory budget (evaluators/merging/memory_budget.py): how it is read, what it caches, and
 that every path it picks - cached, partly cached, bounded - merges bit for bit alike."""
 
 import pytest
 import torch
 
 from contract.merge import MergeSpec
-from evaluators import bounded_merge as bm
-from evaluators import fused, memory_budget, native
-from evaluators import merge_methods as mm
-from evaluators.memory_budget import Caches, parse, resolve
-from evaluators.pool import validate_pool
-from evaluators.resident import ResidentModel, ResidentPool
-from evaluators.streaming import should_stream
+from evaluators.merging import bounded as bm
+from evaluators.merging import fused, memory_budget, native
+from evaluators.merging import methods as mm
+from evaluators.merging.memory_budget import Caches, parse, resolve
+from evaluators.merging.resident import ResidentModel, ResidentPool
+from evaluators.merging.streaming import should_stream
+from evaluators.pool.validation import validate_pool
 from service.settings import Settings
 
 from tinypool import make_pool

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators import merge_methods as mm
+from evaluators.merging import methods as mm
 
 N, SHAPE = 4, (7, 5)
 

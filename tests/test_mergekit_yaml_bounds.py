@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from evaluators.mergekit_yaml import MergeConfigError, parse_mergekit_yaml
+from evaluators.merging.mergekit_yaml import MergeConfigError, parse_mergekit_yaml
 
 LAUGHS = "\n".join(["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
                    + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]

@@ -1,11 +1,11 @@
-"""The compiled linear pass (evaluators/native.py) against merge_methods.linear bit for bit, over
+"""The compiled linear pass (evaluators/merging/native.py) against merge_methods.linear bit for bit, over
 values that stress every rounding step, and torch's path where it is off or does not apply."""
 
 import pytest
 import torch
 
-from evaluators import fused, native
-from evaluators import merge_methods as mm
+from evaluators.merging import fused, native
+from evaluators.merging import methods as mm
 from service.settings import Settings
 
 needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler")

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from evaluators.pool import PoolError, load_checkpoint_tensors, validate_pool
-from evaluators.resident import ResidentPool
-from evaluators.tokenizer_check import sentencepiece_pieces
+from evaluators.merging.resident import ResidentPool
+from evaluators.pool.tokenizer_check import sentencepiece_pieces
+from evaluators.pool.validation import PoolError, load_checkpoint_tensors, validate_pool
 
 from tinypool import TOKENIZER_FORMATS, make_pool, spm_model, write_tokenizer
 
@@ -430,8 +430,8 @@ def test_missing_parameter_is_a_4xx_at_pool_registration(pool, tmp_path):
 
 def test_model_load_refuses_randomly_initialized_parameters(pool, monkeypatch):
     """Where the config alone cannot build the model, loading it says the same."""
-    import evaluators.pool as pool_module
-    from evaluators.resident import ResidentModel
+    import evaluators.pool.validation as pool_module
+    from evaluators.merging.resident import ResidentModel
 
     drop_everywhere(pool, "lm_head.weight")
     monkeypatch.setattr(pool_module, "_model_parameters", lambda config: None)

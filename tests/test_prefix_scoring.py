@@ -1,4 +1,4 @@
-"""Prefix-shared scoring (evaluators/prefix_scoring.py) gives lm-eval's HFLM scores: every
+"""Prefix-shared scoring (evaluators/scoring/prefix.py) gives lm-eval's HFLM scores: every
 acc/acc_norm decision identical and log-likelihoods within 1e-4 (fp32), on MC with multi-token
 endings, 1-token MC, perplexity (rolling windows) and few-shot, at batch sizes 1 and 32, with
 left truncation; and it actually shares (fewer tokens through the model)."""
@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from evaluators import prefix_scoring
-from evaluators.prefix_scoring import PrefixUnsupported, plan, score
-from evaluators.scoring import SuiteScorer, TaskRequest, _study_hflm
+from evaluators.scoring import prefix as prefix_scoring
+from evaluators.scoring.prefix import PrefixUnsupported, plan, score
+from evaluators.scoring.suite_scorer import SuiteScorer, TaskRequest, _study_hflm
 from service.settings import Settings
 
 from tinypool import CHARS, make_tokenizer, tiny_config

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from servicekit import AUTH
 
-from evaluators import pool_bounds
+from evaluators.pool import bounds as pool_bounds
 
 
 def member_copy(env, i: int = 1) -> Path:

@@ -1,5 +1,5 @@
-"""The template sandbox (evaluators/sandbox.py) as lm-eval's renderer: installed explicitly at
-set-up (evaluators/lm_eval_guard.py), not by importing scoring.py; lm-eval's own rendering path
+"""The template sandbox (evaluators/security/sandbox.py) as lm-eval's renderer: installed explicitly at
+set-up (evaluators/security/lm_eval_guard.py), not by importing scoring.py; lm-eval's own rendering path
 goes through it; and set-up fails closed if lm-eval renders through anything else."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def test_importing_scoring_installs_nothing_and_set_up_installs_the_sandbox():
     """A fresh interpreter: importing scoring.py leaves lm-eval as it is; the set-up call
     (guard_lm_eval, made by MergeEvaluator, SuiteScorer, check_task_names and the task box)
     installs the sandbox, and a second call changes nothing."""
-    probe = ("import evaluators.scoring, lm_eval.utils as u; from evaluators import sandbox; "
-             "from evaluators.lm_eval_guard import guard_lm_eval; before = sandbox.installed(); "
+    probe = ("import evaluators.scoring.suite_scorer, lm_eval.utils as u; from evaluators.security import sandbox; "
+             "from evaluators.security.lm_eval_guard import guard_lm_eval; before = sandbox.installed(); "
              "guard_lm_eval(); env = u.env; guard_lm_eval(); "
              "print(before, sandbox.installed(), u.env is env)")
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -34,7 +34,7 @@ def test_lm_eval_renders_a_tasks_template_through_the_sandbox(tmp_path):
     the sandbox, which refuses the template escape (and renders a plain template)."""
     from lm_eval.api.task import ConfigurableTask
 
-    from evaluators.lm_eval_guard import guard_lm_eval
+    from evaluators.security.lm_eval_guard import guard_lm_eval
 
     guard_lm_eval()
     data = tmp_path / "test.jsonl"
@@ -60,7 +60,7 @@ def test_set_up_fails_closed_when_lm_eval_renders_elsewhere(monkeypatch):
     set-up refuses to go on rather than render a client template unsandboxed."""
     import lm_eval.utils
 
-    from evaluators.lm_eval_guard import LmEvalUnguarded, guard_lm_eval
+    from evaluators.security.lm_eval_guard import LmEvalUnguarded, guard_lm_eval
 
     guard_lm_eval()
     monkeypatch.setattr(lm_eval.utils, "apply_template", lambda template, doc: "plain")

@@ -7,8 +7,8 @@ import pytest
 
 from contract.merge import MergeSpec
 from evaluators.engine import MergeEvaluator
-from evaluators.scoring import SuiteError, SuiteScorer, TaskRequest
-from evaluators.splits import prefix
+from evaluators.scoring.splits import prefix
+from evaluators.scoring.suite_scorer import SuiteError, SuiteScorer, TaskRequest
 
 from tinypool import make_extra_tasks, make_pool, make_tasks
 

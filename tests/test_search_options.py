@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from contract.merge import BASE_WEIGHT, MergeSpec, base_only
-from evaluators.export import write_merge
-from evaluators.pool import validate_pool
-from evaluators.resident import ResidentModel, ResidentPool
+from evaluators.merging.export import write_merge
+from evaluators.merging.resident import ResidentModel, ResidentPool
+from evaluators.pool.validation import validate_pool
 from optimizer import ipop
 from optimizer.loop import StudyRunner
 from optimizer.records import trial_rows

@@ -2,7 +2,7 @@
 
 import random
 
-from evaluators.splits import prefix, split_documents
+from evaluators.scoring.splits import prefix, split_documents
 
 
 def docs(n, seed=0):

@@ -136,7 +136,7 @@ def test_transformers_reads_only_staged_copies_of_config_and_tokenizer(sec, secr
     import transformers
 
     from evaluators.engine import MergeEvaluator
-    from evaluators.scoring import TaskRequest
+    from evaluators.scoring.suite_scorer import TaskRequest
 
     pool = pool_copy(sec)
     base = Path(pool["base"])

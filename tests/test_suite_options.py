@@ -7,8 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 from servicekit import AUTH, make_assets, settings_for
 
-from evaluators import task_files
-from evaluators.scoring import SuiteError, check_task_names
+from evaluators.scoring import task_files
+from evaluators.scoring.suite_scorer import SuiteError, check_task_names
 from service.api.app import create_app
 
 

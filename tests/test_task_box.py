@@ -16,10 +16,10 @@ from servicekit import AUTH, wait_for
 from test_task_security import folder_with, own_service, sec, study_on  # noqa: F401 (fixture)
 
 from contract.merge import MergeSpec
-from evaluators import render_memo
 from evaluators.engine import MergeEvaluator
-from evaluators.scoring import TaskRequest
-from evaluators.task_box import BoxLimits, TaskBoxStopped
+from evaluators.scoring.suite_scorer import TaskRequest
+from evaluators.security import render_memo
+from evaluators.security.task_box import BoxLimits, TaskBoxStopped
 from service.worker.runtime import Worker
 
 HANG = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{q}}"
@@ -110,7 +110,7 @@ def test_a_client_regex_filter_on_model_outputs_is_bounded():
     each match has a timeout and the trial fails instead of the worker hanging."""
     from lm_eval.filters.extraction import RegexFilter
 
-    from evaluators.lm_eval_guard import guard_lm_eval
+    from evaluators.security.lm_eval_guard import guard_lm_eval
 
     guard_lm_eval()  # what the worker's evaluator set-up installs (lm_eval_guard.py)
     assert RegexFilter(regex_pattern=r"#### (\-?[0-9\.\,]+)").apply([["so #### 42", "no"]], [{}]) == [["42", "[invalid]"]]

@@ -26,8 +26,8 @@ from servicekit import AUTH, make_assets, settings_for
 
 from contract.merge import MergeSpec
 from evaluators.engine import MergeEvaluator
-from evaluators.scoring import SuiteError, SuiteScorer, TaskRequest
-from evaluators.task_files import TaskFileRefused
+from evaluators.scoring.suite_scorer import SuiteError, SuiteScorer, TaskRequest
+from evaluators.scoring.task_files import TaskFileRefused
 from service.api.app import create_app
 from service.worker.runtime import Worker
 
@@ -150,7 +150,7 @@ def test_every_process_renders_sandboxed(tmp_path):
     before they read a task: fresh interpreters, nothing else imported, then the call every one of
     them makes first (registration checks the names; an evaluator's scorer builds the tasks)."""
     include, _ = make_tasks(tmp_path)
-    probe = ("import {}, lm_eval.utils as u, jinja2.sandbox as s; from evaluators.scoring import check_task_names; "
+    probe = ("import {}, lm_eval.utils as u, jinja2.sandbox as s; from evaluators.scoring.suite_scorer import check_task_names; "
              f"check_task_names(['tiny_add'], {str(include)!r}); "
              "print(isinstance(u.env, s.ImmutableSandboxedEnvironment))")
     runs = {m: subprocess.Popen([sys.executable, "-c", probe.format(m)],

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from evaluators.demo_pool import make_tokenizer as demo_tokenizer
+from evaluators.demo.pool import make_tokenizer as demo_tokenizer
 
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 +=?>.:,-")
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]

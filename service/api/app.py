@@ -13,10 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from evaluators.mergekit_yaml import MergeConfigError
-from evaluators.pool import PoolError, PoolFileRefused
-from evaluators.scoring import SuiteError
-from evaluators.task_files import TaskFileRefused
+from evaluators.merging.mergekit_yaml import MergeConfigError
+from evaluators.pool.validation import PoolError, PoolFileRefused
+from evaluators.scoring.suite_scorer import SuiteError
+from evaluators.scoring.task_files import TaskFileRefused
 from optimizer.spec import SpecError
 from service.api.event_hub import EventHub
 from service.api.guards import RequestGuard

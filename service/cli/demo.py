@@ -31,7 +31,7 @@ def setup_trials(n_checkpoints: int, has_base: bool = True, greedy_soup: bool = 
 
 def min_demo_trials() -> int:
     """The smallest demo budget: its set-up trials and one search trial."""
-    from evaluators.demo_pool import RECIPES
+    from evaluators.demo.pool import RECIPES
 
     return setup_trials(len(RECIPES)) + 1
 
@@ -53,7 +53,7 @@ def demo_spec(pool, workdir: Path, n_trials: int) -> dict:
 
 def run_demo(workdir: Path, *, n_trials: int = 80, fresh: bool = False, progress: bool = True,
              options: EvaluatorOptions | None = None) -> int:
-    from evaluators.demo_pool import build_demo_pool
+    from evaluators.demo.pool import build_demo_pool
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))

@@ -16,9 +16,9 @@ if os.environ.get("HF_HUB_OFFLINE"):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from evaluators.mergekit_yaml import MergeConfigError
-    from evaluators.pool import PoolError
-    from evaluators.scoring import SuiteError
+    from evaluators.merging.mergekit_yaml import MergeConfigError
+    from evaluators.pool.validation import PoolError
+    from evaluators.scoring.suite_scorer import SuiteError
     from optimizer.loop import StudyFailed
     from optimizer.spec import SpecError
     from optimizer.storage import StorageError
@@ -91,10 +91,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from evaluators.export import write_merge
-    from evaluators.mergekit_yaml import parse_mergekit_yaml
-    from evaluators.pool import validate_pool
-    from evaluators.resident import ResidentPool, pick_device
+    from evaluators.merging.export import write_merge
+    from evaluators.merging.mergekit_yaml import parse_mergekit_yaml
+    from evaluators.merging.resident import ResidentPool, pick_device
+    from evaluators.pool.validation import validate_pool
 
     config = Path(args.config)
     job = parse_mergekit_yaml(config.read_text(), config.resolve().parent)

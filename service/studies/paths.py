@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from evaluators.fileguard import refusal
+from evaluators.security.fileguard import refusal
 
 
 class PathNotAllowed(ValueError):

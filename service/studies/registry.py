@@ -9,8 +9,8 @@ import optuna
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from evaluators.pool import validate_pool
-from evaluators.scoring import check_task_names
+from evaluators.pool.validation import validate_pool
+from evaluators.scoring.suite_scorer import check_task_names
 from optimizer.loop import open_study
 from optimizer.spec import PoolSpec, SuiteSpec, parse_spec
 from service.db.models import Pool, Study, Suite

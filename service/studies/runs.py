@@ -10,10 +10,10 @@ import optuna
 
 from contract.merge import MergeSpec
 from evaluators.engine import MergeEvaluator
+from evaluators.merging.resident import ResidentPool, pick_device
 from evaluators.options import EvaluatorOptions
-from evaluators.pool import validate_pool
-from evaluators.resident import ResidentPool, pick_device
-from evaluators.scoring import TaskRequest
+from evaluators.pool.validation import validate_pool
+from evaluators.scoring.suite_scorer import TaskRequest
 from optimizer import records as R
 from optimizer.carry_over import stored_spec
 from optimizer.loop import StudyRunner
@@ -26,7 +26,7 @@ def build_evaluator(spec: StudySpec, progress: bool = True, roots: list[Path] | 
                     options: EvaluatorOptions | None = None) -> MergeEvaluator:
     """``roots``: where pool and task files may lead (None: anywhere, for the operator's CLI);
     ``trusted_task_roots``: where Python in task folders may run from (MERGEOPT_TRUSTED_TASK_ROOTS);
-    ``task_box``: the limits of the child that builds the tasks first (evaluators/task_box.py),
+    ``task_box``: the limits of the child that builds the tasks first (evaluators/security/task_box.py),
     ``should_stop`` stops it (a cancel); ``options``: Settings.evaluator_options() (None: the defaults)."""
     tasks = [TaskRequest(t.task, t.metric, t.num_fewshot, t.higher_is_better) for t in spec.suite.tasks]
     return MergeEvaluator(
@@ -78,7 +78,7 @@ def export_trial(study: optuna.Study, spec: StudySpec, number: int, out_dir: str
     """``roots``: where pool files may lead (checked as they are opened); ``out_roots``: where
     ``out_dir`` may be; ``device``: the API passes "cpu", never the workers' device; ``options``:
     Settings.evaluator_options()."""
-    from evaluators.export import write_merge
+    from evaluators.merging.export import write_merge
 
     rows = {r.number: r for r in R.trial_rows(study)}
     if number not in rows:

@@ -19,10 +19,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 def own_messages() -> tuple[type[BaseException], ...]:
     """Exceptions whose messages this project writes (and keeps free of file contents); imported
     here, not at the top: clean() is for light modules too (the listener)."""
-    from evaluators.fileguard import FileRefused
-    from evaluators.pool import PoolError
-    from evaluators.scoring import SuiteError
-    from evaluators.staging import StagingError
+    from evaluators.pool.validation import PoolError
+    from evaluators.scoring.suite_scorer import SuiteError
+    from evaluators.security.fileguard import FileRefused
+    from evaluators.security.staging import StagingError
     from optimizer.spec import SpecError
 
     return PoolError, SuiteError, SpecError, FileRefused, StagingError

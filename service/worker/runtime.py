@@ -29,10 +29,10 @@ from optuna.trial import TrialState
 from sqlalchemy import select, update
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
-from evaluators.pool import PoolError
-from evaluators.resident import pick_device
-from evaluators.scoring import SuiteError
-from evaluators.task_box import TaskBoxStopped
+from evaluators.merging.resident import pick_device
+from evaluators.pool.validation import PoolError
+from evaluators.scoring.suite_scorer import SuiteError
+from evaluators.security.task_box import TaskBoxStopped
 from optimizer import records as R
 from optimizer.loop import Step, StudyFailed, StudyRunner
 from optimizer.setup import has_free_work
@@ -156,7 +156,7 @@ class Worker:
                             error=f"failed; its error could not be stored ({type(store_exc).__name__})")
 
     def _stop_building(self, study_id: str) -> bool:
-        """Whether a study's task build (evaluators/task_box.py) is to be killed: the worker is
+        """Whether a study's task build (evaluators/security/task_box.py) is to be killed: the worker is
         stopping, or the study was cancelled or paused meanwhile."""
         if self.stop.is_set():
             return True

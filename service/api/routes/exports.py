@@ -30,8 +30,8 @@ def _export(settings: Settings, key: str, number: int, out_dir: Path, out_roots:
     """The merge of a completed trial, on the API's CPU (never a worker's device), reading pool
     files only inside the allowed roots and writing only under ``out_roots`` (both checked as
     the files are opened). The database session is closed before the merge: it takes minutes."""
-    from evaluators.fileguard import FileRefused, TargetExists
-    from evaluators.pool import PoolFileRefused
+    from evaluators.pool.validation import PoolFileRefused
+    from evaluators.security.fileguard import FileRefused, TargetExists
     from service.db.session import session_factory
     from service.studies.runs import export_trial
 
@@ -61,7 +61,7 @@ def export_to_path(key: str, number: int, body: ExportRequest, request: Request,
         raise HTTPException(409, f"out_dir {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         raise HTTPException(409, f"out_dir {out} exists and is not empty")
-    # Checked again where it is written (evaluators/fileguard.py): a link swapped in meanwhile is refused.
+    # Checked again where it is written (evaluators/security/fileguard.py): a link swapped in meanwhile is refused.
     # Capped, not rate-limited: the caller holds a write token.
     with export_gate(request).slot(None):
         path = _export(settings, key, number, out, settings.allowed_roots)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from evaluators import render_memo
-from evaluators.scoring import SuiteError
+from evaluators.scoring.suite_scorer import SuiteError
+from evaluators.security import render_memo
 
 BATCH = 512
 # Tokenizer errors that say what is wrong without quoting the input (tokenizers' model errors).

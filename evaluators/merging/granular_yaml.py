@@ -1,4 +1,4 @@
-"""The mergekit form of a granular merge (evaluators/granularity.py), tensor for tensor the same.
+"""The mergekit form of a granular merge (evaluators/merging/granularity.py), tensor for tensor the same.
 
 - kinds: each model's ``weight`` is a list of ``{filter, value}`` entries, one per substring of
   each listed kind in MATCH_ORDER, then ``{value}`` for the rest: mergekit takes the first entry
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from contract.granularity import REST
 from contract.merge import BASE_WEIGHT, MergeSpec
-from evaluators.granularity import KIND_FILTERS, MATCH_ORDER, TensorGroups
+from evaluators.merging.granularity import KIND_FILTERS, MATCH_ORDER, TensorGroups
 
 
 def _weight(spec: MergeSpec, groups: TensorGroups, names: list[str], depth: int, i: int):

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from evaluators import merge_methods as mm
+from evaluators.merging import methods as mm
 
 CHUNK_MIN = 1 << 20  # smaller tensors take the per-tensor formulas: their scratch is small
 BOUNDED_MIN = 1 << 24  # only tensors over this many entries are ever radix-selected

@@ -26,11 +26,12 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from contract.granularity import Granularity
 from contract.merge import BASE_WEIGHT, MergeSpec
-from evaluators import bounded_merge, fused, memory_budget, native, streaming
-from evaluators.granularity import TensorGroups, layout_key
-from evaluators.merge_methods import magnitude_ranks, merge_tensor, method_kwargs, task_vectors
+from evaluators.merging import bounded as bounded_merge
+from evaluators.merging import fused, memory_budget, native, streaming
+from evaluators.merging.granularity import TensorGroups, layout_key
+from evaluators.merging.methods import magnitude_ranks, merge_tensor, method_kwargs, task_vectors
 from evaluators.options import EvaluatorOptions
-from evaluators.pool import PoolError, PoolInfo, load_checkpoint_tensors
+from evaluators.pool.validation import PoolError, PoolInfo, load_checkpoint_tensors
 
 log = logging.getLogger(__name__)
 FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}

@@ -5,7 +5,7 @@ accumulator stays in cache, so the pool is read once and the output written once
 the operations are exactly those of merge_methods.py (same order, same fp32 work dtype), so the
 results are bit-identical to the per-tensor reference formulas (and to mergekit).
 
-Granular merges (evaluators/granularity.py) pass ``runs``: stretches [start, end) of the flat
+Granular merges (evaluators/merging/granularity.py) pass ``runs``: stretches [start, end) of the flat
 layout with the row of ``weights`` they take. A chunk is then merged piece by piece, one weight
 vector per piece: still one pass over the pool, a few hundred pieces at most per candidate."""
 
@@ -16,8 +16,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from evaluators import native
-from evaluators.streaming import device_chunks
+from evaluators.merging import native
+from evaluators.merging.streaming import device_chunks
 
 FUSED = frozenset({"linear", "task_arithmetic"})
 # 1M fp32 elements = 4 MiB: fits the caches of a server CPU; on a GPU a larger chunk keeps the

@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 
 from evaluators.adapters import datasets as datasets_adapter
-from evaluators.fileguard import Roots
-from evaluators.staging import Staging, StagingError
-from evaluators.task_data_checks import check_local_folder, local_dataset
+from evaluators.scoring.task_data_checks import check_local_folder, local_dataset
+from evaluators.security.fileguard import Roots
+from evaluators.security.staging import Staging, StagingError
 
 DATA_KEYS = ("dataset_path", "dataset_kwargs")
 

@@ -17,8 +17,8 @@ import tempfile
 import weakref
 from pathlib import Path
 
-from evaluators import fileguard
-from evaluators.fileguard import Roots
+from evaluators.security import fileguard
+from evaluators.security.fileguard import Roots
 
 MAX_STAGED_BYTES = 4 << 30  # task data and tokenizer files of one study; weights are linked, not copied
 MAX_STAGED_FILES = 10_000

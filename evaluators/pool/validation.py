@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from evaluators import fileguard
-from evaluators.fileguard import SIDE_FILES, FileRefused, Roots
-from evaluators.pool_bounds import HeaderBudget, attention_refusal, count_refusal, duplicate_refusal
-from evaluators.tokenizer_check import Tokenizer, TokenizerMismatch, check_same_tokenizer
+from evaluators.pool.bounds import HeaderBudget, attention_refusal, count_refusal, duplicate_refusal
+from evaluators.pool.tokenizer_check import Tokenizer, TokenizerMismatch, check_same_tokenizer
+from evaluators.security import fileguard
+from evaluators.security.fileguard import SIDE_FILES, FileRefused, Roots
 
 
 class PoolError(ValueError):

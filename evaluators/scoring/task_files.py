@@ -35,13 +35,13 @@ from pathlib import Path
 
 import yaml
 
-from evaluators import fileguard, yaml_bounds
 from evaluators.adapters import lm_eval as lm_eval_adapter
-from evaluators.fileguard import FileRefused, Roots
-from evaluators.staging import Staging, StagingError
-from evaluators.suite_types import SuiteError
-from evaluators.task_data import stage_task_data
-from evaluators.task_data_checks import TaskFileRefused, check_data, leaves
+from evaluators.scoring.suite_types import SuiteError
+from evaluators.scoring.task_data import stage_task_data
+from evaluators.scoring.task_data_checks import TaskFileRefused, check_data, leaves
+from evaluators.security import fileguard, yaml_bounds
+from evaluators.security.fileguard import FileRefused, Roots
+from evaluators.security.staging import Staging, StagingError
 
 MAX_YAML_BYTES = 1 << 20  # a task YAML is a few kB
 MAX_YAML_NODES = 100_000  # scalars, lists and mappings once every alias is expanded

@@ -11,9 +11,9 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from evaluators import fileguard
 from evaluators.adapters import datasets as datasets_adapter
-from evaluators.suite_types import SuiteError
+from evaluators.scoring.suite_types import SuiteError
+from evaluators.security import fileguard
 
 REDIRECTS = ("storage_options", "download_config", "base_path")  # where `datasets` looks, unchecked
 

@@ -24,7 +24,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from evaluators.demo_tasks import SKILLS, training_text, write_tasks
+from evaluators.demo.tasks import SKILLS, training_text, write_tasks
 
 FORMAT_VERSION = 4
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789+=-")

@@ -20,11 +20,12 @@ from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from contract.merge import MergeSpec
-from evaluators import fileguard, fused
-from evaluators.fileguard import SIDE_FILES, FileRefused, Roots
-from evaluators.mergekit_yaml import to_mergekit_yaml
-from evaluators.pool import PoolFileRefused
-from evaluators.resident import ResidentPool
+from evaluators.merging import fused
+from evaluators.merging.mergekit_yaml import to_mergekit_yaml
+from evaluators.merging.resident import ResidentPool
+from evaluators.pool.validation import PoolFileRefused
+from evaluators.security import fileguard
+from evaluators.security.fileguard import SIDE_FILES, FileRefused, Roots
 
 __all__ = ["SIDE_FILES", "write_merge"]
 SHARD_BYTES = 4 * 1024**3

@@ -18,9 +18,9 @@ import functools
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from evaluators import render_memo
 from evaluators.adapters import lm_eval as lm_eval_adapter
-from evaluators.render_memo import content_free
+from evaluators.security import render_memo
+from evaluators.security.render_memo import content_free
 
 MAX_PRODUCT = 1 << 20
 MAX_POWER_BITS = 1 << 16

@@ -8,11 +8,11 @@ import logging
 
 from jinja2.exceptions import TemplateError
 
-from evaluators.lm_eval_guard import guard_lm_eval
-from evaluators.lm_eval_reuse import reuse_requests
-from evaluators.suite_types import SuiteError, TaskRequest
+from evaluators.scoring.reuse import reuse_requests
+from evaluators.scoring.suite_types import SuiteError, TaskRequest
+from evaluators.security.lm_eval_guard import guard_lm_eval
 
-log = logging.getLogger("evaluators.scoring")  # where these messages were always logged
+log = logging.getLogger("evaluators.scoring.suite_scorer")  # where these messages were always logged
 
 
 def check_names(names: list[str], manager):

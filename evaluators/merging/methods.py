@@ -275,7 +275,7 @@ def merge_tensor(
 ) -> torch.Tensor:
     """Merge one parameter. Linear needs ``tensors``; the task-vector methods need ``base`` and
     ``deltas`` (precomputed once per study by the resident pool). ``weights``: this tensor's own
-    (a granular spec's group weights, evaluators/granularity.py); None: the spec's."""
+    (a granular spec's group weights, evaluators/merging/granularity.py); None: the spec's."""
     weights = spec.weight_vector(names) if weights is None else list(weights)
     if spec.method == "linear":
         assert tensors is not None

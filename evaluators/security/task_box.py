@@ -29,15 +29,15 @@ from pathlib import Path
 
 from jinja2.exceptions import TemplateError
 
-from evaluators import render_memo
 from evaluators.adapters import lm_eval as lm_eval_adapter
-from evaluators.fileguard import Roots
-from evaluators.lm_eval_guard import guard_lm_eval
-from evaluators.staging import Staging
-from evaluators.suite_types import SuiteError, TaskRequest
-from evaluators.task_dict import check_names, tasks_from_manager
+from evaluators.scoring.suite_types import SuiteError, TaskRequest
+from evaluators.scoring.task_dict import check_names, tasks_from_manager
+from evaluators.security import render_memo
+from evaluators.security.fileguard import Roots
+from evaluators.security.lm_eval_guard import guard_lm_eval
+from evaluators.security.staging import Staging
 
-PRELOAD = ["evaluators.scoring", "evaluators.task_files", "evaluators.task_box", "lm_eval.api.task",
+PRELOAD = ["evaluators.scoring.suite_scorer", "evaluators.scoring.task_files", "evaluators.security.task_box", "lm_eval.api.task",
            "lm_eval.tasks", "datasets"]
 
 
@@ -70,7 +70,7 @@ class _Job:
 
 
 def _manager(configs: dict, left: dict, include_defaults: bool):
-    from evaluators.task_files import _import_functions, _manager_class
+    from evaluators.scoring.task_files import _import_functions, _manager_class
 
     return _manager_class()({p: _import_functions(c) for p, c in configs.items()}, left, include_defaults)
 
@@ -194,7 +194,7 @@ def build_boxed(requests: list[TaskRequest], include: Path, roots: Roots, truste
                 should_stop: Callable[[], bool] | None = None) -> tuple[dict, render_memo.Replay]:
     """lm-eval's task dict for a service study, built as the module docstring says, and the
     replay its renders go through (SuiteScorer uses it around every evaluation)."""
-    from evaluators.task_files import read_suite
+    from evaluators.scoring.task_files import read_suite
 
     if not include.is_dir():
         raise SuiteError(f"include_path {include} is not a directory")

@@ -9,9 +9,9 @@ import json
 import os
 from pathlib import Path
 
-from evaluators.fileguard import SIDE_FILES, FileRefused
-from evaluators.pool import CheckpointInfo, PoolError, PoolFileRefused
-from evaluators.staging import Staging, StagingError
+from evaluators.pool.validation import CheckpointInfo, PoolError, PoolFileRefused
+from evaluators.security.fileguard import SIDE_FILES, FileRefused
+from evaluators.security.staging import Staging, StagingError
 
 # Every file transformers may open in a checkpoint folder besides the weights.
 LIBRARY_FILES = tuple(dict.fromkeys((*SIDE_FILES, "vocab.txt", "model.safetensors.index.json")))

@@ -6,8 +6,8 @@ how lm-eval looks its renderer up fails here instead of rendering unsandboxed.""
 
 from __future__ import annotations
 
-from evaluators import sandbox
-from evaluators.filter_bounds import bound_filters
+from evaluators.security import sandbox
+from evaluators.security.filter_bounds import bound_filters
 
 
 class LmEvalUnguarded(RuntimeError):

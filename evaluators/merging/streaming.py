@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from evaluators import memory_budget
+from evaluators.merging import memory_budget
 
 
 def resident_bytes(n_checkpoints: int, numel: int, itemsize: int, has_base: bool = True) -> int:

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from contract.merge import BASE_WEIGHT, MergeSpec
 from contract.methods import METHOD_INFO
-from evaluators import yaml_bounds
-from evaluators.granular_yaml import granular_inputs
-from evaluators.granularity import TensorGroups
+from evaluators.merging.granular_yaml import granular_inputs
+from evaluators.merging.granularity import TensorGroups
+from evaluators.security import yaml_bounds
 
 DTYPES = {"float32", "float16", "bfloat16", "float64"}
 

@@ -11,15 +11,18 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from evaluators import render_memo
 from evaluators.adapters import lm_eval as lm_eval_adapter
-from evaluators.fileguard import Roots
-from evaluators.lm_eval_guard import guard_lm_eval
-from evaluators.quiet import quiet_libraries
-from evaluators.splits import prefix, split_documents
-from evaluators.staging import Staging
-from evaluators.suite_types import SuiteError, TaskRequest  # defined there, imported from here too
-from evaluators.task_dict import check_names, tasks_from_manager  # the same
+from evaluators.scoring.quiet import quiet_libraries
+from evaluators.scoring.splits import prefix, split_documents
+from evaluators.scoring.suite_types import (  # defined there, imported from here too
+    SuiteError,
+    TaskRequest,
+)
+from evaluators.scoring.task_dict import check_names, tasks_from_manager  # the same
+from evaluators.security import render_memo
+from evaluators.security.fileguard import Roots
+from evaluators.security.lm_eval_guard import guard_lm_eval
+from evaluators.security.staging import Staging
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ def _study_hflm():
 
 def _prefix_shared(lm, requests: list) -> list | None:
     """Log-likelihoods by prefix sharing, or None for HFLM's own path."""
-    from evaluators.prefix_scoring import hflm_loglikelihood_tokens
+    from evaluators.scoring.prefix import hflm_loglikelihood_tokens
 
     return hflm_loglikelihood_tokens(lm, requests) if lm.prefix_sharing else None
 
@@ -58,13 +61,13 @@ def check_task_names(names: list[str], include_path: str | Path | None, *, roots
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     quiet_libraries()
     if include_path is None:  # lm-eval's own tasks, installed with it (operator-trusted code)
-        from evaluators.task_files import builtin_manager
+        from evaluators.scoring.task_files import builtin_manager
 
         manager = builtin_manager()
     elif not Path(include_path).is_dir():
         raise SuiteError(f"include_path {include_path} is not a directory")
     else:
-        from evaluators.task_files import suite_manager
+        from evaluators.scoring.task_files import suite_manager
 
         manager = suite_manager(Path(include_path), roots, trusted, functions=functions,
                                 include_defaults=include_defaults, staging=staging)
@@ -116,7 +119,7 @@ class SuiteScorer:
         self.staging = Staging() if roots is not None else None
         self.replay = None
         if box is not None and roots is not None and include_path is not None:
-            from evaluators.task_box import build_boxed
+            from evaluators.security.task_box import build_boxed
 
             self.task_dict, self.replay = build_boxed(requests, Path(include_path), roots, trusted, include_defaults,
                                                       self.staging, box, should_stop)

@@ -1,0 +1,1 @@
+"""The demo's tiny pool and synthetic tasks."""

@@ -1,0 +1,1 @@
+"""Pool files: inspection and validation from headers, bounds, staging for transformers, tokenizer checks."""
