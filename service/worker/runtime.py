@@ -41,6 +41,7 @@ from optimizer.storage import open_storage
 from service.db.locks import study_lock
 from service.db.models import Event, Study, Trial
 from service.db.session import session_factory
+from service.db.transitions import move_state
 from service.settings import Settings
 from service.studies.runs import build_evaluator
 from service.worker.errors import public_error
@@ -132,14 +133,8 @@ class Worker:
 
     def _set_state(self, study_id: str, state: str, *, only_from: tuple[str, ...], error: str | None = None, **extra) -> None:
         with self.sessions() as s, s.begin():
-            row = s.get(Study, study_id, with_for_update=True)
-            if row is None or row.state not in only_from:
-                return
-            row.state = state
-            row.error = error
-            for k, v in extra.items():
-                setattr(row, k, v)
-            s.add(Event(study_id=study_id, type="state", payload={"state": state, "error": error, "worker": self.id}))
+            if move_state(s, study_id, state, only_from, error=error, **extra):
+                s.add(Event(study_id=study_id, type="state", payload={"state": state, "error": error, "worker": self.id}))
 
     def _fail(self, study_id: str, exc: BaseException) -> None:
         """Fail the study with its error as stored errors are (service/worker/errors.py). Where even that

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from service.api.deps import DB, READ, WRITE, Cfg, v1_router
 from service.api.schemas import StudyCreate, StudyOut
 from service.db.models import Event, Study
+from service.db.transitions import move_state
 from service.studies import registry, views
 from service.studies.external import EXTERNAL, adopt_external, find_study
 
@@ -49,9 +50,11 @@ def change_state(key: str, action: str, session: DB, settings: Cfg):
         raise HTTPException(409, f"study '{row.name}' runs outside the service (mergeopt run or another Optuna "
                                  "client): it is read-only here")
     allowed, target = TRANSITIONS[action]
-    if row.state not in allowed:
+    if not move_state(session, row.id, target, allowed):  # decided by the database, not by the read above
+        session.rollback()
+        session.refresh(row)
         raise HTTPException(409, f"cannot {action} a study that is {row.state}")
-    row.state = target
     session.add(Event(study_id=row.id, type="state", payload={"state": target}))
     session.commit()
+    session.refresh(row)
     return views.study_out(row, settings.database_url)
