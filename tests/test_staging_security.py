@@ -7,6 +7,7 @@ checks that the secret reaches no library, no stored error and no response."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -161,3 +162,23 @@ def test_transformers_reads_only_staged_copies_of_config_and_tokenizer(sec, secr
     assert len(given) == 2 and all("mergeopt-staged-" in g and str(base) not in g for g in given), given
     assert ev.model.model.config.vocab_size > 0 and ev.tokenizer("1+1=")["input_ids"]
     assert all(not Path(g).exists() for g in given)  # the staged folder is gone once loaded
+
+
+@pytest.mark.parametrize("how", ["copy", "link"])
+def test_a_file_that_cannot_be_read_is_a_staging_error_naming_it_for_copy_and_link(how, tmp_path, monkeypatch):
+    import errno
+
+    from evaluators.security import fileguard
+    from evaluators.security.staging import Staging, StagingError
+
+    src = tmp_path / "weights.safetensors"
+    src.write_bytes(b"secret-bytes")
+
+    def failing_open(path, roots, what):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(fileguard, "open_file", failing_open)
+    with Staging() as st, pytest.raises(StagingError) as info:
+        getattr(st, how)(src, [tmp_path], st.folder() / "x", "weights")
+    assert str(info.value) == f"weights {src}: cannot read it (Input/output error)"
+    assert "secret" not in str(info.value)

@@ -48,14 +48,7 @@ class Staging:
 
     def copy(self, src: str | Path, roots: Roots, dest: Path, what: str = "file") -> Path:
         """``src`` read through fileguard into ``dest`` (a new file inside this folder)."""
-        try:
-            fd = fileguard.open_file(src, roots, what)
-        except FileNotFoundError as exc:
-            raise StagingError(f"{what} {src} does not exist") from exc
-        except fileguard.FileRefused:
-            raise
-        except OSError as exc:
-            raise StagingError(f"{what} {src}: cannot read it ({exc.strerror or type(exc).__name__})") from exc
+        fd = _open_checked(src, roots, what)
         self.files += 1
         if self.files > self.max_files:
             os.close(fd)
@@ -72,10 +65,7 @@ class Staging:
 
     def link(self, src: str | Path, roots: Roots, dest: Path, what: str = "file") -> Path:
         """``dest`` becomes a link to the checked descriptor of ``src``, held open until close()."""
-        try:
-            fd = fileguard.open_file(src, roots, what)
-        except FileNotFoundError as exc:
-            raise StagingError(f"{what} {src} does not exist") from exc
+        fd = _open_checked(src, roots, what)
         self._fds.append(fd)
         if fileguard.fd_path(fd) is None:  # no /proc: copy instead (small pools, other systems)
             self._fds.remove(fd)
@@ -92,6 +82,19 @@ class Staging:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _open_checked(src: str | Path, roots: Roots, what: str) -> int:
+    """A descriptor of ``src`` opened through fileguard; a refusal as fileguard says it, any other
+    failure as a StagingError naming the file and the reason (never its contents)."""
+    try:
+        return fileguard.open_file(src, roots, what)
+    except FileNotFoundError as exc:
+        raise StagingError(f"{what} {src} does not exist") from exc
+    except fileguard.FileRefused:
+        raise
+    except OSError as exc:
+        raise StagingError(f"{what} {src}: cannot read it ({exc.strerror or type(exc).__name__})") from exc
 
 
 def _remove(root: Path, fds: list[int]) -> None:
