@@ -50,6 +50,7 @@ from optimizer.loop import StudyRunner  # noqa: E402
 from optimizer.reuse import candidate_key  # noqa: E402
 from optimizer.spec import parse_spec  # noqa: E402
 from optimizer.stats import compare  # noqa: E402
+from optimizer.verdict import best_on_search  # noqa: E402
 from service.studies.runs import build_evaluator  # noqa: E402
 
 # Search settings per strategy (over the defaults: cmaes, warm start at the best set-up trial).
@@ -121,11 +122,6 @@ def study_spec(pool: BenchPool, name: str, search: dict, seed: int, n_trials: in
     }
 
 
-def _best(rows: list[R.TrialRow]) -> R.TrialRow | None:
-    """Best on search documents; ties go to the earlier trial (set-up first), as the verdict's."""
-    return max(rows, key=lambda r: (r.objective, -r.number), default=None)
-
-
 class Finished:
     """One finished study read back; validation documents of any of its trials on demand."""
 
@@ -133,7 +129,7 @@ class Finished:
         self.runner = runner
         self.rows = [r for r in R.trial_rows(runner.study) if r.state == "COMPLETE" and r.objective is not None]
         self.setup = [r for r in self.rows if r.kind == K.KIND_BASELINE]
-        self.best_setup = _best(self.setup)
+        self.best_setup = best_on_search(self.setup)
 
     def docs(self, row: R.TrialRow) -> dict:
         entries = V.stored(self.runner.study.user_attrs)
@@ -167,7 +163,7 @@ def measure_cell(f: Finished, boot, budgets: list[int]) -> dict:
     for b in budgets:
         within = [r for r in f.rows if r.number < b]
         entry = {}
-        for role, row in (("recommended", _best(within)), ("search_best", _best([r for r in within if r.kind == K.KIND_SEARCH]))):
+        for role, row in (("recommended", best_on_search(within)), ("search_best", best_on_search([r for r in within if r.kind == K.KIND_SEARCH]))):
             if row is None:
                 entry[role] = None
                 continue

@@ -45,8 +45,11 @@ def shown(label: str) -> str:
     return label.removeprefix(CHECKPOINT_PREFIX)
 
 
-def _by_search(rows: list[TrialRow]) -> TrialRow | None:
-    return max(rows, key=lambda r: r.objective if r.objective is not None else float("-inf"), default=None)
+def best_on_search(rows: list[TrialRow]) -> TrialRow | None:
+    """The trial best on search documents; a tie goes to the earlier trial (set-up before search).
+    The one rule for the recommendation, the verdict's comparisons, the plots and bench/search.py."""
+    return max(rows, key=lambda r: (r.objective if r.objective is not None else float("-inf"), -r.number),
+               default=None)
 
 
 def _headline(role: str, pick: TrialRow, other: TrialRow, c: dict) -> str:
@@ -63,7 +66,7 @@ def _headline(role: str, pick: TrialRow, other: TrialRow, c: dict) -> str:
 def recommended(rows: list[TrialRow]) -> TrialRow | None:
     """The trial to use: best search objective among all complete full-fidelity trials."""
     done = [r for r in rows if r.state == "COMPLETE" and r.objective is not None]
-    return _by_search(done)
+    return best_on_search(done)
 
 
 def _recommendation(rec: TrialRow, n: int, entries: dict, boot) -> str:
@@ -87,7 +90,7 @@ def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | Non
     ok = [r for r in rows if r.state == "COMPLETE" and r.validation and "objective" in r.validation]
     baselines = [r for r in ok if r.kind == KIND_BASELINE]
     singles = [r for r in baselines if is_single(r.label)]
-    pick = _by_search([r for r in ok if r.kind == KIND_SEARCH])
+    pick = best_on_search([r for r in ok if r.kind == KIND_SEARCH])
     rec = recommended(rows)
     out = {V_PICK: None, V_RECOMMENDED: None if rec is None else rec.number, V_SEARCH_PAID: None,
            V_COMPARISONS: [], V_DOCUMENTS: {t: int(i.shape[1]) for t, i in boot.idx.items()}}
@@ -97,9 +100,9 @@ def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | Non
         out[V_TEXT] = "\n".join([*top, "no verdict yet: no search trial has validation scores (each is scored "
                                  "once it reaches the search documents' front)"])
         return out
-    against = {ROLE_BEST_SINGLE: _by_search(singles),
-               ROLE_BEST_MERGE: _by_search([r for r in baselines if r not in singles]),
-               ROLE_BEST_CHECKPOINT: _by_search([r for r in singles if r.label != BASE_LABEL]),
+    against = {ROLE_BEST_SINGLE: best_on_search(singles),
+               ROLE_BEST_MERGE: best_on_search([r for r in baselines if r not in singles]),
+               ROLE_BEST_CHECKPOINT: best_on_search([r for r in singles if r.label != BASE_LABEL]),
                ROLE_UNIFORM: next((r for r in baselines if r.label == UNIFORM), None),
                ROLE_BASE: next((r for r in singles if r.label == BASE_LABEL), None)}
     docs = lambda r: V.load_docs(entries[r.number])  # noqa: E731
@@ -119,7 +122,7 @@ def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | Non
     out[V_PICK] = pick.number
     # Did searching pay? Only if the search's best beats the set-up trial best on search
     # documents, significantly, on validation documents.
-    best_setup = _by_search(baselines)
+    best_setup = best_on_search(baselines)
     c = next(x for x in out[V_COMPARISONS] if x["trial"] == best_setup.number) if best_setup.number in seen else None
     out[V_SEARCH_PAID] = bool(c and c["significant"] and c["diff"] > 0)
     paid = ("searching paid: the search's best merge beats every set-up trial's best" if out[V_SEARCH_PAID] else

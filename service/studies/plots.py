@@ -29,13 +29,9 @@ from optimizer.attrs import (  # noqa: E402
     is_checkpoint,
 )
 from optimizer.records import TrialRow  # noqa: E402
-from optimizer.verdict import shown  # noqa: E402
+from optimizer.verdict import best_on_search, shown  # noqa: E402
 
 COLORS = {"merge": "#e15759", "uniform": "#59a14f", "single": "#f2b134", "base": "#76b7b2"}
-
-
-def _best(rows: list[TrialRow]) -> TrialRow | None:
-    return max(rows, key=lambda r: r.objective if r.objective is not None else -np.inf, default=None)
 
 
 def _validated(rows: list[TrialRow]) -> list[TrialRow]:
@@ -46,7 +42,7 @@ def _bars(ax, rows: list[TrialRow], tasks: list[str], pick: int | None) -> None:
     ok = _validated(rows)
     by = {r.number: r for r in ok}
     singles = [r for r in ok if is_checkpoint(r.label)]
-    best_single = _best(singles)
+    best_single = best_on_search(singles)
     groups = [("merge", by.get(pick), "recommended"),
               ("uniform", next((r for r in ok if r.label == UNIFORM), None), ROLE_UNIFORM),
               ("single", best_single, f"best single ({shown(best_single.label)})" if best_single else ""),
