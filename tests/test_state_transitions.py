@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from conftest import scratch_pg_database
 from sqlalchemy import select
 
 from service.db.migrate import upgrade
 from service.db.models import Event, Pool, Study, Suite
 from service.db.session import session_factory
 from service.db.transitions import move_state
-
-from conftest import scratch_pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
