@@ -30,7 +30,9 @@ import numpy as np
 import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
+
+import search  # noqa: E402
 
 from optimizer.loop import StudyRunner  # noqa: E402
 from optimizer.records import trial_rows  # noqa: E402
@@ -44,12 +46,8 @@ POOLS = {  # targets per search task; the pool's best mixture is their mean
     "sparse": {"x": [0.7, 0.3, 0.0, 0.0], "y": [0.3, 0.7, 0.0, 0.0]},
     "vertex": {"x": [1.0, 0.0, 0.0, 0.0], "y": [1.0, 0.0, 0.0, 0.0]},
 }
-STRATEGIES = {  # as bench/search.py's, plus gated with CMA-ES' full warm step
-    "box": {"weights": "box"},
-    "box_local": {"weights": "box", "warm_sigma0": 0.1},
-    "gated_wide": {"weights": "gated", "warm_sigma0": 0.3},
-    "gated_local": {"weights": "gated", "warm_sigma0": 0.1},
-}
+# bench/search.py's strategies, plus gated weights with CMA-ES' full warm step.
+STRATEGIES = {**search.STRATEGIES, "gated_wide": {"weights": "gated", "warm_sigma0": 0.3}}
 
 
 def run_study(targets: dict, strategy: dict, seed: int, n_trials: int, folder: Path) -> list[float]:

@@ -109,9 +109,8 @@ class Settings(BaseSettings):
     @classmethod
     def _memory_budget(cls, v):
         if v is not None:
-            from evaluators.merging.memory_budget import (
-                parse,  # imports torch: only when the budget is set
-            )
+            # imports torch: only when the budget is set
+            from evaluators.merging.memory_budget import parse
 
             parse(v)
         return v
