@@ -4,9 +4,11 @@ and how much of the reachable gain does each search strategy find? On VALIDATION
 For every pool (bench/search_pools.py) x strategy x seed it runs one real mergeopt study to the
 largest budget. At budget N (every trial counts, set-up included, as `search.n_trials` does):
 
-- the RECOMMENDED merge is the trial best on search documents among trials 0..N-1, set-up
-  included (what a study now recommends); the SEARCH's best is the best search trial (what
-  studies used to recommend): both are scored on validation documents;
+- the RECOMMENDED merge is what a study recommends after trials 0..N-1 (optimizer/recommend.py:
+  set-up's best on search documents unless the search's best beats it there beyond their noise);
+  BEST OF ALL is the trial best on search documents, set-up included (the rule before that); the
+  SEARCH's best is the best search trial (the rule before that): each is scored on validation
+  documents;
 - each is compared with the best set-up trial (best on search documents among each checkpoint,
   the base, uniform, TA, TIES, DARE, greedy soups), paired over the same validation documents:
   difference, 95% interval, and the minimum detectable difference (MDD: 2.8 standard errors,
@@ -47,10 +49,10 @@ from optimizer import attrs as K  # noqa: E402
 from optimizer import records as R  # noqa: E402
 from optimizer import validation as V  # noqa: E402
 from optimizer.loop import StudyRunner  # noqa: E402
+from optimizer.recommend import best_on_search, recommend  # noqa: E402
 from optimizer.reuse import candidate_key  # noqa: E402
 from optimizer.spec import parse_spec  # noqa: E402
-from optimizer.stats import compare  # noqa: E402
-from optimizer.verdict import best_on_search  # noqa: E402
+from optimizer.stats import DocScores, compare  # noqa: E402
 from service.studies.runs import build_evaluator  # noqa: E402
 
 # Search settings per strategy (over the defaults: cmaes, warm start at the best set-up trial).
@@ -61,6 +63,7 @@ STRATEGIES: dict[str, dict] = {
 }
 REFERENCE = {"weights": "box", "warm_start": False}        # cold start: independent of set-up
 DEFAULT_POOLS = ("recycle8", "recycle16", "weighted_helps", "merge_helps", "single_best", "trajectory")
+ROLES = ("recommended", "best_of_all", "search_best")
 Z_POWER = 2.8  # (1.96 + 0.84): a true difference of 2.8 SE is detected 80% of the time at 5%
 
 
@@ -70,6 +73,7 @@ class MemoEvaluator:
 
     def __init__(self, inner, stored: list[Path] = ()) -> None:
         self.inner, self.scores, self.valid = inner, {}, {}
+        self.last_documents: dict[str, dict] = {}
         for db in stored:
             self._seed(db)
 
@@ -85,8 +89,8 @@ class MemoEvaluator:
                 if R.T_CANDIDATE not in ua or R.T_RAW not in ua or ua.get(R.T_FIDELITY, 1.0) != 1.0:
                     continue
                 key = candidate_key(MergeSpec.model_validate(ua[R.T_CANDIDATE]))
-                if K.TIME_REUSED_FROM not in ua.get(R.T_TIMES, {}):
-                    self.scores.setdefault((key, 1.0), dict(ua[R.T_RAW]))
+                if K.TIME_REUSED_FROM not in ua.get(R.T_TIMES, {}) and K.T_SDOCS in ua:
+                    self.scores.setdefault((key, 1.0), (dict(ua[R.T_RAW]), _as_given(ua[K.T_SDOCS], ua[R.T_RAW])))
                 if "docs" in entries.get(t.number, {}):
                     docs = V.load_docs(entries[t.number])
                     self.valid.setdefault(key, {k: {"score": d.score, "values": d.values.tolist(),
@@ -98,14 +102,22 @@ class MemoEvaluator:
     def evaluate(self, cand, fidelity: float = 1.0):
         key = (candidate_key(cand), fidelity)
         if key not in self.scores:
-            self.scores[key] = self.inner.evaluate(cand, fidelity) if fidelity < 1 else self.inner.evaluate(cand)
-        return copy.deepcopy(self.scores[key])
+            raw = self.inner.evaluate(cand, fidelity) if fidelity < 1 else self.inner.evaluate(cand)
+            self.scores[key] = (raw, self.inner.last_documents)
+        raw, self.last_documents = copy.deepcopy(self.scores[key])
+        return raw
 
     def validate(self, cand):
         key = candidate_key(cand)
         if key not in self.valid:
             self.valid[key] = self.inner.validate(cand)
         return copy.deepcopy(self.valid[key])
+
+
+def _as_given(stored: dict, raw: dict) -> dict:
+    """Stored per-document values (T_SDOCS) in the form an evaluator gives them."""
+    docs = {t: DocScores.from_json(d) for t, d in stored.items()}
+    return {t: {"score": raw[t], "values": d.values.tolist(), "aggregation": d.aggregation} for t, d in docs.items()}
 
 
 def study_spec(pool: BenchPool, name: str, search: dict, seed: int, n_trials: int, db: Path, docs: dict) -> dict:
@@ -160,10 +172,14 @@ def measure_cell(f: Finished, boot, budgets: list[int]) -> dict:
     out = {"best_setup": {"trial": f.best_setup.number, "label": f.best_setup.label,
                           "value": boot.summary(setup_docs)["objective"]["value"]},
            "setup_trials": len(f.setup), "budgets": {}}
+    spec, attrs = f.runner.spec, f.runner.study.user_attrs
     for b in budgets:
         within = [r for r in f.rows if r.number < b]
-        entry = {}
-        for role, row in (("recommended", best_on_search(within)), ("search_best", best_on_search([r for r in within if r.kind == K.KIND_SEARCH]))):
+        rec = recommend(spec, attrs, within)
+        entry = {"rule": rec.to_json()}
+        roles = (("recommended", rec.row), ("best_of_all", best_on_search(within)),
+                 ("search_best", best_on_search([r for r in within if r.kind == K.KIND_SEARCH])))
+        for role, row in roles:
             if row is None:
                 entry[role] = None
                 continue
@@ -176,7 +192,7 @@ def measure_cell(f: Finished, boot, budgets: list[int]) -> dict:
 
 
 def _without_docs(cell: dict) -> dict:
-    return {**cell, "budgets": {b: {r: (None if e is None else {k: v for k, v in e.items() if k != "docs"})
+    return {**cell, "budgets": {b: {r: (e if r == "rule" or e is None else {k: v for k, v in e.items() if k != "docs"})
                                     for r, e in entry.items()} for b, entry in cell["budgets"].items()}}
 
 
@@ -230,7 +246,7 @@ def run_bench(*, pools: list[str], strategies: list[str], budgets: list[int], se
         }
         for cell in cells:  # gap closed, then drop the documents (large) from the result
             for entry in cell["budgets"].values():
-                for role in ("recommended", "search_best"):
+                for role in ROLES:
                     e = entry.get(role)
                     if e is None:
                         continue

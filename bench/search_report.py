@@ -1,4 +1,5 @@
-"""Tables of bench/search.py's result: one row per pool x strategy x budget, over seeds."""
+"""Tables of bench/search.py's result: one row per pool x strategy x budget, over seeds. Results
+written before the noise-aware recommendation have no "best of all" role: shown as "-"."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def summarize(result: dict) -> list[dict]:
                 continue
             for b in map(str, result["budgets"]):
                 row = {"pool": pool, "strategy": strategy, "budget": int(b)}
-                for role in ("recommended", "search_best"):
+                for role in ("recommended", "best_of_all", "search_best"):
                     got = [c["budgets"][b][role] for c in cells if c["budgets"][b].get(role)]
                     row[role] = _role_summary(got) if got else None
                 rows.append(row)
@@ -60,13 +61,14 @@ def _fmt(s: dict | None, with_gap: bool) -> list[str]:
 
 def table(result: dict) -> str:
     head = ["pool", "strategy", "budget", "recommended - best set-up (min..max)", "sig. above / below",
-            "gap closed", "MDD", "set-up kept", "search's best - best set-up", "sig. above / below "]
+            "gap closed", "MDD", "set-up kept", "best of all - best set-up", "sig. above / below ",
+            "search's best - best set-up", "sig. above / below  "]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summarize(result):
-        rec, sb = row["recommended"], row["search_best"]
+        rec, old, sb = row["recommended"], row.get("best_of_all"), row["search_best"]
         kept = "-" if rec is None else f"{rec['setup_kept']}/{rec['n']}"
         lines.append("| " + " | ".join([row["pool"], row["strategy"], str(row["budget"]), *_fmt(rec, True), kept,
-                                        *_fmt(sb, False)]) + " |")
+                                        *_fmt(old, False), *_fmt(sb, False)]) + " |")
     notes = []
     for name, p in result["pools"].items():
         r = p["reference"]

@@ -20,6 +20,12 @@ class Evaluator(Protocol):
     """Seconds by stage (e.g. materialize_s, score_s) of the last ``evaluate`` or ``validate``;
     stored with the trial. Empty when there is nothing to time."""
 
+    last_documents: dict[str, dict]
+    """Per task, the per-document values behind the last full-fidelity ``evaluate``'s score, as
+    ``{"score", "values", "aggregation"}`` (like ``validate``): what lets the study tell a search
+    trial's lead on the search documents from their noise (optimizer/recommend.py). Empty when
+    the scores are not means over documents, or after a partial-fidelity ``evaluate``."""
+
     @property
     def checkpoint_names(self) -> list[str]: ...
 

@@ -71,6 +71,7 @@ class MergeEvaluator:
             self.resident = ResidentPool(self.pool_info, pick_device(device), progress=progress, options=options)
             self.model = ResidentModel(self.resident, source=staged)
         self.last_timings: dict[str, float] = {}
+        self.last_documents: dict[str, dict] = {}
         self._resident_spec: MergeSpec | None = None
 
     @property
@@ -103,6 +104,7 @@ class MergeEvaluator:
         t0 = time.perf_counter()
         scores = self.scorer.score(self.model.model, self.tokenizer, fidelity)
         self.last_timings = {"materialize_s": merge_s, "score_s": time.perf_counter() - t0}
+        self.last_documents = self.scorer.last_documents
         return scores
 
     def validate(self, candidate: MergeSpec) -> dict[str, dict]:

@@ -32,6 +32,7 @@ CLAIM_BY, CLAIM_AT = "by", "at"
 REFS_SINGLES, REFS_BASE, REFS_TIMINGS, REFS_BASE_TIMINGS = "singles", "base", "timings", "__base__"
 # A set-up unit's result: {"raw", "timings"}, or {"error"} for a baseline that failed.
 UNIT_RAW, UNIT_TIMINGS, UNIT_ERROR = "raw", "timings", "error"
+UNIT_DOCS = "search_docs"  # and, where the evaluator gives them, the per-document values (T_SDOCS)
 # A trial's validation: {"docs", "timings", "summary"}, or {"error"}.
 VAL_DOCS, VAL_TIMINGS, VAL_SUMMARY, VAL_ERROR = "docs", "timings", "summary", "error"
 # A_NOISE: {"tasks": {task: {"documents", "se"}}, "objective_se", "resolvable"}
@@ -47,6 +48,7 @@ T_OBJ = "objective"  # the search objective
 T_TIMES = "timings"  # TIME_* and the evaluator's own
 T_ERROR = "error"  # why the trial failed
 T_FIDELITY = "fidelity"  # fraction of the search documents the scores are on (absent: 1)
+T_SDOCS = "search_docs"  # task -> stats.DocScores.to_json() behind T_RAW (full fidelity; absent: none given)
 
 KIND_BASELINE = "baseline"  # set-up: references, merge baselines, soups
 KIND_SEARCH = "search"  # proposed by the sampler
@@ -92,7 +94,8 @@ def search_label(number: int) -> str:
 
 # ------------------------------------------------------------------ the verdict (verdict.py)
 V_PICK = "pick"  # the search's best trial on search documents
-V_RECOMMENDED = "recommended"  # the trial to use: best on search documents of all
+V_RECOMMENDED = "recommended"  # the trial to use (optimizer/recommend.py)
+V_RECOMMENDATION = "recommendation"  # why: recommend.Recommendation.to_json()
 V_SEARCH_PAID = "search_paid"
 V_COMPARISONS = "comparisons"
 V_DOCUMENTS = "documents"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from optimizer import greedy
-from optimizer.attrs import UNIT_ERROR, UNIT_RAW, UNIT_TIMINGS, is_checkpoint, is_soup
+from optimizer.attrs import UNIT_ERROR, UNIT_RAW, is_checkpoint, is_soup
 from optimizer.baselines import Baseline, merge_baselines
 from optimizer.scorer import TrialScorer
 from optimizer.spec import StudySpec
@@ -26,12 +26,11 @@ class BaselinesPhase:
 
     def run(self, unit: Baseline) -> dict:
         try:
-            raw, timings = self.scorer.evaluate(unit.candidate)
+            return self.scorer.unit_result(unit.candidate)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
             return {UNIT_ERROR: f"{type(exc).__name__}: {exc}"}
-        return {UNIT_RAW: raw, UNIT_TIMINGS: timings}
 
     def open_merges(self, results: Mapping) -> list[Baseline]:
         """Merge baselines not done: they need no reference, so they run beside them."""

@@ -29,6 +29,7 @@ from optimizer.attrs import (  # the keys, re-exported for the readers that take
     T_NORM,
     T_OBJ,
     T_RAW,
+    T_SDOCS,
     T_TIMES,
     VAL_ERROR,
     VAL_SUMMARY,
@@ -46,10 +47,15 @@ def trials(study: optuna.Study, states: tuple[TrialState, ...] = (TrialState.COM
     return study.get_trials(deepcopy=False, states=states)
 
 
-def trial_attrs(candidate: dict, kind: str, label: str, raw: dict, norm: dict, obj: float, timings: dict) -> dict:
-    """A scored trial's user attributes (``candidate``: MergeSpec.to_json())."""
-    return {T_CANDIDATE: candidate, T_KIND: kind, T_LABEL: label, T_RAW: raw, T_NORM: norm, T_OBJ: obj,
-            T_TIMES: timings}
+def trial_attrs(candidate: dict, kind: str, label: str, raw: dict, norm: dict, obj: float, timings: dict,
+                docs: dict | None = None) -> dict:
+    """A scored trial's user attributes (``candidate``: MergeSpec.to_json(); ``docs``: the
+    per-document values behind ``raw``, when the evaluator gave them)."""
+    out = {T_CANDIDATE: candidate, T_KIND: kind, T_LABEL: label, T_RAW: raw, T_NORM: norm, T_OBJ: obj,
+           T_TIMES: timings}
+    if docs:
+        out[T_SDOCS] = docs
+    return out
 
 
 @dataclass
@@ -67,9 +73,14 @@ class TrialRow:
     # Scores on the validation documents, with intervals: {"n", "raw", "normalized", "objective"}
     # (each score {"value", "se", "lo", "hi"}); None until validated; {"error": ...} if that failed.
     validation: dict | None = None
+    # Per-document values on the search documents (task -> stats.DocScores JSON), for the
+    # recommendation (recommend.py); None when not stored. Not part of the row's JSON.
+    search_docs: dict | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["search_docs"]
+        return out
 
 
 def stale_reason(trial: optuna.trial.FrozenTrial) -> str:
@@ -102,6 +113,7 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
                 timings=ua.get(T_TIMES, {}),
                 error=ua.get(T_ERROR) or (stale_reason(t) if mergeopt and t.state == TrialState.FAIL else None),
                 validation=validated.get(t.number),
+                search_docs=ua.get(T_SDOCS),
             )
         )
     return rows

@@ -42,8 +42,7 @@ class ReferencesPhase:
         return not self.missing(results)
 
     def run(self, unit: Baseline) -> dict:
-        raw, timings = self.scorer.evaluate(unit.candidate)  # no try: a reference's failure is the set-up's
-        return {UNIT_RAW: raw, UNIT_TIMINGS: timings}
+        return self.scorer.unit_result(unit.candidate)  # no try: a reference's failure is the set-up's
 
     @staticmethod
     def legacy_results(attrs: Mapping) -> dict[str, dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from contract.merge import MergeSpec
-from optimizer.attrs import T_CANDIDATE, T_FIDELITY, T_RAW
+from optimizer.attrs import T_CANDIDATE, T_FIDELITY, T_RAW, T_SDOCS
 
 
 def candidate_key(cand: MergeSpec) -> str:
@@ -36,8 +36,9 @@ class ScoredMerges:
     def __init__(self) -> None:
         self.keys: dict[int, str | None] = {}
 
-    def find(self, rows, cand: MergeSpec) -> tuple[int, dict] | None:
-        """(trial number, raw scores) of a completed trial of ``rows`` with the same merge."""
+    def find(self, rows, cand: MergeSpec) -> tuple[int, dict, dict | None] | None:
+        """(trial number, raw scores, per-document values or None) of a completed trial of
+        ``rows`` with the same merge."""
         key = candidate_key(cand)
         for t in rows:
             if t.number not in self.keys:
@@ -45,5 +46,5 @@ class ScoredMerges:
                 usable = T_RAW in ua and T_CANDIDATE in ua and ua.get(T_FIDELITY, 1.0) == 1.0
                 self.keys[t.number] = candidate_key(MergeSpec.model_validate(ua[T_CANDIDATE])) if usable else None
             if self.keys[t.number] == key:
-                return t.number, dict(t.user_attrs[T_RAW])
+                return t.number, dict(t.user_attrs[T_RAW]), t.user_attrs.get(T_SDOCS)
         return None

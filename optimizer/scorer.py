@@ -4,15 +4,20 @@ so a baseline and a search trial with equal raw scores get equal objectives."""
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 
 import numpy as np
 
 from contract.evaluator import Evaluator
 from contract.merge import MergeSpec
-from optimizer.attrs import TIME_TOTAL
+from optimizer.attrs import TIME_TOTAL, UNIT_DOCS, UNIT_RAW, UNIT_TIMINGS
 from optimizer.normalize import normalize, scalarize
 from optimizer.spec import StudySpec
+from optimizer.stats import AGGREGATIONS, DocScores
+
+log = logging.getLogger(__name__)
 
 
 class TrialScorer:
@@ -26,6 +31,9 @@ class TrialScorer:
         # Set by the references phase once every reference is in (nothing is scored before).
         self.directions: dict[str, bool] = {}
         self.dens: dict[str, float | None] = {}
+        # The per-document values behind the last full-fidelity scores (stats.DocScores JSON by
+        # task), or None when the evaluator gave none: stored with the trial (T_SDOCS).
+        self.last_docs: dict[str, dict] | None = None
 
     def set_references(self, directions: dict[str, bool], dens: dict[str, float | None]) -> None:
         self.directions, self.dens = directions, dens
@@ -43,7 +51,32 @@ class TrialScorer:
         bad = [t for t, v in scores.items() if not np.isfinite(v)]
         if bad:  # Optuna would fail the trial silently (and NaN is no JSON for the service's tables)
             raise RuntimeError(f"evaluator returned a non-finite score for task '{bad[0]}': {scores[bad[0]]}")
+        self.last_docs = self._documents(scores) if fidelity >= 1 else None
         return scores, timings
+
+    def unit_result(self, cand: MergeSpec) -> dict:
+        """A set-up unit's result: raw scores, timings and, where given, per-document values."""
+        raw, timings = self.evaluate(cand)
+        return {UNIT_RAW: raw, UNIT_TIMINGS: timings, **({UNIT_DOCS: self.last_docs} if self.last_docs else {})}
+
+    def _documents(self, scores: dict[str, float]) -> dict[str, dict] | None:
+        """The evaluator's per-document values, if every task has them and they aggregate to the
+        score it reported (else none: the study then recommends without them)."""
+        given = self.evaluator.last_documents
+        if not given or any(t not in given for t in self.task_names):
+            return None
+        out = {}
+        for t in self.task_names:
+            entry = given[t]
+            if entry.get("aggregation") not in AGGREGATIONS:
+                return None
+            docs = DocScores(entry["values"], entry["aggregation"])
+            if not math.isclose(docs.score, scores[t], rel_tol=1e-6, abs_tol=1e-9):
+                log.warning("task '%s': per-document values aggregate to %s, the score is %s; not kept",
+                            t, docs.score, scores[t])
+                return None
+            out[t] = docs.to_json()
+        return out
 
     def scored(self, raw: dict[str, float]) -> tuple[dict[str, float], list[float], float]:
         """(normalized scores, the values Optuna is told, the search objective)."""

@@ -132,12 +132,13 @@ class SearchPhase:
         for i, fraction in enumerate(rungs, 1):
             same = self.scored_merges.find(trials(self.study), cand) if fraction == 1 else None
             if same is not None:  # this merge was scored already (optimizer/reuse.py)
-                raw, timings = same[1], {TIME_TOTAL: 0.0, TIME_REUSED_FROM: float(same[0])}
+                raw, docs, timings = same[1], same[2], {TIME_TOTAL: 0.0, TIME_REUSED_FROM: float(same[0])}
             else:
                 raw, timings = self.scorer.evaluate(cand, fraction)
+                docs = self.scorer.last_docs
             total = {k: total.get(k, 0.0) + v for k, v in timings.items()}
             norm, values, obj = self.scorer.scored(raw)
-            attrs = trial_attrs(cand.to_json(), KIND_SEARCH, search_label(trial.number), raw, norm, obj, total)
+            attrs = trial_attrs(cand.to_json(), KIND_SEARCH, search_label(trial.number), raw, norm, obj, total, docs)
             attrs[T_FIDELITY] = fraction
             if fraction < 1:
                 trial.report(obj, i)

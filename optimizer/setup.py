@@ -40,7 +40,9 @@ from optimizer.attrs import (
     T_KIND,
     T_LABEL,
     T_RAW,
+    T_SDOCS,
     T_TIMES,
+    UNIT_DOCS,
     UNIT_ERROR,
     UNIT_RAW,
     UNIT_TIMINGS,
@@ -161,7 +163,9 @@ class SetupPhase:
         before units existed stored (their references, their baseline trials)."""
         out = self.references.legacy_results(attrs)
         for t in self._set_up_trials():
-            out[t.user_attrs[T_LABEL]] = {UNIT_RAW: t.user_attrs[T_RAW], UNIT_TIMINGS: t.user_attrs.get(T_TIMES, {})}
+            ua = t.user_attrs
+            out[ua[T_LABEL]] = {UNIT_RAW: ua[T_RAW], UNIT_TIMINGS: ua.get(T_TIMES, {}),
+                                **({UNIT_DOCS: ua[T_SDOCS]} if T_SDOCS in ua else {})}
         out.update({k[len(SETUP_RESULT):]: v for k, v in attrs.items() if k.startswith(SETUP_RESULT)})
         return out
 
@@ -201,7 +205,8 @@ class SetupPhase:
             if b.label in have or UNIT_ERROR in res:
                 continue
             norm, values, obj = self.scorer.scored(res[UNIT_RAW])
-            ua = trial_attrs(b.candidate.to_json(), KIND_BASELINE, b.label, res[UNIT_RAW], norm, obj, res[UNIT_TIMINGS])
+            ua = trial_attrs(b.candidate.to_json(), KIND_BASELINE, b.label, res[UNIT_RAW], norm, obj, res[UNIT_TIMINGS],
+                             res.get(UNIT_DOCS))
             self.study.add_trial(create_trial(params=self.space.embed(b.candidate),
                                               distributions=self.space.distributions(), values=values, user_attrs=ua))
             added.append((max(t.number for t in self.study.get_trials(deepcopy=False)), ua))

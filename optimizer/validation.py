@@ -35,7 +35,7 @@ from optimizer.spec import StudySpec
 from optimizer.stats import Bootstrap, DocScores, TaskTerm
 
 __all__ = ["A_VFRONT", "A_VREFS", "Claims", "bootstrap", "claim_key", "front", "load_docs", "reference_trials",
-           "stored", "to_docs", "val_key"]
+           "stored", "task_terms", "to_docs", "val_key"]
 
 
 def val_key(number: int) -> str:
@@ -95,15 +95,18 @@ def bootstrap(spec: StudySpec, attrs: Mapping) -> Bootstrap | None:
     entries = stored(attrs)
     if not entries or any(n is not None and n not in entries for n in vrefs.values()):
         return None
-    directions = attrs.get(A_DIRECTIONS) or {}
+    refs = {t.task: None if vrefs.get(t.task) is None else
+            DocScores.from_json(entries[vrefs[t.task]][VAL_DOCS][t.task]) for t in spec.suite.tasks}
+    counts = {t.task: next(iter(entries.values()))[VAL_DOCS][t.task]["n"] for t in spec.suite.tasks}
+    return Bootstrap(task_terms(spec, attrs.get(A_DIRECTIONS) or {}, refs), counts)
+
+
+def task_terms(spec: StudySpec, directions: Mapping[str, bool], refs: Mapping[str, DocScores | None]) -> list[TaskTerm]:
+    """How each task enters the objective, normalized by ``refs`` (per-document values of its
+    reference on the documents being resampled; None: unnormalized)."""
     weighted = spec.search.objective == "weighted"
-    terms, counts = [], {}
-    for t in spec.suite.tasks:
-        ref_n = vrefs.get(t.task)
-        ref = None if ref_n is None else DocScores.from_json(entries[ref_n][VAL_DOCS][t.task])
-        terms.append(TaskTerm(t.task, t.weight if weighted else 1.0, directions.get(t.task, True), ref, t.chance))
-        counts[t.task] = next(iter(entries.values()))[VAL_DOCS][t.task]["n"]
-    return Bootstrap(terms, counts)
+    return [TaskTerm(t.task, t.weight if weighted else 1.0, directions.get(t.task, True), refs[t.task], t.chance)
+            for t in spec.suite.tasks]
 
 
 def front(spec: StudySpec, attrs: Mapping, complete: set[int]) -> dict:

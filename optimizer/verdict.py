@@ -1,8 +1,9 @@
 """The verdict a study ends with: which merge to use, and did searching pay?
 
-Two answers. The RECOMMENDED merge is the trial best on the SEARCH documents among all trials,
-set-up included (a single checkpoint, greedy soup or a search trial: whoever found it), so a
-study never leaves its user below a baseline it computed. Separately, the search's best trial
+Two answers. The RECOMMENDED merge is set-up's best trial on the SEARCH documents (a single
+checkpoint, greedy soup, ...) unless the search's best beats it there beyond the documents'
+noise (optimizer/recommend.py), so a study does not leave its user below a baseline it computed
+for a lead that was luck. Separately, the search's best trial
 (the search trial with the highest search objective) is compared with the best single model and
 the best merge baseline: did the search beat set-up? Which trial is best is always decided on
 search documents; how good it is, and every difference, is measured on the VALIDATION documents,
@@ -17,7 +18,6 @@ from optimizer import validation as V
 from optimizer.attrs import (
     A_SPEC,
     BASE_LABEL,
-    CHECKPOINT_PREFIX,
     KIND_BASELINE,
     KIND_SEARCH,
     ROLE_BASE,
@@ -29,27 +29,17 @@ from optimizer.attrs import (
     V_COMPARISONS,
     V_DOCUMENTS,
     V_PICK,
+    V_RECOMMENDATION,
     V_RECOMMENDED,
     V_SEARCH_PAID,
     V_TEXT,
+    VAL_DOCS,
     is_single,
 )
+from optimizer.recommend import Recommendation, best_on_search, recommend, shown
 from optimizer.records import TrialRow
 from optimizer.spec import StudySpec
 from optimizer.stats import compare
-
-
-def shown(label: str) -> str:
-    if label == BASE_LABEL:
-        return "the base model"
-    return label.removeprefix(CHECKPOINT_PREFIX)
-
-
-def best_on_search(rows: list[TrialRow]) -> TrialRow | None:
-    """The trial best on search documents; a tie goes to the earlier trial (set-up before search).
-    The one rule for the recommendation, the verdict's comparisons, the plots and bench/search.py."""
-    return max(rows, key=lambda r: (r.objective if r.objective is not None else float("-inf"), -r.number),
-               default=None)
 
 
 def _headline(role: str, pick: TrialRow, other: TrialRow, c: dict) -> str:
@@ -63,18 +53,11 @@ def _headline(role: str, pick: TrialRow, other: TrialRow, c: dict) -> str:
     return f"no merge is significantly better than the {role} {who}: trial {pick.number} differs by {c['diff']:+.4f} ({ci})"
 
 
-def recommended(rows: list[TrialRow]) -> TrialRow | None:
-    """The trial to use: best search objective among all complete full-fidelity trials."""
-    done = [r for r in rows if r.state == "COMPLETE" and r.objective is not None]
-    return best_on_search(done)
-
-
-def _recommendation(rec: TrialRow, n: int, entries: dict, boot) -> str:
-    obj = boot.summary(V.load_docs(entries[rec.number]))["objective"] if rec.number in entries else None
+def _recommendation(rec: Recommendation, entries: dict, boot) -> str:
+    n = rec.row.number
+    obj = boot.summary(V.load_docs(entries[n]))["objective"] if n in entries and VAL_DOCS in entries[n] else None
     score = "" if obj is None else f"; validation {obj['value']:.4f} [{obj['lo']:.4f}, {obj['hi']:.4f}]"
-    who = "a search trial" if rec.kind == KIND_SEARCH else f"set-up: {shown(rec.label)}"
-    return (f"recommended merge: trial {rec.number} ({who}), the best on search documents of all {n} "
-            f"trials{score}")
+    return rec.text() + score
 
 
 def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | None:
@@ -91,11 +74,11 @@ def verdict(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> dict | Non
     baselines = [r for r in ok if r.kind == KIND_BASELINE]
     singles = [r for r in baselines if is_single(r.label)]
     pick = best_on_search([r for r in ok if r.kind == KIND_SEARCH])
-    rec = recommended(rows)
-    out = {V_PICK: None, V_RECOMMENDED: None if rec is None else rec.number, V_SEARCH_PAID: None,
+    rec = recommend(spec, attrs, rows)
+    out = {V_PICK: None, V_RECOMMENDED: None if rec is None else rec.row.number,
+           V_RECOMMENDATION: None if rec is None else rec.to_json(), V_SEARCH_PAID: None,
            V_COMPARISONS: [], V_DOCUMENTS: {t: int(i.shape[1]) for t, i in boot.idx.items()}}
-    n_done = len([r for r in rows if r.state == "COMPLETE"])
-    top = [] if rec is None or rec.number not in entries else [_recommendation(rec, n_done, entries, boot)]
+    top = [] if rec is None or rec.row.number not in entries else [_recommendation(rec, entries, boot)]
     if pick is None or not singles:
         out[V_TEXT] = "\n".join([*top, "no verdict yet: no search trial has validation scores (each is scored "
                                  "once it reaches the search documents' front)"])

@@ -19,6 +19,7 @@ class QuadraticPool:
     (merging hurts)."""
 
     last_timings: dict[str, float] = {}  # analytic scores: no stages to time
+    last_documents: dict[str, dict] = {}  # exact scores, not means over documents
 
     def __init__(self, names, targets: dict[str, list[float]], *, k=1.0, penalty=0.0, has_base=True):
         self.names = list(names)
@@ -101,6 +102,7 @@ class NoisyPool:
     has_base = property(lambda self: True)
     directions = property(lambda self: dict.fromkeys(self.tasks, True))
     last_timings: dict[str, float] = {}  # scores drawn, not computed: no stages to time
+    last_documents: dict[str, dict] = {}  # set by each full-fidelity evaluate
 
     def doc_counts(self, split: str = "search") -> dict[str, int]:
         return dict.fromkeys(self.tasks, self.n[split])
@@ -122,7 +124,10 @@ class NoisyPool:
         return out
 
     def evaluate(self, c: MergeSpec, fidelity: float = 1.0) -> dict[str, float]:
-        return {t: float(v.mean()) for t, v in self._outcomes(c, "search").items()}
+        outcomes = self._outcomes(c, "search")
+        self.last_documents = {t: {"score": float(v.mean()), "values": v.tolist(), "aggregation": "mean"}
+                               for t, v in outcomes.items()} if fidelity >= 1 else {}
+        return {t: float(v.mean()) for t, v in outcomes.items()}
 
     def validate(self, c: MergeSpec) -> dict[str, dict]:
         self.validated.append(c)

@@ -12,7 +12,7 @@ from contract.evaluator import Evaluator
 from fakes import NoisyPool, QuadraticPool
 
 OPTIMIZER = Path(__file__).resolve().parents[1] / "optimizer"
-MEMBERS = {"checkpoint_names", "has_base", "directions", "last_timings", "evaluate", "validate", "doc_counts"}
+MEMBERS = {"checkpoint_names", "has_base", "directions", "last_timings", "last_documents", "evaluate", "validate", "doc_counts"}
 
 
 def test_the_protocol_declares_what_the_loop_uses():
@@ -25,7 +25,7 @@ def test_the_fakes_implement_it():
     fakes = [QuadraticPool(["a", "b"], {"x": [1, 0]}), NoisyPool(["a", "b"], lambda p: {"x": float(p[0])})]
     for fake in fakes:
         assert isinstance(fake, Evaluator), type(fake).__name__
-        assert isinstance(fake.last_timings, dict) and isinstance(fake.doc_counts("search"), dict)
+        assert isinstance(fake.last_timings, dict) and isinstance(fake.last_documents, dict) and isinstance(fake.doc_counts("search"), dict)
 
 
 def test_the_engine_implements_it():

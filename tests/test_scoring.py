@@ -9,6 +9,7 @@ from contract.merge import MergeSpec
 from evaluators.engine import MergeEvaluator
 from evaluators.scoring.splits import prefix
 from evaluators.scoring.suite_scorer import SuiteError, SuiteScorer, TaskRequest
+from optimizer.stats import DocScores
 
 from tinypool import make_extra_tasks, make_pool, make_tasks
 
@@ -61,9 +62,18 @@ def test_generation_perplexity_fewshot_and_limit_match_lm_eval(setup):
     assert math.isclose(again["tiny_add"], lm_eval_reference(model, tok, include, "tiny_add", "acc,none", limit=6))
     assert math.isclose(again["tiny_gen"], lm_eval_reference(model, tok, include, "tiny_gen", "exact_match,none", limit=6, num_fewshot=2))
     assert math.isclose(again["tiny_ppl"], lm_eval_reference(model, tok, include, "tiny_ppl", "word_perplexity,none", limit=6), rel_tol=1e-9)
+    # Each full-fidelity score comes with lm-eval's per-document values behind it (for the
+    # noise-aware recommendation): they aggregate back to the very score, task by task.
+    docs = ev.last_documents
+    assert {t: d["aggregation"] for t, d in docs.items()} == {"tiny_add": "mean", "tiny_gen": "mean",
+                                                              "tiny_ppl": "weighted_perplexity"}
+    for task, d in docs.items():
+        assert len(d["values"]) == 6 and d["score"] == again[task]
+        assert math.isclose(DocScores(d["values"], d["aggregation"]).score, again[task], rel_tol=1e-9)
     # A low-fidelity rung scores a prefix of the documents: half of limit=6 is lm-eval's limit=3.
     half = ev.evaluate(MergeSpec(method="linear", weights={"ckpt0": 1.0, "ckpt1": 0.0}), 0.5)
     assert math.isclose(half["tiny_add"], lm_eval_reference(model, tok, include, "tiny_add", "acc,none", limit=3))
+    assert ev.last_documents == {}  # a partial rung: no per-document values to pair
     assert [len(prefix(ev.scorer.splits['tiny_add'].search, f)) for f in (1.0, 0.5, 0.25)] == [6, 3, 1]
 
 

@@ -9,11 +9,12 @@ import pytest
 
 from contract.merge import MergeSpec, one_hot
 from optimizer.loop import StudyRunner
+from optimizer.recommend import recommend
 from optimizer.records import stored_front, trial_rows
 from optimizer.reuse import candidate_key
 from optimizer.space import GATE_MARGIN, SearchSpace
 from optimizer.spec import SpecError, parse_spec
-from optimizer.verdict import _headline, recommended, study_verdict
+from optimizer.verdict import _headline, study_verdict
 from service.studies.report import front_table
 
 from fakes import NoisyPool, QuadraticPool
@@ -105,7 +106,8 @@ def test_the_recommendation_is_the_best_of_all_trials_and_never_below_set_up(tmp
     done = [r for r in rows if r.state == "COMPLETE"]
     v = study_verdict(runner.study, rows)
     rec = next(r for r in done if r.number == v["recommended"])
-    assert rec.objective == max(r.objective for r in done) and rec is recommended(rows)
+    assert rec.objective == max(r.objective for r in done)
+    assert recommend(runner.spec, runner.study.user_attrs, rows).row.number == rec.number
     assert rec.label == "checkpoint:a"  # found by set-up: every search trial is a worse mixture
     assert v["pick"] != rec.number and v["search_paid"] is False
     text = v["text"]

@@ -34,10 +34,15 @@ def test_cells_hold_the_recommendation_and_the_search_best(result):
             assert 0 <= rec["value"] < 10 and math.isfinite(rec["vs_setup"]["diff"]) and rec["vs_setup"]["mdd"] >= 0
             if rec["kind"] == "baseline":  # set-up's best is recommended: no difference to it
                 assert rec["trial"] == setup["trial"] and rec["vs_setup"]["diff"] == 0
-            sb = cell["budgets"][budget]["search_best"]
+            sb, old = cell["budgets"][budget]["search_best"], cell["budgets"][budget]["best_of_all"]
             assert sb["kind"] == "search" and 10 <= sb["trial"] < int(budget)
-            # the recommendation is at least as good as the search's best on search documents
-            assert rec["search_value"] >= sb["search_value"]
+            # best of all (the rule before) is at least as good as the search's best on search documents
+            assert old["search_value"] >= sb["search_value"]
+            # the recommendation is set-up's best unless the search's best led beyond the noise
+            rule = cell["budgets"][budget]["rule"]
+            assert rec["trial"] == (sb["trial"] if rule["rule"] == "beyond noise" else setup["trial"])
+            if rule["search_lead"] is not None:
+                assert (rule["search_lead"]["lo"] > 0) == (rule["rule"] == "beyond noise")
     pool = result["pools"]["merge_helps"]
     assert pool["reference"]["value"] > 0 and pool["validation_docs"]
     assert set(pool["validation_docs"].values()) == {16}
@@ -45,7 +50,7 @@ def test_cells_hold_the_recommendation_and_the_search_best(result):
 
 def test_the_reference_is_the_best_on_search_documents_of_every_study(result):
     best_cell = max(e["search_value"] for c in result["cells"] for b in c["budgets"].values()
-                    for e in (b["recommended"], b["search_best"]))
+                    for e in (b["recommended"], b["best_of_all"], b["search_best"]))
     ref = result["pools"]["merge_helps"]["reference"]
     # no cell's trial beats the reference on search documents (it was chosen over all of them)
     assert ref["search_value"] >= best_cell
@@ -59,7 +64,7 @@ def test_table_has_a_row_per_strategy_and_budget(result):
     assert [(r[1], r[2]) for r in rows] == [("box", "11"), ("box", "13"), ("gated_local", "11"),
                                             ("gated_local", "13")]
     for r in rows:
-        assert len(r) == 10
+        assert len(r) == 12
         float(r[3].split()[0])  # a signed difference
         assert r[7] in ("0/1", "1/1")
     assert any(line.startswith("- merge_helps (") and "reference" in line for line in lines)

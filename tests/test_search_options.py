@@ -71,6 +71,7 @@ class MemberPool:
         return w / w.sum()
 
     last_timings: dict[str, float] = {}  # analytic scores: no stages to time
+    last_documents: dict[str, dict] = {}  # exact scores, not means over documents
 
     def evaluate(self, c: MergeSpec, fidelity: float = 1.0) -> dict[str, float]:
         self.calls.append(c)

@@ -138,6 +138,7 @@ class SuiteScorer:
                                      f"({len(self.tasks[r.task].eval_docs)} in all; lower suite.validation or raise limit)")
         self._lm = None
         self._lm_model = None
+        self.last_documents: dict[str, dict] = {}
 
     def doc_counts(self, split: str = "search") -> dict[str, int]:
         return {task: len(s.indices(split)) for task, s in self.splits.items()}
@@ -172,10 +173,25 @@ class SuiteScorer:
         return value
 
     def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fraction: float = 1.0) -> dict[str, float]:
-        """Raw scores on the search documents (the first ``fraction`` of them)."""
+        """Raw scores on the search documents (the first ``fraction`` of them). On all of them,
+        ``last_documents`` holds each score's per-document values (the study's noise-aware
+        recommendation pairs them); empty when a metric's aggregation has none."""
         samples = {r.task: prefix(self.splits[r.task].search, fraction) for r in self.requests}
-        out = self._run(model, tokenizer, samples, log_samples=False)
-        return {r.task: self._metric(out, r) for r in self.requests}
+        whole = fraction >= 1
+        out = self._run(model, tokenizer, samples, log_samples=whole)
+        scores = {r.task: self._metric(out, r) for r in self.requests}
+        self.last_documents = self._documents(out, samples) if whole else {}
+        return scores
+
+    def _documents(self, out: dict, samples: dict[str, list[int]]) -> dict[str, dict]:
+        docs = {}
+        for r in self.requests:
+            try:
+                values, agg = per_document(self.tasks[r.task], r, out["samples"][r.task], samples[r.task])
+            except SuiteError:  # no per-document values to resample: the scores stand alone
+                return {}
+            docs[r.task] = {"score": self._metric(out, r), "values": values, "aggregation": agg}
+        return docs
 
     def score_docs(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    split: str = "validation") -> dict[str, dict]:

@@ -70,9 +70,10 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from optimizer.carry_over import stored_spec
+    from optimizer.recommend import recommend
     from optimizer.records import trial_rows
     from optimizer.spec import SpecError
-    from optimizer.verdict import recommended
     from service.cli import remote
     from service.cli.local import stored_url
     from service.studies.runs import export_trial, open_study
@@ -81,10 +82,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         return remote.export(args)
     study, spec = open_study(args.study, stored_url(args.study, args.storage))
     if args.trial == remote.RECOMMENDED:
-        best = recommended(trial_rows(study))
+        best = recommend(stored_spec(study.user_attrs), study.user_attrs, trial_rows(study))
         if best is None:
             raise SpecError(f"study '{spec.name}' has no completed trial yet")
-        args.trial = best.number
+        args.trial = best.row.number
     out = export_trial(study, spec, args.trial, args.out_dir, progress=not args.quiet, options=_evaluator_options())
     print(f"wrote {out} (load with AutoModelForCausalLM.from_pretrained; mergekit: {out / 'mergekit_config.yml'})")
     return 0

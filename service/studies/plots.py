@@ -28,8 +28,8 @@ from optimizer.attrs import (  # noqa: E402
     UNIFORM,
     is_checkpoint,
 )
+from optimizer.recommend import best_on_search, shown  # noqa: E402
 from optimizer.records import TrialRow  # noqa: E402
-from optimizer.verdict import best_on_search, shown  # noqa: E402
 
 COLORS = {"merge": "#e15759", "uniform": "#59a14f", "single": "#f2b134", "base": "#76b7b2"}
 

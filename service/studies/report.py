@@ -8,8 +8,8 @@ from __future__ import annotations
 from contract.granularity import Granularity
 from contract.methods import METHOD_INFO
 from optimizer.attrs import V_PICK, V_RECOMMENDED
+from optimizer.recommend import shown
 from optimizer.records import TrialRow
-from optimizer.verdict import shown
 
 
 def _values(row: TrialRow, split: str) -> dict:
