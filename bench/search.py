@@ -46,6 +46,7 @@ from search_report import table  # noqa: E402
 
 from contract.merge import MergeSpec  # noqa: E402
 from optimizer import attrs as K  # noqa: E402
+from optimizer import ipop  # noqa: E402
 from optimizer import records as R  # noqa: E402
 from optimizer import validation as V  # noqa: E402
 from optimizer.loop import StudyRunner  # noqa: E402
@@ -56,10 +57,11 @@ from optimizer.stats import DocScores, compare  # noqa: E402
 from service.studies.runs import build_evaluator  # noqa: E402
 
 # Search settings per strategy (over the defaults: cmaes, warm start at the best set-up trial).
+FULL_STEP = "full"  # the warm-started run takes CMA-ES' cold step 0.3 min(1, 2/sqrt(d)) (ipop.step)
 STRATEGIES: dict[str, dict] = {
-    "box": {"weights": "box"},                             # the defaults before this benchmark
-    "box_local": {"weights": "box", "warm_sigma0": 0.1},
-    "gated_local": {"weights": "gated", "warm_sigma0": 0.1},  # the defaults since (issue 18)
+    "box": {"weights": "box", "warm_sigma0": FULL_STEP},     # the default before box_local's measurement
+    "box_local": {"weights": "box", "warm_sigma0": 0.1},     # the default since (issue 18)
+    "gated_local": {"weights": "gated", "warm_sigma0": 0.1},
 }
 REFERENCE = {"weights": "box", "warm_start": False}        # cold start: independent of set-up
 DEFAULT_POOLS = ("recycle8", "recycle16", "weighted_helps", "merge_helps", "single_best", "trajectory")
@@ -114,6 +116,11 @@ class MemoEvaluator:
         return copy.deepcopy(self.valid[key])
 
 
+def resolved(strategy: dict, dim: int) -> dict:
+    """A strategy's search settings for a space of ``dim`` weights (FULL_STEP made a number)."""
+    return {k: (ipop.step(dim) if v == FULL_STEP else v) for k, v in strategy.items()}
+
+
 def _as_given(stored: dict, raw: dict) -> dict:
     """Stored per-document values (T_SDOCS) in the form an evaluator gives them."""
     docs = {t: DocScores.from_json(d) for t, d in stored.items()}
@@ -128,7 +135,7 @@ def study_spec(pool: BenchPool, name: str, search: dict, seed: int, n_trials: in
         "suite": {"include_path": str(pool.include_path), "tasks": tasks, "batch_size": 64,
                   "validation": docs["validation"]},  # the rest of the written documents are the search's
         "search": {"method": "linear", "sampler": "cmaes", "n_trials": n_trials, "baselines": True, "seed": seed,
-                   **search},
+                   **resolved(search, len(pool.checkpoints))},
         "storage": f"sqlite:///{db}",
         "device": "cpu",
     }

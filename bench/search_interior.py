@@ -56,7 +56,7 @@ def run_study(targets: dict, strategy: dict, seed: int, n_trials: int, folder: P
         "name": "b", "storage": f"sqlite:///{folder}/b.db",
         "pool": {"base": "/m/base", "checkpoints": [{"name": n, "path": f"/m/{n}"} for n in NAMES]},
         "suite": {"tasks": [{"task": t} for t in targets]},
-        "search": {"n_trials": n_trials, "seed": seed, **strategy},
+        "search": {"n_trials": n_trials, "seed": seed, **search.resolved(strategy, len(NAMES))},
     })
     runner = StudyRunner(spec, QuadraticPool(NAMES, targets, k=2.0), progress=False)
     runner.run()

@@ -20,9 +20,12 @@ def cmaes_sizes(search: SearchSpec, dim: int) -> tuple[int, float]:
 
 def _cmaes(search: SearchSpec, x0: dict[str, float] | None, dim: int) -> optuna.samplers.BaseSampler:
     popsize, sigma0 = cmaes_sizes(search, dim)
-    # Warm-started, the first run explores around the best set-up trial with its own step;
-    # restarts (from the incumbent) take the full step.
-    first = search.warm_step if x0 is not None and search.warm_step else sigma0
+    # Warm-started, the first run explores around the best set-up trial with a small step (the
+    # default never larger than the cold step); restarts (from the incumbent) take the full step.
+    if x0 is None:
+        first = sigma0
+    else:
+        first = search.warm_sigma0 if search.warm_sigma0 is not None else min(search.warm_step, sigma0)
     return ipop.RestartingCmaEs(x0=x0, sigma0=sigma0, first_sigma0=first, popsize=popsize, seed=search.seed,
                                 restarts=search.restarts == "ipop", patience=search.restart_patience,
                                 max_popsize=MAX_POPULATION)

@@ -32,10 +32,10 @@ DEFAULT_STORAGE = "sqlite:///mergeopt.db"
 # Share of each task's documents kept from the search for the reported scores. Less leaves the
 # reported intervals wide; more leaves the search's own scores too noisy to rank candidates.
 DEFAULT_VALIDATION = 0.4
-# The warm-started first CMA-ES run's step with gated weights: bench/search.py's gated_local
-# (issue 18), which found the weighted_helps pool's better merge in 3/3 seeds at 50 trials.
-# Gated weights are opt-in (see SearchSpec.weight_mode).
-GATED_WARM_SIGMA0 = 0.1
+# The warm-started first CMA-ES run's step (at most sigma0), box or gated weights: bench/search.py's
+# box_local / gated_local (issue 18) led or tied the full step on every pool character measured
+# (analytic interior, merge_helps, weighted_helps, recycle8/16; bench/RESULTS.md).
+WARM_SIGMA0 = 0.1
 # Bounds on every number and list a client sends: past them a value is a mistake or an attack
 # (a population of 1e10 allocates hundreds of GB, a seed >= 2**32 fails in NumPy on every pick).
 MAX_CHECKPOINTS = 128
@@ -192,7 +192,7 @@ class SearchSpec(_Strict):
     warm_sigma0: float | None = Field(
         default=None, gt=0, le=1,
         description="CMA-ES step when it starts at the best set-up trial (a fraction of each range); "
-                    f"None: {GATED_WARM_SIGMA0} with gated weights, else the same as sigma0",
+                    f"None: {WARM_SIGMA0} (or sigma0 where that is smaller)",
     )
     weights: Literal["box", "gated"] | None = Field(
         default=None,
@@ -227,11 +227,9 @@ class SearchSpec(_Strict):
         return self.weights or "box"
 
     @property
-    def warm_step(self) -> float | None:
-        """The first CMA-ES run's step when warm-started (None: sigma0)."""
-        if self.warm_sigma0 is not None:
-            return self.warm_sigma0
-        return GATED_WARM_SIGMA0 if self.weight_mode == "gated" else None
+    def warm_step(self) -> float:
+        """The first CMA-ES run's step when warm-started (samplers.py caps the default at sigma0)."""
+        return self.warm_sigma0 if self.warm_sigma0 is not None else WARM_SIGMA0
 
     @field_validator("granularity", mode="before")
     @classmethod

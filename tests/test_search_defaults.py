@@ -10,7 +10,7 @@ from optimizer import records as R
 from optimizer.carry_over import stored_spec
 from optimizer.loop import StudyRunner
 from optimizer.samplers import cmaes_sizes, make_sampler
-from optimizer.spec import GATED_WARM_SIGMA0, SpecError, parse_spec
+from optimizer.spec import WARM_SIGMA0, SpecError, parse_spec
 from service.studies.runs import open_study as open_stored
 
 from fakes import QuadraticPool
@@ -32,12 +32,12 @@ def pool():
     return QuadraticPool(NAMES, {"x": [1, 0, 0], "y": [0, 1, 0]})
 
 
-def test_box_is_the_default_and_gated_takes_a_small_warm_step(tmp_path):
+def test_box_is_the_default_and_both_take_a_small_warm_step(tmp_path):
     s = spec(tmp_path).search
-    assert (s.weights, s.weight_mode, s.warm_step) == (None, "box", None)
+    assert (s.weights, s.weight_mode, s.warm_step) == (None, "box", WARM_SIGMA0)
     assert "weights" not in spec(tmp_path).identity()  # studies stored before the option: the same
     g = spec(tmp_path, weights="gated").search
-    assert (g.weight_mode, g.warm_step) == ("gated", GATED_WARM_SIGMA0)
+    assert (g.weight_mode, g.warm_step) == ("gated", WARM_SIGMA0)
     assert spec(tmp_path, weights="gated").identity()["weights"] == "gated"
     assert spec(tmp_path, weights="gated", warm_sigma0=0.3).search.warm_step == 0.3
     assert spec(tmp_path, warm_sigma0=0.2).search.warm_step == 0.2  # box with its own warm step
@@ -54,7 +54,7 @@ def test_a_gated_study_searches_gated_weights_from_a_small_warm_step(tmp_path):
     assert {(d.low, d.high) for d in runner.space.distributions().values()} == {(-1.0, 1.0)}
     sampler = make_sampler(runner.spec.search, {"w:a": 0.5, "w:b": -0.2, "w:c": -0.2}, 3)
     _, sigma0 = cmaes_sizes(runner.spec.search, 3)
-    assert sampler._sigmas == (GATED_WARM_SIGMA0, sigma0)  # run 0 the small step, restarts the full one
+    assert sampler._sigmas == (WARM_SIGMA0, sigma0)  # run 0 the small step, restarts the full one
     runner.run()
     assert len(runner.study.trials) == 12
 
@@ -91,3 +91,16 @@ def test_explicitly_box_on_a_stored_gated_study_is_refused_as_a_different_study(
     _store_gated_study(tmp_path)
     with pytest.raises(SpecError, match="different weights"):
         StudyRunner(spec(tmp_path, weights="box"), pool(), progress=False)
+
+
+def test_a_box_study_warm_starts_with_the_small_step_never_above_the_cold_one(tmp_path):
+    search = spec(tmp_path).search
+    x0 = {"w:a": 0.5, "w:b": 0.2, "w:c": 0.2}
+    _, sigma0 = cmaes_sizes(search, 3)
+    assert make_sampler(search, x0, 3)._sigmas == (WARM_SIGMA0, sigma0)
+    assert make_sampler(search, None, 3)._sigmas == (sigma0, sigma0)  # cold start: the full step
+    big = {f"w:{i}": 0.5 for i in range(64)}  # 0.3 * 2 / 8 = 0.075 < 0.1: the cold step is smaller
+    _, small = cmaes_sizes(search, 64)
+    assert small < WARM_SIGMA0 and make_sampler(search, big, 64)._sigmas == (small, small)
+    # an explicit warm step is taken as given
+    assert make_sampler(spec(tmp_path, warm_sigma0=0.2).search, big, 64)._sigmas == (0.2, small)

@@ -29,7 +29,7 @@ from optimizer.records import trial_rows
 from optimizer.samplers import cmaes_sizes
 from optimizer.signed import amplification, repair
 from optimizer.space import SearchSpace
-from optimizer.spec import SpecError, parse_spec
+from optimizer.spec import WARM_SIGMA0, SpecError, parse_spec
 from service.cli.main import main
 
 from tinypool import make_pool, make_tasks
@@ -214,7 +214,8 @@ def test_the_study_sampler_is_sized_for_its_space(tmp_path):
                          MemberPool(NAMES, [0.25] * 4), progress=False)
     runner.prepare()
     sampler = runner.study.sampler
-    assert (sampler._popsize, sampler._sigma0) == (ipop.population(4), 0.3)  # 3 checkpoints + base
+    # 3 checkpoints + base; warm-started at the best set-up trial: run 0 takes the small step
+    assert (sampler._popsize, sampler._sigmas) == (ipop.population(4), (WARM_SIGMA0, 0.3))
 
 
 def test_a_stalled_search_restarts_with_twice_the_population_and_resumes(tmp_path):

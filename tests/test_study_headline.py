@@ -28,6 +28,11 @@ def test_recommended_headline_and_hypervolume_history_of_a_cli_study(tmp_path):
     assert rec["validation"] == {k: objective[k] for k in ("value", "lo", "hi")}
     assert rec["validation"]["lo"] <= rec["validation"]["value"] <= rec["validation"]["hi"]
     assert rec["search_objective"] == trials[rec["trial"]]["objective"]
+    # why this trial, as the verdict decided it (optimizer/recommend.py): the real evaluator keeps
+    # per-document search values, so the rule is the noise-aware one whenever a search trial led
+    assert rec["rule"] == front["verdict"]["recommendation"]["rule"]
+    assert rec["rule"] in ("best on search", "within noise", "beyond noise")
+    assert all("search_docs" not in t for t in trials.values())  # kept in the study, not served per trial
 
     history = front["hypervolume_history"]
     assert len(history) > 1, history  # was a single point: only front snapshots were plotted

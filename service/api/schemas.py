@@ -102,6 +102,10 @@ class Recommended(BaseModel):
     label: str
     validation: dict[str, float] = Field(description="objective on validation documents: value, lo, hi (95%)")
     search_objective: float | None = Field(None, description="on the search documents (optimistic)")
+    rule: str | None = Field(None, description="why this trial: 'best on search' (the best on search documents of "
+                             "all trials), 'within noise' (the search's best led set-up's best on search documents "
+                             "by no more than their noise: set-up's kept), 'beyond noise' (the search's best led "
+                             "beyond it); the verdict's text says by how much")
 
 
 class StudyOut(BaseModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optimizer.attrs import V_RECOMMENDED
+from optimizer.attrs import V_RECOMMENDATION, V_RECOMMENDED
 from optimizer.front import front_hypervolume, non_dominated
 from optimizer.records import TrialRow
 
@@ -38,5 +38,6 @@ def recommended_headline(rows: list[TrialRow], verdict: dict | None) -> dict | N
     objective = (row.validation or {}).get("objective") if row is not None else None
     if not objective:
         return None
+    why = (verdict or {}).get(V_RECOMMENDATION) or {}
     return {"trial": row.number, "label": row.label, "validation": {k: objective[k] for k in ("value", "lo", "hi")},
-            "search_objective": row.objective}
+            "search_objective": row.objective, "rule": why.get("rule")}

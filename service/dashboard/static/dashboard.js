@@ -331,7 +331,8 @@
       if (rec) {
         const v = rec.validation;
         return h("td", { class: "num", "data-best": v.value, "data-split": "validation" },
-          `${fmt(v.value)} [${fmt(v.lo)}, ${fmt(v.hi)}]`, h("div", { class: "muted" }, `#${rec.trial} ${rec.label}`));
+          `${fmt(v.value)} [${fmt(v.lo)}, ${fmt(v.hi)}]`,
+          h("div", { class: "muted", title: rec.rule ? `chosen: ${rec.rule} (see the study's verdict)` : "" }, `#${rec.trial} ${rec.label}`));
       }
       return h("td", { class: "num", "data-best": "", "data-split": best ? "search" : "" },
         best ? h("div", { class: "muted" }, `search docs: ${fmt(best.objective)} (#${best.trial} ${best.label})`) : "–");
@@ -508,13 +509,15 @@
   }
 
   function bestFact(fact, best) {
-    // On validation documents: the recommended merge (the best of all trials on search documents,
-    // set-up included) scored on documents it never saw, with its interval; else the best
-    // search-documents objective.
+    // On validation documents: the recommended merge (set-up's best on search documents unless
+    // the search's best led it beyond their noise: optimizer/recommend.py) scored on documents it
+    // never saw, with its interval and why it was chosen; else the best search-documents objective.
     const pick = S.front?.verdict?.recommended ?? S.front?.verdict?.pick;
     const t = onValidation() && pick !== null && pick !== undefined ? S.byNumber.get(pick) : null;
     const v = t?.validation?.objective;
-    if (v) return fact("Recommended merge (validation)", `${fmt(v.value)} [${fmt(v.lo)}, ${fmt(v.hi)}] (#${t.number} ${t.label})`);
+    const rule = S.front?.verdict?.recommendation?.rule;
+    if (v) return fact("Recommended merge (validation)", `${fmt(v.value)} [${fmt(v.lo)}, ${fmt(v.hi)}] (#${t.number} ${t.label})`
+      + (rule ? ` (${rule})` : ""));
     return fact("Best score (search docs)", best ? `${fmt(best.objective)} (#${best.trial} ${best.label})` : "–");
   }
 
