@@ -3,8 +3,9 @@
 Two candidates: the set-up trial best on search documents (a checkpoint, the base, greedy soup,
 uniform, TA...) and the search's best trial on search documents. The search's best is
 recommended only when it beats the set-up's best on the search documents BEYOND THEIR NOISE:
-its lead, paired over the same documents (a bootstrap over documents, stats.py), must have a 95%
-interval above zero. Otherwise the set-up's best is kept. The search's best is the highest of
+its lead, paired over the same documents (a bootstrap over documents, stats.py), must be above
+zero at one-sided 95% (the claim is directional: "the search's best is better"). Otherwise the
+set-up's best is kept. The search's best is the highest of
 many noisy scores, so it leads by chance more often than not (the winner's curse): recommending
 it on any lead fell significantly below greedy soup on fresh documents in 2 of 3 seeds of a
 trained pool with 150 search documents per task (bench/RESULTS.md, merge_helps).
@@ -22,11 +23,12 @@ from optimizer import validation as V
 from optimizer.attrs import A_DIRECTIONS, CHECKPOINT_PREFIX, KIND_SEARCH, is_checkpoint
 from optimizer.records import TrialRow
 from optimizer.spec import StudySpec
-from optimizer.stats import Bootstrap, Comparison, DocScores, compare
+from optimizer.stats import Bootstrap, Comparison, DocScores, compare, lower_bound
 
 RULE_NOISE = "beyond noise"  # the search's best led by more than the search documents' noise
 RULE_WITHIN = "within noise"  # it led, but not beyond the noise: set-up's best kept
 RULE_BEST = "best on search"  # no lead, or no per-document values to judge one by
+ALPHA = 0.05  # the lead's one-sided lower bound at 95% must be above 0
 
 
 def shown(label: str) -> str:
@@ -47,12 +49,14 @@ class Recommendation:
     rule: str  # RULE_*
     comparison: Comparison | None = None  # search - setup on the search documents, paired
     n_trials: int = 0
+    bound: float | None = None  # the lead's one-sided 95% lower bound (decides)
 
     def to_json(self) -> dict:
         return {"trial": self.row.number, "rule": self.rule,
                 "setup_trial": None if self.setup is None else self.setup.number,
                 "search_trial": None if self.search is None else self.search.number,
-                "search_lead": None if self.comparison is None else self.comparison.to_json()}
+                "search_lead": None if self.comparison is None else {**self.comparison.to_json(),
+                                                                      "lower_bound": self.bound}}
 
     def text(self) -> str:
         r, c = self.row, self.comparison
@@ -60,7 +64,7 @@ class Recommendation:
         head = f"recommended merge: trial {r.number} ({who})"
         if c is None or self.setup is None or self.search is None:
             return f"{head}, the best on search documents of all {self.n_trials} trials"
-        ci = f"paired 95% CI [{c.lo:+.4f}, {c.hi:+.4f}]"
+        ci = f"paired one-sided 95% lower bound {self.bound:+.4f}"
         if self.rule == RULE_NOISE:
             return (f"{head}: it beats the best set-up trial, {shown(self.setup.label)} (trial {self.setup.number}), "
                     f"by {c.diff:+.4f} on search documents, beyond their noise ({ci})")
@@ -115,7 +119,7 @@ def recommend(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> Recommen
     boot = search_bootstrap(spec, attrs, done, {t: b[t].n for t in tasks})
     if boot is None:
         return plain
-    c = compare(boot, a, b)
-    beyond = c.lo > 0
+    c, bound = compare(boot, a, b), lower_bound(boot, a, b, ALPHA)
+    beyond = bound > 0
     return Recommendation(search if beyond else setup, setup, search, RULE_NOISE if beyond else RULE_WITHIN, c,
-                          len(done))
+                          len(done), bound)

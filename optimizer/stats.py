@@ -212,6 +212,11 @@ class Comparison:
         return f"{self.diff:+.4f} (95% CI [{self.lo:+.4f}, {self.hi:+.4f}], p={self.p:.3f})"
 
 
+def lower_bound(boot: Bootstrap, a: Mapping[str, DocScores], b: Mapping[str, DocScores], alpha: float = 0.05) -> float:
+    """The one-sided (1 - alpha) lower bound of A - B on the objective, paired over documents."""
+    return float(np.quantile(boot.objective(a)[1] - boot.objective(b)[1], alpha))
+
+
 def compare(boot: Bootstrap, a: Mapping[str, DocScores], b: Mapping[str, DocScores]) -> Comparison:
     va, da = boot.objective(a)
     vb, db = boot.objective(b)

@@ -51,7 +51,8 @@ def test_a_lucky_lead_keeps_set_up_and_the_trials_store_their_documents(tmp_path
         if rec.search is not None and rec.search is best_on_search(done):  # the plain argmax picks search
             lucky += 1
             kept += rec.rule == RULE_WITHIN
-            assert rec.row is rec.setup and rec.comparison.lo <= 0 < rec.comparison.diff
+            assert rec.row is rec.setup and rec.bound <= 0 < rec.comparison.diff
+            assert rec.comparison.lo < rec.bound  # the one-sided 95% bound is inside the two-sided interval
             assert "within their noise" in rec.text()
     # The highest of ~30 noisy search scores beats set-up's ~12 most of the time; never for real.
     assert lucky >= 3, lucky
@@ -65,7 +66,7 @@ def test_a_real_lead_is_recommended(tmp_path):
 
     ev = NoisyPool(NAMES, truth, n_search=400, shared=0.9, seed=1)
     rows, rec = run(tmp_path, "gain", ev, n_trials=60, greedy_soup=False)
-    assert rec.rule == RULE_NOISE and rec.row is rec.search and rec.comparison.lo > 0
+    assert rec.rule == RULE_NOISE and rec.row is rec.search and rec.bound > 0
     assert rec.comparison.diff == pytest.approx(rec.search.objective - rec.setup.objective, abs=1e-9)
     assert "beyond their noise" in rec.text() and rec.to_json()["trial"] == rec.search.number
 

@@ -42,7 +42,7 @@ def test_cells_hold_the_recommendation_and_the_search_best(result):
             rule = cell["budgets"][budget]["rule"]
             assert rec["trial"] == (sb["trial"] if rule["rule"] == "beyond noise" else setup["trial"])
             if rule["search_lead"] is not None:
-                assert (rule["search_lead"]["lo"] > 0) == (rule["rule"] == "beyond noise")
+                assert (rule["search_lead"]["lower_bound"] > 0) == (rule["rule"] == "beyond noise")
     pool = result["pools"]["merge_helps"]
     assert pool["reference"]["value"] > 0 and pool["validation_docs"]
     assert set(pool["validation_docs"].values()) == {16}
