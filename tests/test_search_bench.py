@@ -4,6 +4,7 @@ holds together (not its findings: those are in bench/RESULTS.md)."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -16,11 +17,16 @@ import search as bench  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory) -> dict:
+def run(tmp_path_factory) -> tuple:
     work = tmp_path_factory.mktemp("search-bench")
-    return bench.run_bench(pools=["merge_helps"], strategies=["box", "gated_local"], budgets=[11, 13], seeds=[0],
-                           docs={"search": 16, "validation": 16}, reference_budget=12, steps_scale=0.02,
-                           workdir=work, log=lambda *_: None)
+    return work, bench.run_bench(pools=["merge_helps"], strategies=["box", "gated_local"], budgets=[11, 13],
+                                 seeds=[0], docs={"search": 16, "validation": 16}, reference_budget=12,
+                                 steps_scale=0.02, workdir=work, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def result(run) -> dict:
+    return run[1]
 
 
 def test_cells_hold_the_recommendation_and_the_search_best(result):
@@ -68,3 +74,17 @@ def test_table_has_a_row_per_strategy_and_budget(result):
         float(r[3].split()[0])  # a signed difference
         assert r[7] in ("0/1", "1/1")
     assert any(line.startswith("- merge_helps (") and "reference" in line for line in lines)
+
+
+def test_redecide_reads_every_cell_back_and_agrees_with_the_run(run):
+    import search_redecide
+
+    work, result = run
+    path = work / "result.json"
+    path.write_text(json.dumps(result))
+    rows = search_redecide.redecide(path)
+    assert len(rows) == 4  # 2 strategies x 2 budgets x 1 seed
+    by = {(c["strategy"], b): e for c in result["cells"] for b, e in c["budgets"].items()}
+    for r in rows:  # the same rule on the same stored trials: the same decision
+        assert r["rule"] == by[r["strategy"], str(r["budget"])]["rule"]["rule"]
+    assert search_redecide.table(rows).count("| merge_helps |") == 4
