@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from optimizer import validation as V
-from optimizer.attrs import A_DIRECTIONS, CHECKPOINT_PREFIX, KIND_SEARCH, is_checkpoint
+from optimizer.attrs import A_DIRECTIONS, BASE_LABEL, CHECKPOINT_PREFIX, KIND_SEARCH, is_checkpoint
 from optimizer.records import TrialRow
 from optimizer.spec import StudySpec
 from optimizer.stats import Bootstrap, Comparison, DocScores, compare, lower_bound
@@ -32,7 +32,7 @@ ALPHA = 0.05  # the lead's one-sided lower bound at 95% must be above 0
 
 
 def shown(label: str) -> str:
-    return "the base model" if label == "base" else label.removeprefix(CHECKPOINT_PREFIX)
+    return "the base model" if label == BASE_LABEL else label.removeprefix(CHECKPOINT_PREFIX)
 
 
 def best_on_search(rows: list[TrialRow]) -> TrialRow | None:
