@@ -23,7 +23,7 @@ from optimizer import validation as V
 from optimizer.attrs import A_DIRECTIONS, BASE_LABEL, CHECKPOINT_PREFIX, KIND_SEARCH, is_checkpoint
 from optimizer.records import TrialRow
 from optimizer.spec import StudySpec
-from optimizer.stats import Bootstrap, Comparison, DocScores, compare, lower_bound
+from optimizer.stats import Bootstrap, Comparison, DocScores, comparison, lower_bound, paired_draws
 
 RULE_NOISE = "beyond noise"  # the search's best led by more than the search documents' noise
 RULE_WITHIN = "within noise"  # it led, but not beyond the noise: set-up's best kept
@@ -119,7 +119,8 @@ def recommend(spec: StudySpec, attrs: Mapping, rows: list[TrialRow]) -> Recommen
     boot = search_bootstrap(spec, attrs, done, {t: b[t].n for t in tasks})
     if boot is None:
         return plain
-    c, bound = compare(boot, a, b), lower_bound(boot, a, b, ALPHA)
+    diff, draws = paired_draws(boot, a, b)  # one set of draws: the interval shown, the bound deciding
+    c, bound = comparison(diff, draws), lower_bound(draws, ALPHA)
     beyond = bound > 0
     return Recommendation(search if beyond else setup, setup, search, RULE_NOISE if beyond else RULE_WITHIN, c,
                           len(done), bound)

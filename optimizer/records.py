@@ -6,7 +6,7 @@ normalized scores, timings and errors."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import optuna
@@ -78,7 +78,7 @@ class TrialRow:
     search_docs: dict | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
-        out = asdict(self)
+        out = asdict(replace(self, search_docs=None))  # not copied only to be dropped
         del out["search_docs"]
         return out
 

@@ -5,7 +5,6 @@ so a baseline and a search trial with equal raw scores get equal objectives."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ from contract.merge import MergeSpec
 from optimizer.attrs import TIME_TOTAL, UNIT_DOCS, UNIT_RAW, UNIT_TIMINGS
 from optimizer.normalize import normalize, scalarize
 from optimizer.spec import StudySpec
-from optimizer.stats import AGGREGATIONS, DocScores
+from optimizer.validation import to_docs
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +60,16 @@ class TrialScorer:
 
     def _documents(self, scores: dict[str, float]) -> dict[str, dict] | None:
         """The evaluator's per-document values, if every task has them and they aggregate to the
-        score it reported (else none: the study then recommends without them)."""
+        score it returned (else none: the study then recommends without them)."""
         given = self.evaluator.last_documents
-        if not given or any(t not in given for t in self.task_names):
+        if not given:
             return None
-        out = {}
-        for t in self.task_names:
-            entry = given[t]
-            if entry.get("aggregation") not in AGGREGATIONS:
-                return None
-            docs = DocScores(entry["values"], entry["aggregation"])
-            if not math.isclose(docs.score, scores[t], rel_tol=1e-6, abs_tol=1e-9):
-                log.warning("task '%s': per-document values aggregate to %s, the score is %s; not kept",
-                            t, docs.score, scores[t])
-                return None
-            out[t] = docs.to_json()
-        return out
+        try:  # checked as validation's are (validation.to_docs), against the returned scores
+            docs = to_docs({t: {**e, "score": scores[t]} for t, e in given.items() if t in scores}, self.task_names)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            log.warning("per-document search values not kept: %s", exc)
+            return None
+        return {t: d.to_json() for t, d in docs.items()}
 
     def scored(self, raw: dict[str, float]) -> tuple[dict[str, float], list[float], float]:
         """(normalized scores, the values Optuna is told, the search objective)."""

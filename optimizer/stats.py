@@ -212,15 +212,23 @@ class Comparison:
         return f"{self.diff:+.4f} (95% CI [{self.lo:+.4f}, {self.hi:+.4f}], p={self.p:.3f})"
 
 
-def lower_bound(boot: Bootstrap, a: Mapping[str, DocScores], b: Mapping[str, DocScores], alpha: float = 0.05) -> float:
-    """The one-sided (1 - alpha) lower bound of A - B on the objective, paired over documents."""
-    return float(np.quantile(boot.objective(a)[1] - boot.objective(b)[1], alpha))
+def paired_draws(boot: Bootstrap, a: Mapping[str, DocScores], b: Mapping[str, DocScores]) -> tuple[float, np.ndarray]:
+    """A - B on the objective: the point difference and its draws, paired over documents."""
+    va, da = boot.objective(a)
+    vb, db = boot.objective(b)
+    return float(va - vb), da - db
+
+
+def lower_bound(draws: np.ndarray, alpha: float = 0.05) -> float:
+    """The one-sided (1 - alpha) lower bound of a difference from its paired draws."""
+    return float(np.quantile(draws, alpha))
+
+
+def comparison(diff: float, draws: np.ndarray) -> Comparison:
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    p = min(1.0, 2 * min(float((draws <= 0).mean()), float((draws >= 0).mean())))
+    return Comparison(diff, float(lo), float(hi), p)
 
 
 def compare(boot: Bootstrap, a: Mapping[str, DocScores], b: Mapping[str, DocScores]) -> Comparison:
-    va, da = boot.objective(a)
-    vb, db = boot.objective(b)
-    diff = da - db
-    lo, hi = np.quantile(diff, [0.025, 0.975])
-    p = min(1.0, 2 * min(float((diff <= 0).mean()), float((diff >= 0).mean())))
-    return Comparison(float(va - vb), float(lo), float(hi), p)
+    return comparison(*paired_draws(boot, a, b))

@@ -184,26 +184,25 @@ class SuiteScorer:
         return scores
 
     def _documents(self, out: dict, samples: dict[str, list[int]]) -> dict[str, dict]:
-        docs = {}
+        try:
+            return self._per_task(out, samples)
+        except SuiteError:  # no per-document values to resample: the scores stand alone
+            return {}
+
+    def _per_task(self, out: dict, samples: dict[str, list[int]]) -> dict[str, dict]:
+        """Per task, lm-eval's score and its per-document values (SuiteError where it has none)."""
+        result = {}
         for r in self.requests:
-            try:
-                values, agg = per_document(self.tasks[r.task], r, out["samples"][r.task], samples[r.task])
-            except SuiteError:  # no per-document values to resample: the scores stand alone
-                return {}
-            docs[r.task] = {"score": self._metric(out, r), "values": values, "aggregation": agg}
-        return docs
+            values, agg = per_document(self.tasks[r.task], r, out["samples"][r.task], samples[r.task])
+            result[r.task] = {"score": self._metric(out, r), "values": values, "aggregation": agg}
+        return result
 
     def score_docs(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    split: str = "validation") -> dict[str, dict]:
         """Per task: lm-eval's score on one split and its per-document values, in the split's
         document order, as ``{"score", "values", "aggregation"}``."""
         samples = {r.task: self.splits[r.task].indices(split) for r in self.requests}
-        out = self._run(model, tokenizer, samples, log_samples=True)
-        result = {}
-        for r in self.requests:
-            values, agg = per_document(self.tasks[r.task], r, out["samples"][r.task], samples[r.task])
-            result[r.task] = {"score": self._metric(out, r), "values": values, "aggregation": agg}
-        return result
+        return self._per_task(self._run(model, tokenizer, samples, log_samples=True), samples)
 
 
 def per_document(task, request: TaskRequest, logged: list[dict], order: list[int]) -> tuple[list, str]:
